@@ -1,0 +1,15 @@
+"""Reconciler: run every 5 minutes by EventBridge; re-reads from Stripe the payments that are
+not final (lost webhooks, interrupted calls, lapsed holds)."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from payments_core.observability import logger, metrics, tracer
+from payments_core.reconciliation import reconcile
+
+
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    return reconcile()

@@ -1,0 +1,148 @@
+"""authorize_payment: one Stripe hold (manual-capture PaymentIntent) per order.
+
+Concurrency and redelivery: every copy of a command for one order takes the order's lock
+(database advisory lock) for the whole use case, Stripe call included. The PENDING row is
+committed before Stripe is called, with the attempt counted, so a copy that finds a PENDING
+row knows an earlier attempt may have reached Stripe and looks for its PaymentIntent first;
+Stripe itself returns the first answer for the order's idempotency key. A copy that finds any
+other status only re-announces it."""
+
+from __future__ import annotations
+
+import uuid
+
+from payments_core import lifecycle, repository
+from payments_core.contracts import STRIPE_UNEXPECTED_STATUS, AuthorizePayment, Command
+from payments_core.domain import Payment, PaymentStatus
+from payments_core.errors import Rejection, TransientError
+from payments_core.observability import count, logger
+from payments_core.services import Services
+from payments_core.stripe_gateway import CardDeclined, IntentSnapshot
+
+S = PaymentStatus
+_KNOWN_OUTCOMES = frozenset({"requires_capture", "requires_action", "requires_payment_method", "canceled"})
+
+
+def authorize(services: Services, command: Command) -> str:
+    """Handle one authorize_payment command; returns the order id whose events to publish."""
+    body = command.body
+    assert isinstance(body, AuthorizePayment)
+    db = services.db
+    proposed = Payment(
+        payment_id=str(uuid.uuid4()),
+        order_id=body.order_id,
+        status=S.PENDING,
+        amount_cents=body.order.amount,
+        currency=body.order.currency or services.settings.default_currency,
+        correlation_id=command.correlation_id,
+        clerk_user_id=body.customer.clerk_user_id,
+        stripe_customer_id=body.customer.stripe_customer_id,
+        payment_method_id=body.customer.user_stripe_card.payment_method_id,
+        description=body.order.description,
+        return_url=body.return_url,
+    )
+    with db.order_lock(body.order_id):
+        with db.transaction():
+            created = repository.insert_pending(db, proposed)
+            payment = repository.get_by_order_id(db, body.order_id, for_update=True)
+        assert payment is not None
+        if not created:
+            count("DuplicateCommand")
+            if payment.amount_cents != proposed.amount_cents or payment.currency != proposed.currency:
+                logger.warning(
+                    "authorize command differs from the stored payment; the stored one stands",
+                    extra={"order_id": payment.order_id, "stored_amount_cents": payment.amount_cents},
+                )
+            if payment.status is not S.PENDING:
+                with db.transaction():
+                    lifecycle.announce(db, payment, correlation_id=command.correlation_id)
+                return payment.order_id
+        authorize_pending(services, payment, correlation_id=command.correlation_id)
+    return payment.order_id
+
+
+def authorize_pending(services: Services, payment: Payment, *, correlation_id: str | None) -> None:
+    """Take a PENDING payment to its Stripe outcome. Caller holds the order's lock."""
+    db = services.db
+    intent: IntentSnapshot | None = None
+    if payment.stripe_create_attempts > 0 or payment.payment_intent_id:
+        intent = services.stripe.find_hold(payment)
+    if intent is None:
+        with db.transaction():
+            repository.count_create_attempt(db, payment.payment_id)
+        payment.stripe_create_attempts += 1
+        try:
+            intent = services.stripe.create_hold(payment)
+        except CardDeclined as declined:
+            with db.transaction():
+                lifecycle.change_status(
+                    db,
+                    payment,
+                    S.FAILED,
+                    correlation_id=correlation_id,
+                    payment_intent_id=declined.payment_intent_id,
+                    failure_code=declined.code,
+                    failure_message=declined.message,
+                    stripe_code=declined.stripe_code,
+                    decline_code=declined.decline_code,
+                )
+            count("PaymentFailed")
+            return
+        except Rejection as rejected:
+            with db.transaction():
+                lifecycle.change_status(
+                    db,
+                    payment,
+                    S.FAILED,
+                    correlation_id=correlation_id,
+                    failure_code=rejected.code,
+                    failure_message=rejected.message,
+                    stripe_code=rejected.stripe_code,
+                )
+            count("PaymentFailed")
+            return
+    if intent.status not in _KNOWN_OUTCOMES:
+        _fail_unexpected(services, payment, intent, correlation_id=correlation_id)
+        return
+    with db.transaction():
+        lifecycle.apply_intent(
+            db,
+            payment,
+            intent,
+            correlation_id=correlation_id,
+            attempt_failed=True,
+            failed_code="STRIPE_CARD_ERROR",
+        )
+    count(
+        {S.AUTHORIZED: "PaymentAuthorized", S.REQUIRES_ACTION: "PaymentRequiresAction"}.get(
+            payment.status, "PaymentFailed"
+        )
+    )
+
+
+def _fail_unexpected(
+    services: Services, payment: Payment, intent: IntentSnapshot, *, correlation_id: str | None
+) -> None:
+    """An outcome we cannot hold on to (processing, requires_confirmation, ...): cancel it so
+    no hold is left behind, then fail the payment."""
+    try:
+        payment.payment_intent_id = payment.payment_intent_id or intent.id
+        services.stripe.cancel(payment)
+    except Rejection as exc:  # e.g. already canceled or not cancelable any more: say so, carry on
+        logger.warning(
+            "could not cancel unexpected PaymentIntent",
+            extra={"order_id": payment.order_id, "reason": exc.message},
+        )
+    except TransientError:
+        raise
+    with services.db.transaction():
+        lifecycle.change_status(
+            services.db,
+            payment,
+            S.FAILED,
+            correlation_id=correlation_id,
+            payment_intent_id=intent.id,
+            failure_code=STRIPE_UNEXPECTED_STATUS,
+            failure_message=f"Stripe answered with status {intent.status}",
+        )
+    count("PaymentFailed")

@@ -1,0 +1,105 @@
+"""The command path: an MSK batch from payment_commands, one record at a time.
+
+Outcome per record: handled (events in the outbox), rejected (payment.failed announced),
+dead-lettered (no order to announce to), or a batch item failure (transient: the event source
+mapping re-delivers it and everything after it in its partition). After the batch, the events
+of the orders it touched are published; what fails to publish stays in the outbox for the relay.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
+
+from payments_core import authorization, escrow, lifecycle, outbox, repository
+from payments_core.contracts import Command, PaymentFailed, Unattributable, event_envelope, parse_command
+from payments_core.dead_letters import send_dead_letter
+from payments_core.domain import event_id_for_rejection
+from payments_core.errors import Rejection
+from payments_core.observability import count, logger
+from payments_core.services import Services, get_services
+
+_DISPATCH: dict[str, Callable[[Services, Command], str]] = {
+    "authorize_payment": authorization.authorize,
+    "release_payment": escrow.release,
+    "revert_payment": escrow.revert,
+}
+
+_processor = BatchProcessor(event_type=EventType.Kafka, raise_on_entire_batch_failure=False)
+
+
+def handle_command_batch(
+    event: dict[str, Any], context: Any, services: Services | None = None
+) -> dict[str, Any]:
+    """Entry point of the authorize function."""
+    services = services or get_services()
+    touched: list[str] = []
+
+    def record_handler(record: KafkaEventRecord) -> None:
+        order_key = handle_record(services, record)
+        if order_key:
+            touched.append(order_key)
+
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=_processor, context=context
+    )
+    outbox.publish_best_effort(services.db, services.publisher, touched)
+    return dict(response)
+
+
+def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
+    """Handle one record; returns the order key whose events were written, if any.
+    Raises TransientError (or anything unexpected) to have the record re-delivered."""
+    raw: bytes | None = None
+    try:
+        raw = record.decoded_value if record.get("value") is not None else None
+        command = parse_command(raw)
+    except Unattributable as exc:
+        send_dead_letter(services, record, raw, exc.reason)
+        return None
+    except (binascii.Error, ValueError) as exc:
+        send_dead_letter(services, record, raw, f"value is not base64: {exc}")
+        return None
+    except Rejection as rejection:
+        return _announce_rejection(services, rejection, raw or b"")
+    logger.append_keys(
+        correlation_id=command.correlation_id, order_id=command.order_id, command_type=command.type
+    )
+    try:
+        return _DISPATCH[command.type](services, command)
+    except Rejection as rejection:
+        return _announce_rejection(services, rejection, raw or b"")
+    finally:
+        logger.remove_keys(["correlation_id", "order_id", "command_type"])
+
+
+def _announce_rejection(services: Services, rejection: Rejection, raw: bytes) -> str:
+    db = services.db
+    count("CommandRejected")
+    logger.info("command rejected", extra={"order_id": rejection.order_id, "error": rejection.code})
+    with db.transaction():
+        existing = repository.get_by_order_id(db, rejection.order_id) if rejection.order_id else None
+        if existing is not None:
+            # A bad copy of a command must not contradict what the order's payment already is
+            # (a payment.failed while a hold exists would make the saga drop a held order):
+            # answer with the payment's stored outcome instead (none yet while PENDING).
+            lifecycle.announce(db, existing, correlation_id=rejection.correlation_id)
+            return existing.order_id
+        body = PaymentFailed(
+            order_id=rejection.order_id,
+            payment_id=rejection.payment_id,
+            error=rejection.code,
+            message=rejection.message,
+            stripe_code=rejection.stripe_code,
+        )
+        event_id = event_id_for_rejection(raw, rejection.code)
+        envelope = event_envelope(
+            "payment.failed", body, event_id=event_id, correlation_id=rejection.correlation_id
+        )
+        order_key = rejection.order_id or rejection.payment_id or ""
+        outbox.enqueue(db, envelope, order_id=order_key, payment_id=None)
+    return order_key

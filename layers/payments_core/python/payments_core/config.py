@@ -1,0 +1,95 @@
+"""Settings, read once from the environment. Nothing else in the service reads os.environ.
+
+Secrets are never environment values: the environment names the Secrets Manager secret,
+and ``secrets`` fetches (and caches) its value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _str(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka (MSK in AWS, a local broker in development)
+    kafka_bootstrap_servers: str
+    kafka_security_protocol: str  # PLAINTEXT locally, SASL_SSL on MSK
+    kafka_sasl_mechanism: str  # AWS_MSK_IAM or OAUTHBEARER when SASL_SSL
+    payment_events_topic: str
+    dead_letter_topic: str
+    dead_letter_queue_url: str  # when set, dead letters go to this SQS queue instead of the topic
+    kafka_send_timeout_seconds: float
+    # PostgreSQL: credentials from Secrets Manager; host/port/name may be overridden (RDS Proxy)
+    db_secret_id: str
+    db_host: str
+    db_port: int
+    db_name: str
+    db_ssl: bool
+    db_timeout_seconds: int
+    # Stripe
+    stripe_secret_key_secret_id: str
+    stripe_webhook_secret_id: str
+    stripe_api_base: str
+    stripe_timeout_seconds: int
+    stripe_max_network_retries: int
+    webhook_tolerance_seconds: int
+    # Business rules
+    default_currency: str
+    platform_fee_bps: int  # platform fee kept on release, in basis points of the captured amount
+    minimum_amount_cents: int
+    # Reconciler windows
+    reconcile_pending_after_seconds: int
+    reconcile_requires_action_after_seconds: int
+    reconcile_authorized_after_seconds: int
+    reconcile_batch_size: int
+    aws_region: str
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        kafka_security_protocol=_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        kafka_sasl_mechanism=_str("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),
+        payment_events_topic=_str("PAYMENT_EVENTS_TOPIC", "payment_events"),
+        dead_letter_topic=_str("DEAD_LETTER_TOPIC", "payment_commands.dlq"),
+        dead_letter_queue_url=_str("DEAD_LETTER_QUEUE_URL", ""),
+        kafka_send_timeout_seconds=float(_str("KAFKA_SEND_TIMEOUT_SECONDS", "5")),
+        db_secret_id=_str("DB_SECRET_ID", "campusg/payments/db-credentials"),
+        db_host=_str("DB_HOST", ""),
+        db_port=_int("DB_PORT", 0),
+        db_name=_str("DB_NAME", ""),
+        db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
+        db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
+        stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
+        stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
+        stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),
+        stripe_timeout_seconds=_int("STRIPE_TIMEOUT_SECONDS", 10),
+        stripe_max_network_retries=_int("STRIPE_MAX_NETWORK_RETRIES", 1),
+        webhook_tolerance_seconds=_int("WEBHOOK_TOLERANCE_SECONDS", 300),
+        default_currency=_str("DEFAULT_CURRENCY", "sgd").lower(),
+        platform_fee_bps=_int("PLATFORM_FEE_BPS", 0),
+        minimum_amount_cents=_int("MINIMUM_AMOUNT_CENTS", 50),
+        reconcile_pending_after_seconds=_int("RECONCILE_PENDING_AFTER_SECONDS", 60),
+        reconcile_requires_action_after_seconds=_int("RECONCILE_REQUIRES_ACTION_AFTER_SECONDS", 3600),
+        reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
+        reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
+        aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
+    )

@@ -1,0 +1,299 @@
+"""The wire contract with the campusG saga: command and event models, parsing, envelopes.
+
+Commands are validated with pydantic. Parsing never raises anything but ``Rejection`` (a
+specific, announced refusal) or ``Unattributable`` (no order to announce it to: dead letter).
+Unknown keys are ignored, as the contract asks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from payments_core.errors import Rejection
+
+SOURCE = "payment-service"
+
+# Error codes: the original service's, plus extensions.
+PAYLOAD_PARSE_ERROR = "PAYLOAD_PARSE_ERROR"
+INVALID_PAYLOAD = "INVALID_PAYLOAD"
+INVALID_AMOUNT = "INVALID_AMOUNT"
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"  # extension
+STRIPE_CARD_ERROR = "STRIPE_CARD_ERROR"
+STRIPE_API_ERROR = "STRIPE_API_ERROR"
+STRIPE_UNEXPECTED_STATUS = "STRIPE_UNEXPECTED_STATUS"
+STRIPE_PAYMENT_FAILED = "STRIPE_PAYMENT_FAILED"
+STRIPE_PAYMENT_CANCELED = "STRIPE_PAYMENT_CANCELED"
+PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"  # extension
+PAYMENT_NOT_CAPTURABLE = "PAYMENT_NOT_CAPTURABLE"  # extension
+AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"  # extension
+AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"  # extension: 3-D Secure never completed
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class Unattributable(Exception):
+    """A record that names no order or payment: it can only go to the dead-letter destination."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+class StripeCard(_Model):
+    payment_method_id: NonEmpty
+
+
+class Customer(_Model):
+    clerk_user_id: str | None = Field(default=None, alias="clerkUserId", max_length=255)
+    stripe_customer_id: NonEmpty = Field(alias="stripeCustomerId")
+    user_stripe_card: StripeCard = Field(alias="userStripeCard")
+
+
+class Order(_Model):
+    amount: StrictInt = Field(description="Integer number of cents (at least 50)")
+    description: str | None = Field(default=None, max_length=1000)
+    currency: str | None = Field(default=None, description="Extension: ISO 4217 code, lower case")
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{3}", value):
+            raise ValueError("currency must be a lower-case ISO 4217 code such as 'sgd'")
+        return value
+
+
+class AuthorizePayment(_Model):
+    order_id: NonEmpty
+    customer: Customer
+    order: Order
+    return_url: str | None = Field(default=None, max_length=2000)
+
+
+class _ByPaymentOrOrder(_Model):
+    payment_id: str | None = Field(default=None, max_length=255)
+    order_id: str | None = Field(default=None, max_length=255, description="Extension: instead of payment_id")
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> _ByPaymentOrOrder:
+        if not self.payment_id and not self.order_id:
+            raise ValueError("payment_id or order_id is required")
+        return self
+
+
+class ReleasePayment(_ByPaymentOrOrder):
+    runner_id: str | None = Field(default=None, max_length=255)
+    runner_connect_account_id: str | None = Field(default=None, max_length=255)
+    amount_to_capture: StrictInt | None = Field(
+        default=None, gt=0, description="Extension: partial capture, cents"
+    )
+
+
+class RevertPayment(_ByPaymentOrOrder):
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+COMMAND_MODELS: dict[str, type[_Model]] = {
+    "authorize_payment": AuthorizePayment,
+    "release_payment": ReleasePayment,
+    "revert_payment": RevertPayment,
+}
+
+
+class CommandEnvelope(_Model):
+    type: NonEmpty
+    correlation_id: str | None = Field(default=None, max_length=255)
+    timestamp: str | None = None
+    payload: dict[str, Any]
+
+
+class Command(BaseModel):
+    """A parsed, valid command."""
+
+    type: str
+    correlation_id: str | None
+    body: AuthorizePayment | ReleasePayment | RevertPayment
+    raw: bytes
+
+    @property
+    def order_id(self) -> str | None:
+        return self.body.order_id
+
+
+def parse_command(raw: bytes | None) -> Command:
+    """Parse one Kafka record value. Raises Rejection (announce) or Unattributable (dead letter)."""
+    if raw is None:
+        raise Unattributable("record has no value")
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise Unattributable(f"value is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(document, dict):
+        raise Unattributable("value is not a JSON object")
+    payload = document.get("payload")
+    order_id = _reference(payload, "order_id")
+    payment_id = _reference(payload, "payment_id")
+    correlation_id = (
+        document.get("correlation_id") if isinstance(document.get("correlation_id"), str) else None
+    )
+
+    def reject(code: str, message: str) -> Exception:
+        if order_id is None and payment_id is None:
+            return Unattributable(f"{code}: {message}")
+        return Rejection(
+            code, message, order_id=order_id, payment_id=payment_id, correlation_id=correlation_id
+        )
+
+    try:
+        envelope = CommandEnvelope.model_validate(document)
+    except ValidationError as exc:
+        raise reject(INVALID_PAYLOAD, _describe(exc)) from None
+    model = COMMAND_MODELS.get(envelope.type)
+    if model is None:
+        raise reject(UNKNOWN_COMMAND, f"unknown command type {envelope.type[:100]!r}")
+    try:
+        body = model.model_validate(envelope.payload)
+    except ValidationError as exc:
+        amount_errors = [e for e in exc.errors() if tuple(e["loc"][:2]) == ("order", "amount")]
+        code = INVALID_AMOUNT if amount_errors else INVALID_PAYLOAD
+        raise reject(code, _describe(exc)) from None
+    if isinstance(body, AuthorizePayment) and body.order.amount < _minimum_amount():
+        raise reject(INVALID_AMOUNT, f"order.amount must be an integer of at least {_minimum_amount()} cents")
+    return Command(type=envelope.type, correlation_id=envelope.correlation_id, body=body, raw=raw)  # type: ignore[arg-type]
+
+
+def _minimum_amount() -> int:
+    from payments_core.config import get_settings
+
+    return get_settings().minimum_amount_cents
+
+
+def _reference(payload: Any, key: str) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get(key)
+        if isinstance(value, str) and 0 < len(value) <= 255:
+            return value
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+# ---- events -----------------------------------------------------------------------------
+
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    }
+)
+
+
+def amount_in_units(amount_cents: int, currency: str) -> float:
+    """Currency units from integer minor units, through Decimal so 1999 reads 19.99 exactly."""
+    if currency.lower() in ZERO_DECIMAL_CURRENCIES:
+        return float(amount_cents)
+    return float(Decimal(amount_cents) / Decimal(100))
+
+
+class PaymentAuthorized(_Model):
+    payment_id: str
+    order_id: str
+    payment_intent_id: str
+    status: Literal["AUTHORIZED"] = "AUTHORIZED"
+    amount_cents: int | None = None
+    currency: str | None = None
+
+
+class PaymentRequiresAction(_Model):
+    payment_id: str
+    order_id: str
+    payment_intent_id: str
+    status: Literal["REQUIRES_ACTION"] = "REQUIRES_ACTION"
+    next_action_url: str | None = None
+
+
+class PaymentFailed(_Model):
+    order_id: str | None = None
+    payment_id: str | None = None
+    error: str
+    message: str
+    stripe_code: str | None = None
+    decline_code: str | None = None
+    status: str | None = None
+
+
+class PaymentReleased(_Model):
+    payment_id: str
+    order_id: str
+    status: Literal["SUCCEEDED", "REVERTED"]
+    runner_id: str | None = None
+    amount: float | None = None
+    amount_cents: int | None = None
+    currency: str | None = None
+    transfer_id: str | None = None
+    message: str | None = None
+
+
+EVENT_MODELS: dict[str, type[_Model]] = {
+    "payment.authorized": PaymentAuthorized,
+    "payment.requires_action": PaymentRequiresAction,
+    "payment.failed": PaymentFailed,
+    "payment.released": PaymentReleased,
+}
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def event_envelope(
+    event_type: str, payload: _Model, *, event_id: str, correlation_id: str | None
+) -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "event_id": event_id,
+        "source": SOURCE,
+        "correlation_id": correlation_id,
+        "timestamp": utc_now_iso(),
+        "payload": payload.model_dump(mode="json", exclude_none=True),
+    }

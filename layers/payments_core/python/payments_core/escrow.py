@@ -1,0 +1,182 @@
+"""release_payment (capture, then pay the runner) and revert_payment (cancel or refund).
+
+Each Stripe side effect has its own idempotency key derived from the payment, and every step
+first checks what Stripe already did, so a redelivery or a retry after a crash between Stripe
+and the database converges on one capture, one transfer, one refund."""
+
+from __future__ import annotations
+
+from payments_core import lifecycle, repository
+from payments_core.contracts import (
+    PAYMENT_NOT_CAPTURABLE,
+    PAYMENT_NOT_FOUND,
+    Command,
+    PaymentFailed,
+    ReleasePayment,
+    RevertPayment,
+)
+from payments_core.domain import Payment, PaymentStatus
+from payments_core.errors import Rejection
+from payments_core.observability import count, logger
+from payments_core.services import Services
+
+S = PaymentStatus
+
+
+def release(services: Services, command: Command) -> str:
+    body = command.body
+    assert isinstance(body, ReleasePayment)
+    db = services.db
+    order_id = _resolve_order(services, body.order_id, body.payment_id)
+    with db.order_lock(order_id):
+        payment = repository.get_by_order_id(db, order_id)
+        if payment is None:
+            raise _not_found(body.order_id, body.payment_id, command.correlation_id)
+        cid = command.correlation_id
+        if payment.status is S.SUCCEEDED:
+            count("DuplicateCommand")
+            with db.transaction():
+                lifecycle.announce(db, payment, correlation_id=cid)
+            return order_id
+        if payment.status is not S.AUTHORIZED:
+            with db.transaction():
+                lifecycle.answer(
+                    db,
+                    payment,
+                    "payment.failed",
+                    PaymentFailed(
+                        order_id=payment.order_id,
+                        payment_id=payment.payment_id,
+                        error=PAYMENT_NOT_CAPTURABLE,
+                        message=f"payment is {payment.status.value}, not AUTHORIZED: nothing to capture",
+                        status=payment.status.value,
+                    ),
+                    answer_key=f"release-refused:{payment.status.value}",
+                    correlation_id=cid,
+                )
+            count("CommandRejected")
+            return order_id
+
+        intent = services.stripe.retrieve(payment.payment_intent_id or "")
+        if intent.status == "requires_capture":
+            intent = services.stripe.capture(payment, body.amount_to_capture)
+        if intent.status != "succeeded":
+            # The hold is gone (lapsed or canceled in Stripe): record what Stripe says.
+            with db.transaction():
+                lifecycle.apply_intent(
+                    db, payment, intent, correlation_id=cid, canceled_code=PAYMENT_NOT_CAPTURABLE
+                )
+            return order_id
+        captured = intent.amount_received or body.amount_to_capture or payment.amount_cents
+        transfer_id, transfer_failure = None, None
+        if body.runner_connect_account_id:
+            runner_share = _transferred(services, captured)
+            try:
+                transfer_id = services.stripe.transfer(payment, runner_share, body.runner_connect_account_id)
+            except Rejection as exc:
+                # The customer's money is captured and stays with the platform: announce the
+                # release, keep the reason, and alarm so an operator pays the runner.
+                transfer_failure = f"{exc.stripe_code or exc.code}: {exc.message}"[:500]
+                count("TransferFailed")
+                logger.error(
+                    "transfer to runner failed", extra={"order_id": order_id, "reason": transfer_failure}
+                )
+        with db.transaction():
+            lifecycle.change_status(
+                db,
+                payment,
+                S.SUCCEEDED,
+                correlation_id=cid,
+                runner_id=body.runner_id,
+                runner_connect_account_id=body.runner_connect_account_id,
+                captured_amount_cents=captured,
+                transfer_id=transfer_id,
+                transfer_failure=transfer_failure,
+            )
+        count("PaymentReleased")
+        return order_id
+
+
+def revert(services: Services, command: Command) -> str:
+    body = command.body
+    assert isinstance(body, RevertPayment)
+    db = services.db
+    cid = command.correlation_id
+    order_id = _resolve_order(services, body.order_id, body.payment_id)
+    with db.order_lock(order_id):
+        payment = repository.get_by_order_id(db, order_id)
+        if payment is None:
+            raise _not_found(body.order_id, body.payment_id, cid)
+        reason = body.reason or "payment reverted"
+        if payment.status in (S.FAILED, S.REVERTED):
+            # Nothing to give back; still answer REVERTED so the saga's compensation completes.
+            with db.transaction():
+                if payment.status is S.REVERTED and payment.failure_code is None:
+                    lifecycle.announce(db, payment, correlation_id=cid)
+                else:
+                    lifecycle.answer(
+                        db,
+                        payment,
+                        "payment.released",
+                        lifecycle.reverted_announcement(payment),
+                        answer_key="revert-acknowledged",
+                        correlation_id=cid,
+                    )
+            count("DuplicateCommand")
+            return order_id
+
+        columns: dict[str, object] = {"revert_reason": reason}
+        if payment.status is S.SUCCEEDED:
+            columns.update(_give_back_capture(services, payment))
+        else:  # PENDING, REQUIRES_ACTION, AUTHORIZED: release the hold, if one exists
+            intent = services.stripe.find_hold(payment)
+            if intent is not None:
+                payment.payment_intent_id = intent.id
+                columns["payment_intent_id"] = intent.id
+                if intent.status == "succeeded":
+                    columns.update(_give_back_capture(services, payment))
+                elif intent.status != "canceled":
+                    services.stripe.cancel(payment)
+        with db.transaction():
+            lifecycle.change_status(db, payment, S.REVERTED, correlation_id=cid, **columns)
+        count("PaymentReverted")
+        return order_id
+
+
+def _give_back_capture(services: Services, payment: Payment) -> dict[str, object]:
+    captured = payment.captured_amount_cents or payment.amount_cents
+    changes: dict[str, object] = {}
+    if payment.transfer_id:
+        try:
+            changes["transfer_reversal_id"] = services.stripe.reverse_transfer(
+                payment, _transferred(services, captured)
+            )
+        except Rejection as exc:
+            # The customer is refunded regardless; the runner's share is then the platform's loss.
+            logger.error(
+                "transfer reversal failed", extra={"order_id": payment.order_id, "reason": exc.message}
+            )
+            count("TransferReversalFailed")
+    changes["refund_id"] = services.stripe.refund(payment, captured)
+    return changes
+
+
+def _transferred(services: Services, captured: int) -> int:
+    return captured - captured * services.settings.platform_fee_bps // 10_000
+
+
+def _resolve_order(services: Services, order_id: str | None, payment_id: str | None) -> str:
+    resolved = repository.find_order_id(services.db, order_id=order_id, payment_id=payment_id)
+    if resolved is None:
+        raise Rejection(PAYMENT_NOT_FOUND, "no payment for this payment_id", payment_id=payment_id)
+    return resolved
+
+
+def _not_found(order_id: str | None, payment_id: str | None, correlation_id: str | None) -> Rejection:
+    return Rejection(
+        PAYMENT_NOT_FOUND,
+        "no payment for this order",
+        order_id=order_id,
+        payment_id=payment_id,
+        correlation_id=correlation_id,
+    )

@@ -1,0 +1,127 @@
+"""The payments table: the only module that writes SQL about payments. Parameterised only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from payments_core.db import Database
+from payments_core.domain import Payment, PaymentStatus
+
+_COLUMNS = frozenset(Payment.__dataclass_fields__) - {"payment_id", "created_at", "updated_at"}
+
+
+def insert_pending(db: Database, payment: Payment) -> bool:
+    """Write the PENDING row for an order unless one exists; True when this call wrote it."""
+    count = db.execute(
+        """
+        INSERT INTO payments (payment_id, order_id, correlation_id, clerk_user_id, stripe_customer_id,
+                              payment_method_id, amount_cents, currency, description, return_url, status)
+        VALUES (CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
+                :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING')
+        ON CONFLICT (order_id) DO NOTHING
+        """,
+        payment_id=payment.payment_id,
+        order_id=payment.order_id,
+        correlation_id=payment.correlation_id,
+        clerk_user_id=payment.clerk_user_id,
+        stripe_customer_id=payment.stripe_customer_id,
+        payment_method_id=payment.payment_method_id,
+        amount_cents=payment.amount_cents,
+        currency=payment.currency,
+        description=payment.description,
+        return_url=payment.return_url,
+    )
+    return count == 1
+
+
+def get_by_order_id(db: Database, order_id: str, *, for_update: bool = False) -> Payment | None:
+    sql = "SELECT * FROM payments WHERE order_id = :order_id"
+    rows = db.query(sql + (" FOR UPDATE" if for_update else ""), order_id=order_id)
+    return Payment.from_row(rows[0]) if rows else None
+
+
+def get_by_payment_id(db: Database, payment_id: str, *, for_update: bool = False) -> Payment | None:
+    if not is_uuid(payment_id):
+        return None
+    sql = "SELECT * FROM payments WHERE payment_id = CAST(:payment_id AS uuid)"
+    rows = db.query(sql + (" FOR UPDATE" if for_update else ""), payment_id=payment_id)
+    return Payment.from_row(rows[0]) if rows else None
+
+
+def get_by_payment_intent_id(db: Database, payment_intent_id: str) -> Payment | None:
+    rows = db.query("SELECT * FROM payments WHERE payment_intent_id = :pi", pi=payment_intent_id)
+    return Payment.from_row(rows[0]) if rows else None
+
+
+def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None) -> str | None:
+    """Resolve a command's reference (order id or payment id) to the order, without locking."""
+    if order_id:
+        return order_id
+    if payment_id and is_uuid(payment_id):
+        rows = db.query(
+            "SELECT order_id FROM payments WHERE payment_id = CAST(:payment_id AS uuid)",
+            payment_id=payment_id,
+        )
+        return str(rows[0]["order_id"]) if rows else None
+    return None
+
+
+def update(db: Database, payment_id: str, **changes: Any) -> None:
+    """Write the given columns. Column names come from the Payment model, never from input."""
+    unknown = set(changes) - _COLUMNS
+    if unknown:
+        raise ValueError(f"not payment columns: {sorted(unknown)}")
+    values = {k: (v.value if isinstance(v, PaymentStatus) else v) for k, v in changes.items()}
+    assignments = ", ".join(f"{column} = :{column}" for column in values)
+    db.execute(
+        f"UPDATE payments SET {assignments}, updated_at = now() WHERE payment_id = CAST(:payment_id AS uuid)",  # noqa: S608 - column names are whitelisted above
+        payment_id=payment_id,
+        **values,
+    )
+
+
+def count_create_attempt(db: Database, payment_id: str) -> None:
+    db.execute(
+        "UPDATE payments SET stripe_create_attempts = stripe_create_attempts + 1, updated_at = now()"
+        " WHERE payment_id = CAST(:payment_id AS uuid)",
+        payment_id=payment_id,
+    )
+
+
+def stale_order_ids(db: Database, status: PaymentStatus, older_than_seconds: int, limit: int) -> list[str]:
+    rows = db.query(
+        """
+        SELECT order_id FROM payments
+        WHERE status = :status AND updated_at < now() - make_interval(secs => :age)
+        ORDER BY updated_at LIMIT :limit
+        """,
+        status=status.value,
+        age=older_than_seconds,
+        limit=limit,
+    )
+    return [str(r["order_id"]) for r in rows]
+
+
+def record_stripe_event(
+    db: Database, stripe_event_id: str, event_type: str, payment_intent_id: str | None
+) -> bool:
+    """Remember a webhook event; False when it was already applied (a redelivery)."""
+    count = db.execute(
+        """
+        INSERT INTO stripe_events (stripe_event_id, event_type, payment_intent_id)
+        VALUES (:id, :type, :pi) ON CONFLICT (stripe_event_id) DO NOTHING
+        """,
+        id=stripe_event_id,
+        type=event_type,
+        pi=payment_intent_id,
+    )
+    return count == 1
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return True

@@ -1,0 +1,41 @@
+"""The gateways a use case needs, built once per warm container. Tests build their own
+``Services`` with doubles in place of Stripe or Kafka."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from payments_core.config import Settings, get_settings
+from payments_core.db import Database, get_database
+from payments_core.kafka_gateway import EventPublisher, KafkaEventPublisher
+from payments_core.stripe_gateway import StripeApiGateway, StripeGateway
+
+
+@dataclass
+class Services:
+    db: Database
+    stripe: StripeGateway
+    publisher: EventPublisher
+    settings: Settings
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    global _services
+    if _services is None:
+        settings = get_settings()
+        _services = Services(
+            db=get_database(),
+            stripe=StripeApiGateway(settings),
+            publisher=KafkaEventPublisher(settings),
+            settings=settings,
+        )
+    return _services
+
+
+def set_services(services: Services | None) -> None:
+    """Replace the container's gateways (tests, local tools)."""
+    global _services
+    _services = services

@@ -1,0 +1,103 @@
+"""Stripe webhooks: verified against the raw body, deduplicated by Stripe event id in the same
+transaction as the state change, applied through the one state machine.
+
+The PaymentIntent's own status decides the new state, not the event's name: events arrive
+late, twice and out of order, and localstripe sends payment_intent.succeeded for a
+manual-capture authorization."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from payments_core import lifecycle, outbox, repository
+from payments_core.observability import count, logger
+from payments_core.secrets import get_secret_string
+from payments_core.services import Services
+from payments_core.stripe_gateway import IntentSnapshot
+
+HANDLED_EVENT_TYPES = frozenset(
+    {
+        "payment_intent.amount_capturable_updated",
+        "payment_intent.succeeded",
+        "payment_intent.canceled",
+        "payment_intent.payment_failed",
+        "payment_intent.requires_action",
+    }
+)
+
+
+class WebhookRejected(Exception):
+    """The request is not a verified Stripe event: answer 400, write nothing."""
+
+
+@dataclass(frozen=True)
+class WebhookOutcome:
+    result: str  # applied | unchanged | duplicate | ignored | unknown_payment
+    order_id: str | None = None
+
+
+def verify_event(raw_body: bytes, signature_header: str | None, services: Services) -> dict[str, Any]:
+    """The Stripe event, if and only if its signature verifies over the raw body."""
+    import stripe
+
+    if not signature_header:
+        raise WebhookRejected("missing Stripe-Signature header")
+    try:
+        payload = raw_body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected("body is not UTF-8") from exc
+    secret = get_secret_string(services.settings.stripe_webhook_secret_id)
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload, signature_header, secret, tolerance=services.settings.webhook_tolerance_seconds
+        )
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookRejected(f"signature verification failed: {exc.user_message or exc}") from None
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise WebhookRejected("body is not JSON") from exc
+    if (
+        not isinstance(event, dict)
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+    ):
+        raise WebhookRejected("body is not a Stripe event")
+    return event
+
+
+def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
+    """Apply a verified Stripe event. Idempotent per Stripe event id."""
+    event_type = event["type"]
+    if event_type not in HANDLED_EVENT_TYPES:
+        return WebhookOutcome("ignored")
+    obj = (event.get("data") or {}).get("object") or {}
+    if obj.get("object") not in (None, "payment_intent") or not isinstance(obj.get("id"), str):
+        return WebhookOutcome("ignored")
+    intent = IntentSnapshot.from_stripe(obj)
+    db = services.db
+    payment = repository.get_by_payment_intent_id(db, intent.id)
+    order_id = payment.order_id if payment else intent.metadata.get("order_id")
+    if not order_id:
+        logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
+        return WebhookOutcome("unknown_payment")
+    with db.order_lock(order_id), db.transaction():
+        payment = repository.get_by_order_id(db, order_id, for_update=True)
+        if payment is None or (payment.payment_intent_id not in (None, intent.id)):
+            logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
+            return WebhookOutcome("unknown_payment", order_id)
+        if not repository.record_stripe_event(db, event["id"], event_type, intent.id):
+            count("DuplicateWebhook")
+            return WebhookOutcome("duplicate", order_id)
+        changed = lifecycle.apply_intent(
+            db,
+            payment,
+            intent,
+            correlation_id=payment.correlation_id,
+            attempt_failed=event_type == "payment_intent.payment_failed",
+        )
+    if changed:
+        outbox.publish_best_effort(db, services.publisher, [order_id])
+    return WebhookOutcome("applied" if changed else "unchanged", order_id)
