@@ -19,7 +19,7 @@ from payments_core import authorization, escrow, lifecycle, outbox, repository
 from payments_core.contracts import Command, PaymentFailed, Unattributable, event_envelope, parse_command
 from payments_core.dead_letters import send_dead_letter
 from payments_core.domain import event_id_for_rejection
-from payments_core.errors import Rejection
+from payments_core.errors import Rejection, TransientError
 from payments_core.observability import count, logger
 from payments_core.services import Services, get_services
 
@@ -40,7 +40,15 @@ def handle_command_batch(
     touched: list[str] = []
 
     def record_handler(record: KafkaEventRecord) -> None:
-        order_key = handle_record(services, record)
+        where = {"partition": record.partition, "offset": record.offset}
+        try:
+            order_key = handle_record(services, record)
+        except TransientError as exc:
+            logger.warning("record will be re-delivered", extra={**where, "reason": str(exc)})
+            raise
+        except Exception:
+            logger.exception("unexpected failure; record will be re-delivered", extra=where)
+            raise
         if order_key:
             touched.append(order_key)
 

@@ -47,6 +47,7 @@ class KafkaEventPublisher:
                 "enable_idempotence": True,
                 "linger_ms": 0,
                 "max_block_ms": int(s.kafka_send_timeout_seconds * 1000),
+                "bootstrap_timeout_ms": int(s.kafka_send_timeout_seconds * 1000),
                 "request_timeout_ms": int(s.kafka_send_timeout_seconds * 1000),
                 "delivery_timeout_ms": int(s.kafka_send_timeout_seconds * 1000) + 1000,
                 "security_protocol": s.kafka_security_protocol,

@@ -127,7 +127,7 @@ class StripeApiGateway:
                 exc.user_message or str(exc),
                 stripe_code=exc.code,
                 decline_code=getattr(err, "decline_code", None) if err is not None else None,
-                payment_intent_id=pi.get("id") if pi else None,
+                payment_intent_id=getattr(pi, "id", None) if pi else None,
             ) from exc
         except (
             stripe.RateLimitError,

@@ -28,8 +28,19 @@ HANDLED_EVENT_TYPES = frozenset(
 )
 
 
+# Why a webhook request was refused (the ``error`` of the 400 answer).
+MISSING_SIGNATURE = "MISSING_SIGNATURE"
+INVALID_SIGNATURE = "INVALID_SIGNATURE"  # forged, another secret, or older than the tolerance
+INVALID_PAYLOAD = "INVALID_PAYLOAD"  # verified bytes that are not a Stripe event
+
+
 class WebhookRejected(Exception):
     """The request is not a verified Stripe event: answer 400, write nothing."""
+
+    def __init__(self, message: str, code: str = INVALID_SIGNATURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -43,11 +54,11 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     import stripe
 
     if not signature_header:
-        raise WebhookRejected("missing Stripe-Signature header")
+        raise WebhookRejected("missing Stripe-Signature header", MISSING_SIGNATURE)
     try:
         payload = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WebhookRejected("body is not UTF-8") from exc
+        raise WebhookRejected("body is not UTF-8", INVALID_PAYLOAD) from exc
     secret = get_secret_string(services.settings.stripe_webhook_secret_id)
     try:
         stripe.WebhookSignature.verify_header(
@@ -58,13 +69,13 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     try:
         event = json.loads(payload)
     except json.JSONDecodeError as exc:
-        raise WebhookRejected("body is not JSON") from exc
+        raise WebhookRejected("body is not JSON", INVALID_PAYLOAD) from exc
     if (
         not isinstance(event, dict)
         or not isinstance(event.get("id"), str)
         or not isinstance(event.get("type"), str)
     ):
-        raise WebhookRejected("body is not a Stripe event")
+        raise WebhookRejected("body is not a Stripe event", INVALID_PAYLOAD)
     return event
 
 

@@ -1,0 +1,241 @@
+"""Payment-domain helpers for integration tests: cards in localstripe, commands in the
+contract's shape, MSK events, and readers for rows, the outbox and payment_events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from payments_core import db as db_module
+from payments_core import services as services_module
+from payments_core.config import get_settings
+from payments_core.db import Database
+from payments_core.kafka_gateway import KafkaEventPublisher
+from payments_core.services import Services
+from payments_core.stripe_gateway import StripeApiGateway
+
+CARD_OK = "4242424242424242"
+CARD_3DS = "4000002760003184"  # localstripe: requires authentication
+CARD_DECLINED_ON_CHARGE = "4000000000000341"  # localstripe: attaches, then declines
+
+
+@dataclass(frozen=True)
+class Card:
+    customer_id: str
+    payment_method_id: str
+
+
+def msk_event(
+    *values: Any, topic: str = "payment_commands", partition: int = 0, first_offset: int = 0
+) -> dict:
+    """An MSK event as the event source mapping delivers it; dict values are JSON-encoded."""
+    records = []
+    for i, value in enumerate(values):
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        records.append(
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": first_offset + i,
+                "timestamp": int(time.time() * 1000),
+                "timestampType": "CREATE_TIME",
+                "key": None,
+                "value": base64.b64encode(raw).decode(),
+                "headers": [],
+            }
+        )
+    return {
+        "eventSource": "aws:kafka",
+        "eventSourceArn": "arn:aws:kafka:ap-southeast-1:111111111111:cluster/local/1",
+        "bootstrapServers": "127.0.0.1:9092",
+        "records": {f"{topic}-{partition}": records},
+    }
+
+
+def authorize_command(
+    card: Card, order_id: str | None = None, amount: Any = 1299, correlation_id: str | None = None
+) -> dict[str, Any]:
+    """authorize_payment exactly as the create-order saga sends it."""
+    order_id = order_id or str(uuid.uuid4())
+    return {
+        "type": "authorize_payment",
+        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "timestamp": "2025-03-31T09:12:45.123456",
+        "payload": {
+            "order_id": order_id,
+            "customer": {
+                "clerkUserId": "user_2abc",
+                "stripeCustomerId": card.customer_id,
+                "userStripeCard": {
+                    "payment_method_id": card.payment_method_id,
+                    "card_type": "visa",
+                    "last_four": "4242",
+                },
+            },
+            "order": {"amount": amount, "description": f"Payment for order {order_id}"},
+            "return_url": "https://localhost:5173/customer/history",
+        },
+    }
+
+
+def command(command_type: str, correlation_id: str | None = None, **payload: Any) -> dict[str, Any]:
+    return {
+        "type": command_type,
+        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "timestamp": "2025-03-31T09:12:45",
+        "payload": payload,
+    }
+
+
+@pytest.fixture(autouse=True)
+def fresh_services() -> Iterator[None]:
+    """Each test starts with the service's container-wide singletons unset (settings from the
+    local env, a new database connection), as a new Lambda container would."""
+    get_settings.cache_clear()
+    services_module.set_services(None)
+    db_module._database = None
+    yield
+    current = db_module._database
+    if current is not None:
+        current.close()
+    services_module.set_services(None)
+    db_module._database = None
+
+
+@pytest.fixture
+def make_services() -> Iterator[Callable[..., Services]]:
+    """``make_services(stripe=None, publisher=None) -> Services`` with its own connection (one
+    per simulated concurrent Lambda container); real gateways unless replaced."""
+    made: list[Services] = []
+
+    def factory(**overrides: Any) -> Services:
+        settings = get_settings()
+        services = Services(
+            db=overrides.pop("db", None) or Database(settings),
+            stripe=overrides.pop("stripe", None) or StripeApiGateway(settings),
+            publisher=overrides.pop("publisher", None) or KafkaEventPublisher(settings),
+            settings=settings,
+        )
+        made.append(services)
+        return services
+
+    yield factory
+    for services in made:
+        services.db.close()
+
+
+@pytest.fixture
+def new_card(localstripe_client: Any) -> Callable[[str], Card]:
+    """``new_card(number) -> Card``: a fresh localstripe customer with that card attached."""
+
+    def factory(number: str = CARD_OK) -> Card:
+        customer = localstripe_client.v1.customers.create(
+            params={"email": f"{uuid.uuid4().hex[:8]}@campus.test"}
+        )
+        method = localstripe_client.v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+            }
+        )
+        localstripe_client.v1.payment_methods.attach(method.id, params={"customer": customer.id})
+        return Card(customer.id, method.id)
+
+    return factory
+
+
+@pytest.fixture
+def intents_for_order(localstripe_client: Any) -> Callable[[Card, str], list[Any]]:
+    """Every PaymentIntent localstripe holds for this customer and order."""
+
+    def read(card: Card, order_id: str) -> list[Any]:
+        page = localstripe_client.v1.payment_intents.list(params={"customer": card.customer_id, "limit": 100})
+        return [pi for pi in page.data if (pi.to_dict().get("metadata") or {}).get("order_id") == order_id]
+
+    return read
+
+
+@pytest.fixture
+def payment_row(pg_connection: Any) -> Callable[[str], dict[str, Any] | None]:
+    def read(order_id: str) -> dict[str, Any] | None:
+        rows = pg_connection.run("SELECT * FROM payments WHERE order_id = :o", o=order_id)
+        if not rows:
+            return None
+        names = [c["name"] for c in pg_connection.columns]
+        return dict(zip(names, rows[0], strict=True))
+
+    return read
+
+
+@pytest.fixture
+def outbox_rows(pg_connection: Any) -> Callable[[str], list[dict[str, Any]]]:
+    def read(order_key: str) -> list[dict[str, Any]]:
+        rows = pg_connection.run(
+            "SELECT event_id::text, event_type, envelope, published_at, attempts, last_error FROM outbox"
+            " WHERE order_id = :o ORDER BY id",
+            o=order_key,
+        )
+        names = [c["name"] for c in pg_connection.columns]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    return read
+
+
+@pytest.fixture
+def published_events(make_consumer: Callable[..., Any]) -> Callable[..., list[dict[str, Any]]]:
+    """``published_events(order_key, at_least=1, timeout=15) -> [envelope, ...]`` read from
+    payment_events (keyed by order), waiting until at least that many arrived, then a little
+    longer so that extra (duplicate) events would be seen too."""
+
+    def read(
+        order_key: str, at_least: int = 1, timeout: float = 15.0, settle: float = 1.0
+    ) -> list[dict[str, Any]]:
+        consumer = make_consumer("payment_events", consumer_timeout_ms=500)
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < (settle_until or deadline):
+            for message in consumer:
+                if message.key is not None and message.key.decode() == order_key:
+                    found.append(json.loads(message.value))
+            if len(found) >= at_least and settle_until is None:
+                settle_until = time.monotonic() + settle
+        consumer.close()
+        return found
+
+    return read
+
+
+@pytest.fixture
+def dead_letters(make_consumer: Callable[..., Any]) -> Callable[..., list[Any]]:
+    """``dead_letters(predicate, timeout=10) -> [ConsumerRecord]`` from the dead-letter topic."""
+
+    def read(predicate: Callable[[Any], bool], timeout: float = 10.0) -> list[Any]:
+        consumer = make_consumer(get_settings().dead_letter_topic, consumer_timeout_ms=500)
+        found: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not found:
+            found.extend(m for m in consumer if predicate(m))
+        return found
+
+    return read
+
+
+@pytest.fixture
+def authorize_handler(
+    load_function: Callable[[str], Any], lambda_context: Callable[..., Any]
+) -> Callable[[dict], dict]:
+    """Invoke the authorize function's handler in-process with an MSK event."""
+    module = load_function("authorize_payment")
+    context = lambda_context("authorize_payment")
+
+    def invoke(event: dict) -> dict:
+        return module.lambda_handler(event, context)
+
+    return invoke
