@@ -1,0 +1,36 @@
+"""The committed OpenAPI document (docs/openapi.json) must describe the routes as they are:
+regenerate it with `make openapi` after changing a route."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from payments_core.api import app, openapi_document
+
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+
+
+def test_committed_document_matches_the_routes() -> None:
+    assert DOCUMENT.is_file(), "docs/openapi.json is missing: run `make openapi`"
+    committed = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    assert committed == json.loads(openapi_document()), "docs/openapi.json is stale: run `make openapi`"
+
+
+def test_document_lists_every_route() -> None:
+    document = json.loads(openapi_document())
+    documented = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+    routes = {(r.method, r.openapi_path) for r in app._static_routes + app._dynamic_routes}
+    assert (
+        documented
+        == routes
+        == {
+            ("POST", "/api/stripe-webhook"),
+            ("GET", "/payment/{order_id}/status"),
+            ("GET", "/payment/{payment_id}/details"),
+            ("GET", "/health"),
+        }
+    )
+    for path, ops in document["paths"].items():
+        for op in ops.values():
+            assert "422" not in op["responses"], path  # this API answers 400, not 422
