@@ -1,0 +1,1 @@
+"""The CDK app of the payment service: constructs mirroring the runtime, one stack, one pipeline."""

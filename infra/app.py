@@ -1,0 +1,70 @@
+"""The CDK app: ``cdk synth`` / ``cdk deploy`` run it (cdk.json), tests call ``create_app``.
+
+    cdk synth -c stage=dev        # PaymentServiceStack for that stage + the PipelineStack
+
+Everything account-specific comes from the ``payment-service`` context in cdk.json (fixed
+account/region/zones), so synth needs no credentials and does no lookups.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import App, Environment, Validations
+from cdk_nag import AwsSolutionsChecks
+
+from infra.config import CONTEXT_KEY, load
+from infra.stacks.payment_service import PaymentServiceStack
+from infra.stacks.pipeline import PipelineStack, stack_name
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_STACK = "payment-service-pipeline"
+
+
+def _cdk_json_context() -> dict[str, Any]:
+    return dict(json.loads((ROOT / "cdk.json").read_text())["context"])
+
+
+def create_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
+    """The app with cdk.json's context (the CLI passes the same), plus overrides for tests."""
+    app = App(context={**_cdk_json_context(), **(context or {})}, outdir=outdir)
+    cfg = load(app.node.get_context(CONTEXT_KEY))
+    stage = str(app.node.try_get_context("stage") or "dev")
+    layer_zip = Path(str(app.node.try_get_context("layer_zip") or cfg.layer_zip))
+    if not layer_zip.is_absolute():
+        layer_zip = ROOT / layer_zip
+    env = Environment(account=cfg.account, region=cfg.region)
+    # Pre-answer CDK's availability-zone lookup (interface endpoints ask for it) from cdk.json,
+    # so synth never needs credentials.
+    app.node.set_context(
+        f"availability-zones:account={cfg.account}:region={cfg.region}", cfg.availability_zones
+    )
+    PaymentServiceStack(
+        app,
+        stack_name(stage),
+        config=cfg.stage(stage),
+        availability_zones=cfg.availability_zones,
+        layer_zip=layer_zip,
+        env=env,
+        description=f"campusG payment service ({stage})",
+    )
+    PipelineStack(
+        app,
+        PIPELINE_STACK,
+        app_config=cfg,
+        layer_zip=layer_zip,
+        env=env,
+        description="campusG payment service: delivery pipeline",
+    )
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+    return app
+
+
+def main() -> None:
+    create_app().synth()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Build the one Lambda layer every function uses, without Docker.
+
+    python -m infra.build_layer [--platform TAG] [--python-version X.Y] [--out DIR]
+
+Third-party runtime dependencies come from ``[project].dependencies`` in pyproject.toml (one
+list for local runs and the layer), fetched as wheels for the Lambda platform with
+``pip install --platform … --only-binary=:all:``, then ``payments_core`` is copied beside
+them. Packages the Lambda runtime already ships (boto3/botocore) are left out, including when
+another package pulls them in. The zip is deterministic (sorted entries, fixed timestamps) so an
+unchanged layer keeps the same asset hash and CloudFormation publishes no new layer version.
+
+The defaults target the runtime in ``infra.runtime``; the tests pass the host's platform to
+build an importable variant of the same layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+from infra.runtime import PIP_PLATFORM, PROVIDED_BY_RUNTIME, PYTHON_VERSION
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYMENTS_CORE = ROOT / "layers" / "payments_core" / "python" / "payments_core"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """The project's runtime dependencies, minus what the Lambda runtime provides."""
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    provided = {_normalize(n) for n in PROVIDED_BY_RUNTIME}
+    return [d for d in deps if _normalize(re.split(r"[\s\[<>=!~;]", d, maxsplit=1)[0]) not in provided]
+
+
+def _remove_provided(site: Path) -> None:
+    provided = {_normalize(n) for n in PROVIDED_BY_RUNTIME}
+    for entry in site.iterdir():
+        name = entry.name.removesuffix(".dist-info").split("-")[0] if entry.is_dir() else entry.stem
+        if _normalize(name) in provided:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts: nothing in Lambda runs them
+    for cache in list(site.rglob("__pycache__")):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def build(
+    out: Path,
+    platform: str = PIP_PLATFORM,
+    python_version: str = PYTHON_VERSION,
+) -> Path:
+    """Build ``out/layer/python`` and ``out/layer.zip``; return the zip's path."""
+    layer = out / "layer"
+    site = layer / "python"
+    shutil.rmtree(layer, ignore_errors=True)
+    site.mkdir(parents=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--platform",
+        platform,
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+        "--target",
+        str(site),
+        *runtime_requirements(),
+    ]
+    subprocess.run(cmd, check=True)
+    _remove_provided(site)
+    shutil.copytree(PAYMENTS_CORE, site / "payments_core", ignore=shutil.ignore_patterns("__pycache__"))
+    return _zip(layer, out / "layer.zip")
+
+
+def _zip(layer: Path, target: Path) -> Path:
+    target.unlink(missing_ok=True)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for path in sorted(p for p in layer.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(layer).as_posix(), date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, path.read_bytes())
+    return target
+
+
+def unzipped_size(layer_dir: Path) -> int:
+    return sum(p.stat().st_size for p in layer_dir.rglob("*") if p.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--platform", default=PIP_PLATFORM)
+    parser.add_argument("--python-version", default=PYTHON_VERSION)
+    parser.add_argument("--out", type=Path, default=ROOT / "build")
+    args = parser.parse_args(argv)
+    zipped = build(args.out, platform=args.platform, python_version=args.python_version)
+    mb = 1024 * 1024
+    print(
+        f"layer {zipped} for python{args.python_version} {args.platform}: "
+        f"{zipped.stat().st_size / mb:.1f} MB zipped, "
+        f"{unzipped_size(args.out / 'layer') / mb:.1f} MB unzipped (Lambda limit 250 MB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One construct per runtime concern, composed by ``infra.stacks.payment_service``."""

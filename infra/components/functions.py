@@ -1,0 +1,266 @@
+"""The Lambda functions: one code asset per ``functions/<name>`` (only its app.py), one shared
+layer (payments_core and its dependencies), all in the VPC's private subnets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Duration
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from infra.components.data import Database
+from infra.components.messaging import Messaging
+from infra.components.network import Network
+from infra.components.secrets import StripeSecrets
+from infra.config import StageConfig
+from infra.nag import Suppression, suppress
+from infra.runtime import ARCHITECTURE, PYTHON_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS_DIR = ROOT / "functions"
+RUNTIME = lambda_.Runtime(f"python{PYTHON_VERSION}", lambda_.RuntimeFamily.PYTHON)
+ARCH = lambda_.Architecture.ARM_64 if ARCHITECTURE == "arm64" else lambda_.Architecture.X86_64
+# Lambda stops a Kafka-triggered invocation at 14 minutes; stay far below so a stuck Stripe call
+# fails the batch (and is retried/bisected) long before that.
+KAFKA_TIMEOUT_CEILING = Duration.minutes(5)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    description: str
+    timeout: Duration
+
+
+class Functions(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        layer_zip: Path,
+        network: Network,
+        messaging: Messaging,
+        database: Database,
+        stripe: StripeSecrets,
+    ):
+        super().__init__(scope, id)
+        fc = config.functions
+        if fc.authorize_timeout_seconds > KAFKA_TIMEOUT_CEILING.to_seconds():
+            raise ValueError(
+                "functions.authorize_timeout_seconds must stay well under the 14-minute Kafka limit"
+            )
+        if not layer_zip.is_file():
+            raise FileNotFoundError(f"{layer_zip} is missing: run `make build` first")
+
+        self.layer = lambda_.LayerVersion(
+            self,
+            "PaymentsCore",
+            code=lambda_.Code.from_asset(str(layer_zip)),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCH],
+            description=f"payments_core + dependencies (python{PYTHON_VERSION}, {ARCHITECTURE})",
+        )
+        kc = config.kafka
+        bc = config.business
+        self.environment = {
+            "KAFKA_BOOTSTRAP_SERVERS": messaging.bootstrap_servers,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "AWS_MSK_IAM",
+            "PAYMENT_EVENTS_TOPIC": kc.events_topic,
+            "DEAD_LETTER_TOPIC": kc.dead_letter_topic,
+            "DEAD_LETTER_QUEUE_URL": messaging.dead_letter_queue.queue_url,
+            "DB_SECRET_ID": database.secret.secret_arn,
+            "DB_HOST": database.proxy.endpoint,
+            "DB_PORT": str(database.port),
+            "DB_NAME": database.config.name,
+            "DB_SSL": "true",
+            "STRIPE_SECRET_KEY_SECRET_ID": stripe.secret_key.secret_arn,
+            "STRIPE_WEBHOOK_SECRET_ID": stripe.webhook_secret.secret_arn,
+            "STRIPE_API_BASE": bc.stripe_api_base,
+            "DEFAULT_CURRENCY": bc.default_currency,
+            "PLATFORM_FEE_BPS": str(bc.platform_fee_bps),
+            "RECONCILE_PENDING_AFTER_SECONDS": str(bc.reconcile_pending_after_seconds),
+            "RECONCILE_REQUIRES_ACTION_AFTER_SECONDS": str(bc.reconcile_requires_action_after_seconds),
+            "RECONCILE_AUTHORIZED_AFTER_SECONDS": str(bc.reconcile_authorized_after_seconds),
+            "RECONCILE_BATCH_SIZE": str(bc.reconcile_batch_size),
+            "POWERTOOLS_SERVICE_NAME": "payment-service",
+            "POWERTOOLS_METRICS_NAMESPACE": "CampusG/Payments",
+            "POWERTOOLS_LOG_LEVEL": fc.log_level,
+        }
+        self._config = config
+        self._network = network
+
+        self.authorize_payment = self._function(
+            _Spec(
+                "authorize_payment",
+                "payment_commands consumer: authorize, release, revert",
+                Duration.seconds(fc.authorize_timeout_seconds),
+            ),
+            reserved_concurrency=fc.authorize_reserved_concurrency,
+        )
+        self.payment_api = self._function(
+            _Spec(
+                "payment_api", "Stripe webhook and payment queries", Duration.seconds(20)
+            )  # API GW waits 29 s
+        )
+        self.outbox_relay = self._function(
+            _Spec(
+                "outbox_relay", "publishes the outbox to payment_events", Duration.seconds(50)
+            )  # < 1 min rate
+        )
+        self.reconcile_payments = self._function(
+            _Spec(
+                "reconcile_payments", "re-reads stale payments from Stripe", Duration.minutes(4)
+            )  # < 5 min rate
+        )
+        self.service_functions = [
+            self.authorize_payment,
+            self.payment_api,
+            self.outbox_relay,
+            self.reconcile_payments,
+        ]
+
+        # Schema migrations: its own security group, the only function allowed to reach the instance
+        # directly (DDL through the proxy would pin the connection anyway).
+        migrate_sg = ec2.SecurityGroup(
+            self, "MigrateSecurityGroup", vpc=network.vpc, description="schema migrations"
+        )
+        self.migrate_database = self._function(
+            _Spec("migrate_database", "applies payments_core's SQL migrations", Duration.minutes(5)),
+            security_group=migrate_sg,
+            environment={"DB_HOST": database.instance.db_instance_endpoint_address},
+        )
+        database.instance.connections.allow_default_port_from(migrate_sg, "schema migrations")
+        database.secret.grant_read(self.migrate_database)
+        database.proxy.connections.allow_from(
+            network.function_security_group, ec2.Port.tcp(database.port), "functions"
+        )
+
+        for fn in self.service_functions:
+            database.secret.grant_read(fn)
+            stripe.secret_key.grant_read(fn)
+            messaging.dead_letter_queue.grant_send_messages(fn)
+            messaging.grant_produce(fn, kc.events_topic, kc.dead_letter_topic)
+        stripe.webhook_secret.grant_read(self.payment_api)
+
+        self._add_kafka_trigger(messaging)
+        for fn in [*self.service_functions, self.migrate_database]:
+            self._suppress_managed_and_wildcards(fn)
+
+    def _function(
+        self,
+        spec: _Spec,
+        *,
+        reserved_concurrency: int | None = None,
+        security_group: ec2.ISecurityGroup | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> lambda_.Function:
+        fc = self._config.functions
+        source = FUNCTIONS_DIR / spec.name
+        ident = "".join(part.title() for part in spec.name.split("_"))
+        log_group = logs.LogGroup(self, f"{ident}Logs", retention=_retention(fc.log_retention_days))
+        return lambda_.Function(
+            self,
+            ident,
+            description=spec.description,
+            runtime=RUNTIME,
+            architecture=ARCH,
+            handler="app.lambda_handler",
+            # Only app.py: everything else the function needs is in the shared layer.
+            code=lambda_.Code.from_asset(str(source), exclude=["*", "!app.py"]),
+            layers=[self.layer],
+            memory_size=fc.memory_mb,
+            timeout=spec.timeout,
+            reserved_concurrent_executions=reserved_concurrency,
+            vpc=self._network.vpc,
+            vpc_subnets=self._network.function_subnets,
+            security_groups=[security_group or self._network.function_security_group],
+            environment={**self.environment, **(environment or {})},
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=log_group,
+        )
+
+    def _add_kafka_trigger(self, messaging: Messaging) -> None:
+        kc = self._config.kafka
+        if kc.min_pollers < 1:
+            # Lambda accepts retry limits, bisecting and partial batch responses for Kafka only in
+            # provisioned mode; without them a poison command would block its partition forever.
+            raise ValueError("kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode")
+        self.authorize_payment.add_event_source(
+            sources.ManagedKafkaEventSource(
+                cluster_arn=messaging.cluster_arn,
+                topic=kc.commands_topic,
+                consumer_group_id=kc.consumer_group_id,
+                starting_position=lambda_.StartingPosition[kc.starting_position],
+                batch_size=kc.batch_size,
+                max_batching_window=Duration.seconds(kc.max_batching_window_seconds),
+                report_batch_item_failures=True,
+                bisect_batch_on_error=True,
+                retry_attempts=kc.retry_attempts,
+                max_record_age=Duration.seconds(kc.max_record_age_seconds),
+                on_failure=sources.SqsDlq(messaging.dead_letter_queue),
+                provisioned_poller_config=sources.ProvisionedPollerConfig(
+                    minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
+                ),
+            )
+        )
+        messaging.grant_consume(self.authorize_payment, kc.commands_topic, kc.consumer_group_id)
+
+    def _suppress_managed_and_wildcards(self, fn: lambda_.Function) -> None:
+        assert fn.role is not None
+        suppress(
+            fn.role,
+            [
+                Suppression(
+                    id="AwsSolutions-IAM4",
+                    reason="AWS-maintained Lambda execution policies: basic logging, VPC ENI management "
+                    "and, for the MSK trigger, AWSLambdaMSKExecutionRole (describe cluster, ENIs).",
+                    applies_to=[
+                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
+                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaMSKExecutionRole",
+                    ],
+                ),
+                Suppression(
+                    id="AwsSolutions-IAM5",
+                    reason="X-Ray's PutTraceSegments/PutTelemetryRecords accept no resource ARN, so CDK "
+                    "grants them on '*'; every other statement names its resource.",
+                    applies_to=["Resource::*"],
+                ),
+            ],
+        )
+        suppress(
+            fn,
+            [
+                Suppression(
+                    id="AwsSolutions-L1",
+                    reason=f"Pinned to python{PYTHON_VERSION}: the layer's wheels are built for exactly "
+                    "this runtime (infra/runtime.py); upgrading is a deliberate change of both.",
+                )
+            ],
+        )
+
+
+_RETENTION = {
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+}
+
+
+def _retention(days: int) -> logs.RetentionDays:
+    try:
+        return _RETENTION[days]
+    except KeyError:
+        raise ValueError(f"functions.log_retention_days must be one of {sorted(_RETENTION)}") from None

@@ -1,0 +1,177 @@
+"""Stage configuration, read from the ``payment-service`` context in cdk.json.
+
+``defaults`` holds every setting with its documented default; ``stages.<name>`` overrides some
+of them. Unknown keys are errors, so a typo in cdk.json fails the synth instead of being ignored.
+Nothing here looks anything up in an AWS account: synth works offline, without credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+CONTEXT_KEY = "payment-service"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    vpc_id: str | None  # import this VPC (needs the subnet ids below) instead of creating one
+    vpc_cidr: str  # the created VPC's range, or the imported VPC's (endpoints admit it on 443)
+    nat_gateways: int
+    private_subnet_ids: list[str]  # imported VPC: subnets with egress (functions reach Stripe)
+    isolated_subnet_ids: list[str]  # imported VPC: subnets for the database (may equal the private ones)
+    create_endpoints: bool
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    cluster_arn: str | None  # an existing MSK cluster (IAM auth); none: create MSK Serverless
+    bootstrap_servers: str | None  # SASL/IAM brokers of that cluster; derived when the stack creates it
+    commands_topic: str
+    events_topic: str
+    dead_letter_topic: str
+    consumer_group_id: str
+    batch_size: int
+    max_batching_window_seconds: int
+    starting_position: str  # TRIM_HORIZON or LATEST
+    retry_attempts: int
+    max_record_age_seconds: int
+    min_pollers: int  # provisioned pollers; 0 = on-demand (Lambda then rejects the retry controls)
+    max_pollers: int
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    name: str
+    instance_type: str
+    allocated_storage_gb: int
+    max_allocated_storage_gb: int
+    multi_az: bool
+    backup_retention_days: int
+    deletion_protection: bool
+    retain: bool
+    secret_rotation_days: int
+
+
+@dataclass(frozen=True)
+class FunctionsConfig:
+    memory_mb: int
+    authorize_timeout_seconds: int
+    authorize_reserved_concurrency: int | None
+    log_level: str
+    log_retention_days: int
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    throttle_rate_limit: int
+    throttle_burst_limit: int
+    webhook_max_body_kb: int  # 16, 32, 48 or 64: WAF's body inspection sizes for API Gateway
+
+
+@dataclass(frozen=True)
+class BusinessConfig:
+    stripe_api_base: str
+    default_currency: str
+    platform_fee_bps: int
+    reconcile_pending_after_seconds: int
+    reconcile_requires_action_after_seconds: int
+    reconcile_authorized_after_seconds: int
+    reconcile_batch_size: int
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    alarm_email: str | None
+    outbox_backlog_threshold: int
+    offset_lag_threshold: int
+    api_5xx_threshold: int
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    production: bool
+    network: NetworkConfig
+    kafka: KafkaConfig
+    database: DatabaseConfig
+    functions: FunctionsConfig
+    api: ApiConfig
+    business: BusinessConfig
+    monitoring: MonitoringConfig
+    name: str = "dev"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    connection_arn: str
+    repository: str
+    branch: str
+    stages: list[str] = field(default_factory=lambda: ["staging", "prod"])
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    account: str
+    region: str
+    availability_zones: list[str]
+    layer_zip: str
+    pipeline: PipelineConfig
+    stages: dict[str, StageConfig]
+
+    def stage(self, name: str) -> StageConfig:
+        try:
+            return self.stages[name]
+        except KeyError:
+            raise ValueError(f"unknown stage {name!r}; cdk.json defines {sorted(self.stages)}") from None
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {sorted(unknown)}")
+    # jsii drops null context values, so a missing optional setting means None.
+    kwargs: dict[str, Any] = {name: None for name in names - set(data) if type(None) in get_args(hints[name])}
+    for name in names & set(data):
+        hint = hints[name]
+        value = data[name]
+        if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+            value = _build(hint, value, f"{where}.{name}")
+        elif get_origin(hint) in (Union, types.UnionType) and value is not None:
+            inner = next(a for a in get_args(hint) if a is not type(None))
+            if inner in (int, str) and not isinstance(value, inner):
+                raise ValueError(f"{where}.{name}: expected {inner.__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load(context: dict[str, Any]) -> AppConfig:
+    """Build the typed configuration from the ``payment-service`` context value."""
+    defaults = context["defaults"]
+    stages = {
+        name: _build(StageConfig, {**_merge(defaults, overrides or {}), "name": name}, name)
+        for name, overrides in context["stages"].items()
+    }
+    return AppConfig(
+        account=str(context["account"]),
+        region=context["region"],
+        availability_zones=list(context["availability_zones"]),
+        layer_zip=context["layer_zip"],
+        pipeline=_build(PipelineConfig, context["pipeline"], "pipeline"),
+        stages=stages,
+    )

@@ -1,0 +1,1 @@
+"""The service stack and the pipeline stack."""

@@ -1,0 +1,137 @@
+"""PaymentServiceStack: the whole service in one account and region, composed of constructs
+that mirror the runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import CfnElement, CfnOutput, CustomResource, Stack, Tags
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from infra.components.api import PaymentApi
+from infra.components.data import Database
+from infra.components.functions import Functions
+from infra.components.messaging import Messaging
+from infra.components.monitoring import Monitoring
+from infra.components.network import Network
+from infra.components.schedules import Schedules
+from infra.components.secrets import StripeSecrets
+from infra.config import StageConfig
+from infra.nag import Suppression, suppress
+
+
+class PaymentServiceStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        availability_zones: list[str],
+        layer_zip: Path,
+        **kwargs: Any,
+    ):
+        super().__init__(scope, id, **kwargs)
+        # CloudFormation's DBProxyTargetGroup takes no tags, though CDK would render them.
+        untaggable = ["AWS::RDS::DBProxyTargetGroup"]
+        Tags.of(self).add("service", "payment-service", exclude_resource_types=untaggable)
+        Tags.of(self).add("stage", config.name, exclude_resource_types=untaggable)
+
+        network = Network(self, "Network", config=config.network, availability_zones=availability_zones)
+        messaging = Messaging(self, "Messaging", config=config.kafka, network=network)
+        database = Database(
+            self, "Data", config=config.database, network=network, production=config.production
+        )
+        stripe = StripeSecrets(self, "Stripe", retain=config.production)
+        functions = Functions(
+            self,
+            "Functions",
+            config=config,
+            layer_zip=layer_zip,
+            network=network,
+            messaging=messaging,
+            database=database,
+            stripe=stripe,
+        )
+        api = PaymentApi(self, "Api", config=config.api, handler=functions.payment_api, stage=config.name)
+        schedules = Schedules(
+            self, "Schedules", outbox_relay=functions.outbox_relay, reconciler=functions.reconcile_payments
+        )
+        monitoring = Monitoring(
+            self,
+            "Monitoring",
+            config=config.monitoring,
+            functions={fn.node.id: fn for fn in functions.service_functions},
+            kafka_consumer=functions.authorize_payment,
+            dead_letter_queue=messaging.dead_letter_queue,
+            api=api.api,
+        )
+        self.network, self.messaging, self.database, self.stripe = network, messaging, database, stripe
+        self.functions, self.api, self.schedules, self.monitoring = functions, api, schedules, monitoring
+
+        self._add_migrations(functions)
+        self._add_outputs()
+
+    def _add_migrations(self, functions: Functions) -> None:
+        provider = cr.Provider(self, "MigrationsProvider", on_event_handler=functions.migrate_database)
+        migrate_fn = functions.migrate_database.node.default_child
+        assert isinstance(migrate_fn, CfnElement)
+        # The layer carries the SQL files, so a new layer version (new code or new migrations) is
+        # what makes CloudFormation send an Update, i.e. migrate, on the deploy that ships it.
+        # Migrations are idempotent, so forcing a run (-c migrate_nonce=…) is always safe.
+        self.migrations = CustomResource(
+            self,
+            "SchemaMigrations",
+            service_token=provider.service_token,
+            properties={
+                "Layer": functions.layer.layer_version_arn,
+                "Nonce": str(self.node.try_get_context("migrate_nonce") or ""),
+            },
+            resource_type="Custom::PaymentsSchemaMigrations",
+        )
+        self.migrations.node.add_dependency(self.database.instance)
+        suppress(
+            provider,
+            [
+                Suppression(
+                    id="AwsSolutions-IAM4",
+                    reason="The CDK Provider framework function logs with AWSLambdaBasicExecutionRole; it "
+                    "only relays CloudFormation events to the migration function during deploys.",
+                    applies_to=[
+                        "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+                    ],
+                ),
+                Suppression(
+                    id="AwsSolutions-IAM5",
+                    reason="The Provider framework may invoke any version of the migration function "
+                    "(<arn>:*), a wildcard on that one function only.",
+                    applies_to=[f"Resource::<{self.get_logical_id(migrate_fn)}.Arn>:*"],
+                ),
+            ],
+        )
+
+    def _add_outputs(self) -> None:
+        outputs: dict[str, tuple[str, str]] = {
+            "WebhookUrl": (self.api.webhook_url, "paste into Stripe dashboard > Developers > Webhooks"),
+            "ApiUrl": (self.api.api.url, "base URL of the payment API (IAM-signed queries)"),
+            "DeadLetterQueueUrl": (self.messaging.dead_letter_queue.queue_url, "failed commands and events"),
+            "DeadLetterQueueArn": (self.messaging.dead_letter_queue.queue_arn, "failed commands and events"),
+            "StripeSecretKeySecretName": (
+                self.stripe.secret_key.secret_name,
+                "aws secretsmanager put-secret-value --secret-id <this> --secret-string sk_…",
+            ),
+            "StripeWebhookSecretName": (
+                self.stripe.webhook_secret.secret_name,
+                "aws secretsmanager put-secret-value --secret-id <this> --secret-string whsec_…",
+            ),
+            "DatabaseSecretArn": (self.database.secret.secret_arn, "generated database credentials"),
+            "FunctionSecurityGroupId": (
+                self.network.function_security_group.security_group_id,
+                "admit this group on port 9098 in an imported MSK cluster's security group",
+            ),
+            "AlarmTopicArn": (self.monitoring.topic.topic_arn, "subscribe on-call here"),
+        }
+        for name, (value, description) in outputs.items():
+            CfnOutput(self, name, value=value, description=description)

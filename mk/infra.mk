@@ -1,0 +1,31 @@
+# Infrastructure: the Lambda layer, the CDK app (infra/), its CLI pinned in package.json.
+STAGE ?= dev
+LAYER_ZIP := build/layer.zip
+CDK := node_modules/.bin/cdk
+# Offline and quiet: no notices or telemetry calls, no Node end-of-life banner from jsii.
+CDK_ENV := CDK_DISABLE_CLI_TELEMETRY=true JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1 JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=1
+LAYER_SOURCES := pyproject.toml infra/build_layer.py infra/runtime.py \
+	$(shell find layers/payments_core/python/payments_core -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+$(LAYER_ZIP): $(VENV_STAMP) $(LAYER_SOURCES)
+	$(PY) -m infra.build_layer
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found; install Node.js 20+"; exit 1; }
+	npm ci --no-audit --no-fund
+	@touch $@
+
+.PHONY: build synth deploy diff infra-test
+build: $(LAYER_ZIP) ## build the shared Lambda layer (payments_core + dependencies, arm64/python3.12) into build/
+
+synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod)
+	$(CDK_ENV) $(CDK) synth --no-notices --quiet -c stage=$(STAGE)
+
+diff: build node_modules/.installed ## show what `make deploy` would change (needs AWS credentials)
+	$(CDK_ENV) $(CDK) diff --no-notices -c stage=$(STAGE) payment-service-$(STAGE)
+
+deploy: build node_modules/.installed ## deploy one stage with cdk deploy (STAGE=dev|staging|prod; needs AWS credentials)
+	$(CDK_ENV) $(CDK) deploy --no-notices -c stage=$(STAGE) payment-service-$(STAGE) --require-approval broadening
+
+infra-test: venv ## template, cdk-nag and layer tests of the infrastructure
+	$(PY) -m pytest -m infra tests/infra
