@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from payments_core import lifecycle, repository
-from payments_core.contracts import STRIPE_UNEXPECTED_STATUS, AuthorizePayment, Command
+from payments_core.contracts import ORDER_REVERTED, STRIPE_UNEXPECTED_STATUS, AuthorizePayment, Command
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import Rejection, TransientError
 from payments_core.observability import count, logger
@@ -43,6 +43,13 @@ def authorize(services: Services, command: Command) -> str:
     )
     with db.order_lock(body.order_id):
         with db.transaction():
+            if repository.is_reverted_order(db, body.order_id):
+                raise Rejection(
+                    ORDER_REVERTED,
+                    "the order was reverted before its payment was authorized; no hold is placed",
+                    order_id=body.order_id,
+                    correlation_id=command.correlation_id,
+                )
             created = repository.insert_pending(db, proposed)
             payment = repository.get_by_order_id(db, body.order_id, for_update=True)
         assert payment is not None

@@ -33,6 +33,30 @@ def release(services: Services, command: Command) -> str:
         if payment is None:
             raise _not_found(body.order_id, body.payment_id, command.correlation_id)
         cid = command.correlation_id
+        release_recorded = payment.runner_id is not None or payment.runner_connect_account_id is not None
+        if (
+            payment.status is S.SUCCEEDED
+            and not release_recorded
+            and (body.runner_id or body.runner_connect_account_id)
+        ):
+            # Captured, but no release recorded: a release stopped after its capture (e.g. the
+            # transfer's answer was lost) and the payment_intent.succeeded webhook or the
+            # reconciler recorded the capture before this redelivery. Finish paying the runner.
+            captured = payment.captured_amount_cents or payment.amount_cents
+            transfer_id, transfer_failure = _pay_runner(services, payment, body, captured)
+            columns = {
+                "runner_id": body.runner_id,
+                "runner_connect_account_id": body.runner_connect_account_id,
+                "transfer_id": transfer_id,
+                "transfer_failure": transfer_failure,
+            }
+            with db.transaction():
+                repository.update(db, payment.payment_id, **columns)
+                for name, value in columns.items():
+                    setattr(payment, name, value)
+                lifecycle.announce(db, payment, correlation_id=cid)
+            count("PaymentReleased")
+            return order_id
         if payment.status is S.SUCCEEDED:
             count("DuplicateCommand")
             with db.transaction():
@@ -68,19 +92,7 @@ def release(services: Services, command: Command) -> str:
                 )
             return order_id
         captured = intent.amount_received or body.amount_to_capture or payment.amount_cents
-        transfer_id, transfer_failure = None, None
-        if body.runner_connect_account_id:
-            runner_share = _transferred(services, captured)
-            try:
-                transfer_id = services.stripe.transfer(payment, runner_share, body.runner_connect_account_id)
-            except Rejection as exc:
-                # The customer's money is captured and stays with the platform: announce the
-                # release, keep the reason, and alarm so an operator pays the runner.
-                transfer_failure = f"{exc.stripe_code or exc.code}: {exc.message}"[:500]
-                count("TransferFailed")
-                logger.error(
-                    "transfer to runner failed", extra={"order_id": order_id, "reason": transfer_failure}
-                )
+        transfer_id, transfer_failure = _pay_runner(services, payment, body, captured)
         with db.transaction():
             lifecycle.change_status(
                 db,
@@ -141,6 +153,26 @@ def revert(services: Services, command: Command) -> str:
             lifecycle.change_status(db, payment, S.REVERTED, correlation_id=cid, **columns)
         count("PaymentReverted")
         return order_id
+
+
+def _pay_runner(
+    services: Services, payment: Payment, body: ReleasePayment, captured: int
+) -> tuple[str | None, str | None]:
+    """Transfer the runner's share when a connected account is given: (transfer_id, failure)."""
+    if not body.runner_connect_account_id:
+        return None, None
+    try:
+        transfer_id = services.stripe.transfer(
+            payment, _transferred(services, captured), body.runner_connect_account_id
+        )
+    except Rejection as exc:
+        # The customer's money is captured and stays with the platform: announce the
+        # release, keep the reason, and alarm so an operator pays the runner.
+        failure = f"{exc.stripe_code or exc.code}: {exc.message}"[:500]
+        count("TransferFailed")
+        logger.error("transfer to runner failed", extra={"order_id": payment.order_id, "reason": failure})
+        return None, failure
+    return transfer_id, None
 
 
 def _give_back_capture(services: Services, payment: Payment) -> dict[str, object]:

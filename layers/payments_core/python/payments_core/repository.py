@@ -119,6 +119,20 @@ def record_stripe_event(
     return count == 1
 
 
+def remember_reverted_order(db: Database, order_id: str, reason: str, correlation_id: str | None) -> None:
+    db.execute(
+        "INSERT INTO reverted_orders (order_id, reason, correlation_id) VALUES (:o, :r, :c)"
+        " ON CONFLICT (order_id) DO NOTHING",
+        o=order_id,
+        r=reason,
+        c=correlation_id,
+    )
+
+
+def is_reverted_order(db: Database, order_id: str) -> bool:
+    return bool(db.query("SELECT 1 AS found FROM reverted_orders WHERE order_id = :o", o=order_id))
+
+
 def is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)

@@ -1,0 +1,334 @@
+"""A local API Gateway (REST API, Lambda proxy integration) in front of one handler, like
+``sam local start-api``.
+
+    python -m local.api_gateway            (started by `make local-up` on 127.0.0.1:3000)
+
+Each HTTP request becomes an API Gateway REST proxy event; the handler's ``statusCode``,
+``headers``, ``multiValueHeaders`` and ``body`` are returned as they are (a base64 body is
+decoded when ``isBase64Encoded``). Request bodies that are not UTF-8 text, or whose content
+type is a binary media type, arrive base64-encoded with ``isBase64Encoded: true``, as API
+Gateway does with binary media types configured.
+
+One warm container: the handler module is imported once and invoked one request at a time
+(the service's database connection is per container, not per thread). A handler file that
+does not exist yet answers 502 and is looked for again on the next request.
+
+``GET /_local/requests`` (answered by the emulator itself) lists the last requests with their
+bodies and statuses: what Stripe's emulator actually posted, for example.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
+from local.settings import AWS_ACCOUNT_ID, HOST, load
+
+log = logging.getLogger("local.api_gateway")
+
+# The REST API's resources (infra/ declares the same ones).
+ROUTES: list[tuple[str, str]] = [
+    ("POST", "/api/stripe-webhook"),
+    ("GET", "/payment/{order_id}/status"),
+    ("GET", "/payment/{payment_id}/details"),
+    ("GET", "/health"),
+]
+DEFAULT_BINARY_MEDIA_TYPES = ("application/octet-stream", "image/*", "application/pdf", "application/zip")
+STAGE = "local"
+ADMIN_PATH = "/_local/requests"  # the emulator's own: recent requests, for tests and debugging
+RECENT_REQUESTS = 100
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[^}/]+\})", template)
+    pattern = "".join(
+        f"(?P<{p[1:-1].rstrip('+')}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
+    )
+    return re.compile(f"^{pattern}$")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    regex: re.Pattern[str]
+
+
+def compile_routes(routes: list[tuple[str, str]]) -> list[Route]:
+    return [Route(m.upper(), t, _template_regex(t)) for m, t in routes]
+
+
+def match_route(routes: list[Route], method: str, path: str) -> tuple[str, dict[str, str] | None]:
+    """(resource, pathParameters): the template whose method and path match, else one whose
+    path matches, else the path itself (forwarded unchanged)."""
+    by_path = [(r, m) for r in routes if (m := r.regex.match(path))]
+    for route, found in by_path:
+        if route.method == method:
+            return route.template, {k: unquote(v) for k, v in found.groupdict().items()} or None
+    if by_path:
+        route, found = by_path[0]
+        return route.template, {k: unquote(v) for k, v in found.groupdict().items()} or None
+    return path, None
+
+
+def is_binary(content_type: str, binary_media_types: tuple[str, ...]) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return bool(media) and any(fnmatch.fnmatch(media, pattern) for pattern in binary_media_types)
+
+
+def build_event(
+    *,
+    method: str,
+    raw_path: str,
+    header_items: list[tuple[str, str]],
+    body: bytes,
+    source_ip: str,
+    routes: list[Route],
+    binary_media_types: tuple[str, ...] = DEFAULT_BINARY_MEDIA_TYPES,
+    host: str = f"{HOST}:3000",
+) -> dict[str, Any]:
+    split = urlsplit(raw_path)
+    path = unquote(split.path) or "/"
+    resource, path_parameters = match_route(routes, method, split.path or "/")
+
+    headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in header_items:
+        headers[name] = value  # the last one wins, as in API Gateway's single-value map
+        multi_headers.setdefault(name, []).append(value)
+
+    multi_query = parse_qs(split.query, keep_blank_values=True) if split.query else {}
+    query = {k: v[-1] for k, v in multi_query.items()}
+
+    content_type = next((v for k, v in header_items if k.lower() == "content-type"), "")
+    text_body: str | None = None
+    encoded = False
+    if body:
+        try:
+            if is_binary(content_type, binary_media_types):
+                raise UnicodeDecodeError("utf-8", body, 0, 1, "binary media type")
+            text_body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text_body = base64.b64encode(body).decode("ascii")
+            encoded = True
+
+    now = time.time()
+    request_id = str(uuid.uuid4())
+    user_agent = headers.get("User-Agent") or headers.get("user-agent")
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": path_parameters,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": AWS_ACCOUNT_ID,
+            "apiId": "local",
+            "domainName": host,
+            "extendedRequestId": request_id,
+            "httpMethod": method,
+            "identity": {"sourceIp": source_ip, "userAgent": user_agent},
+            "path": f"/{STAGE}{path}",
+            "protocol": "HTTP/1.1",
+            "requestId": request_id,
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestTimeEpoch": int(now * 1000),
+            "resourceId": "local",
+            "resourcePath": resource,
+            "stage": STAGE,
+        },
+        "body": text_body,
+        "isBase64Encoded": encoded,
+    }
+
+
+@dataclass
+class ApiGateway:
+    """The handler behind the routes; invoked one request at a time."""
+
+    function: str = "payment_api"
+    handler: Handler | None = None
+    routes: list[Route] = field(default_factory=lambda: compile_routes(ROUTES))
+    binary_media_types: tuple[str, ...] = DEFAULT_BINARY_MEDIA_TYPES
+    timeout_seconds: float = 29.0  # API Gateway's integration limit
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # the last requests, served at GET /_local/requests (never forwarded to the handler)
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+
+    def remember(self, event: dict[str, Any], status: int, elapsed_ms: float) -> None:
+        self.recent.append(
+            {
+                "time": event["requestContext"]["requestTimeEpoch"],
+                "requestId": event["requestContext"]["requestId"],
+                "httpMethod": event["httpMethod"],
+                "path": event["path"],
+                "resource": event["resource"],
+                "statusCode": status,
+                "durationMs": round(elapsed_ms, 1),
+                "body": (event["body"] or "")[:65536],
+                "isBase64Encoded": event["isBase64Encoded"],
+            }
+        )
+
+    def _load(self) -> Handler:
+        if self.handler is None:
+            self.handler = load_handler(handler_path(self.function))
+            log.info("handler %s loaded (cold start)", handler_path(self.function))
+        return self.handler
+
+    def invoke(self, event: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Run the handler; returns status, header pairs and body bytes for the HTTP reply."""
+        with self._lock:
+            try:
+                handler = self._load()
+            except FileNotFoundError:
+                message = f"handler {handler_path(self.function)} does not exist yet"
+                log.warning(message)
+                return _error(502, message)
+            except Exception:
+                log.error("importing the handler failed\n%s", traceback.format_exc())
+                return _error(502, "handler import failed (see the api-gateway log)")
+            context = FakeLambdaContext(function_name_of(self.function), timeout_seconds=self.timeout_seconds)
+            try:
+                response = handler(event, context)
+            except Exception:
+                log.error("handler raised\n%s", traceback.format_exc())
+                return _error(502, "Internal server error")
+        try:
+            return proxy_response(response)
+        except (TypeError, ValueError) as exc:
+            log.error("malformed Lambda proxy response (%s): %r", exc, response)
+            return _error(502, "Internal server error")
+
+
+def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "application/json")], json.dumps({"message": message}).encode()
+
+
+def proxy_response(response: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    if not isinstance(response, dict):
+        raise TypeError("the handler did not return a dict")
+    status = int(response.get("statusCode", 200))
+    pairs: list[tuple[str, str]] = []
+    multi = response.get("multiValueHeaders") or {}
+    for name, values in multi.items():
+        pairs.extend((str(name), str(v)) for v in (values or []))
+    seen = {name.lower() for name, _ in pairs}
+    for name, value in (response.get("headers") or {}).items():
+        if str(name).lower() not in seen:  # multiValueHeaders take precedence, as in API Gateway
+            pairs.append((str(name), str(value)))
+    body = response.get("body")
+    if body is None:
+        data = b""
+    elif response.get("isBase64Encoded"):
+        data = base64.b64decode(body)
+    else:
+        data = str(body).encode("utf-8")
+    return status, pairs, data
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServer:
+    class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "local-api-gateway"
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            started = time.monotonic()
+            if self.command == "GET" and urlsplit(self.path).path == ADMIN_PATH:
+                self._reply(
+                    200, [("Content-Type", "application/json")], json.dumps(list(gateway.recent)).encode()
+                )
+                return
+            event = build_event(
+                method=self.command,
+                raw_path=self.path,
+                header_items=list(self.headers.items()),
+                body=body,
+                source_ip=self.client_address[0],
+                routes=gateway.routes,
+                binary_media_types=gateway.binary_media_types,
+                host=f"{host}:{port}",
+            )
+            status, pairs, data = gateway.invoke(event)
+            pairs.append(("x-amzn-RequestId", event["requestContext"]["requestId"]))
+            self._reply(status, pairs, data)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            gateway.remember(event, status, elapsed_ms)
+            log.info(
+                "%s %s -> %d (%s, %.0f ms)", self.command, self.path, status, event["resource"], elapsed_ms
+            )
+
+        def _reply(self, status: int, pairs: list[tuple[str, str]], data: bytes) -> None:
+            self.send_response(status)
+            for name, value in pairs:
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug(format, *args)
+
+    server = ThreadingHTTPServer((host, port), RequestHandler)
+    server.daemon_threads = True
+    return server
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
+        format="%(asctime)s api-gateway %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = load()
+    function = os.environ.get("LOCAL_API_FUNCTION") or "payment_api"
+    extra_binary = tuple(t for t in os.environ.get("LOCAL_API_BINARY_MEDIA_TYPES", "").split(",") if t)
+    gateway = ApiGateway(function=function, binary_media_types=DEFAULT_BINARY_MEDIA_TYPES + extra_binary)
+    server = make_server(gateway, HOST, settings.api_port)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    if not handler_path(function).is_file():
+        log.warning(
+            "handler %s does not exist yet; requests answer 502 until it does", handler_path(function)
+        )
+    log.info("READY: http://%s:%d -> %s", HOST, settings.api_port, handler_path(function))
+    for method, template in ROUTES:
+        log.info("  %-5s %s", method, template)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever(poll_interval=0.5)
+    server.server_close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
