@@ -6,6 +6,8 @@ SHELL := /bin/bash
 include mk/python.mk
 include mk/local.mk
 include mk/infra.mk
+include mk/tools.mk
+include mk/api.mk
 
 .PHONY: help
 help: ## list the targets

@@ -1,0 +1,1 @@
+"""Developer tools (schemas, benchmark, demo). Never imported by the functions or the layer."""

@@ -1,0 +1,434 @@
+"""The campusG saga's payment conversation, played against the local stack through Kafka and
+HTTP only, as the orchestrator would.
+
+    python -m tools.demo        (make demo: creates the venv and starts the stack first)
+
+Setup (the client side's job, not the service's): customers and cards in localstripe. Then:
+authorize (card OK); authorize with a 3-D Secure card, authentication completed at localstripe,
+its webhook reaching the API; authorize with a declined card; the same authorize command sent
+twice; release; revert of another order; and the API's status for each. Exits 1 when any step
+deviates from the contract; leaves the stack running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from local import stack
+from local.settings import (
+    PAYMENT_COMMANDS_TOPIC,
+    PAYMENT_EVENTS_TOPIC,
+    STRIPE_SECRET_KEY,
+    client_env,
+)
+
+CARD_OK = "4242424242424242"
+CARD_3DS = "4000002760003184"
+CARD_DECLINED = "4000000000000341"
+WAIT_SECONDS = 30.0
+NEEDED = ("kafka", "postgres", "moto", "localstripe", "event-source", "api-gateway")
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+
+class Timeline:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.deviations: list[str] = []
+        self.tty = sys.stdout.isatty()
+        self._last_progress = 0.0
+
+    def _stamp(self) -> str:
+        return f"[{time.monotonic() - self.started:6.2f}s]"
+
+    def step(self, title: str) -> None:
+        print(f"\n== {title}", flush=True)
+
+    def say(self, marker: str, text: str) -> None:
+        self.clear_progress()
+        print(f"{self._stamp()} {marker} {text}", flush=True)
+
+    def ok(self, text: str) -> None:
+        self.say("  ok", text)
+
+    def deviation(self, text: str) -> None:
+        self.deviations.append(text)
+        self.say("FAIL", text)
+
+    def check(self, condition: bool, good: str, bad: str) -> bool:
+        if condition:
+            self.ok(good)
+        else:
+            self.deviation(bad)
+        return condition
+
+    def progress(self, text: str, waited: float) -> None:
+        if self.tty:
+            print(f"\r{self._stamp()} ... {text} ({waited:4.1f}s)\033[K", end="", flush=True)
+        elif waited - self._last_progress >= 5:
+            self._last_progress = waited
+            print(f"{self._stamp()} ... still {text} ({waited:.0f}s)", flush=True)
+
+    def clear_progress(self) -> None:
+        self._last_progress = 0.0
+        if self.tty:
+            print("\r\033[K", end="", flush=True)
+
+
+# ---- the orchestrator's side: Kafka, HTTP, and Stripe as the client app ---------------------------
+
+
+class Saga:
+    def __init__(self, timeline: Timeline) -> None:
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+        self.t = timeline
+        bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        partitions = [
+            TopicPartition(PAYMENT_EVENTS_TOPIC, p)
+            for p in sorted(self.consumer.partitions_for_topic(PAYMENT_EVENTS_TOPIC) or [])
+        ]
+        if not partitions:
+            raise RuntimeError(f"topic {PAYMENT_EVENTS_TOPIC} does not exist")
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            self.consumer.position(tp)  # fix the starting point before any command is sent
+        self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.api = os.environ["API_URL"]
+        self.stripe_base = os.environ["STRIPE_API_BASE"]
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
+        self.consumer.close()
+
+    # Kafka ------------------------------------------------------------------------------------
+
+    def send(self, command: dict[str, Any]) -> None:
+        # The orchestrator sends no key.
+        self.producer.send(PAYMENT_COMMANDS_TOPIC, json.dumps(command).encode()).get(timeout=10)
+        payload = command["payload"]
+        ref = payload.get("order_id") or payload.get("payment_id")
+        self.t.say("->", f"{command['type']:<17} order {ref}  (correlation {command['correlation_id'][:8]})")
+
+    def _drain(self, timeout_ms: int) -> None:
+        for records in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for record in records:
+                if record.key is None:
+                    continue
+                try:
+                    self.events[record.key.decode()].append(json.loads(record.value))
+                except ValueError:
+                    continue
+
+    def wait_event(
+        self, order_id: str, event_type: str, *, after: int = 0, within: float = WAIT_SECONDS
+    ) -> dict[str, Any] | None:
+        """The first ``event_type`` for the order beyond the first ``after`` events of it."""
+        started = time.monotonic()
+        while (waited := time.monotonic() - started) < within:
+            for envelope in self.events[order_id][after:]:
+                if envelope.get("type") == event_type:
+                    self.t.clear_progress()
+                    return envelope
+            self.t.progress(f"waiting for {event_type} on {PAYMENT_EVENTS_TOPIC}", waited)
+            self._drain(200)
+        self.t.clear_progress()
+        return None
+
+    def settle(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.t.progress("collecting any further events", seconds - left)
+            self._drain(200)
+        self.t.clear_progress()
+
+    def expect(self, order_id: str, event_type: str, **fields: Any) -> dict[str, Any] | None:
+        before = len(self.events[order_id])
+        envelope = self.wait_event(order_id, event_type, after=0)
+        if envelope is None:
+            seen = [e.get("type") for e in self.events[order_id][before:]] or "nothing"
+            self.t.deviation(f"no {event_type} for order {order_id} within {WAIT_SECONDS:.0f}s (saw {seen})")
+            return None
+        payload = envelope.get("payload") or {}
+        summary = ", ".join(
+            f"{k}={payload[k]}" for k in ("status", "error", "payment_intent_id") if k in payload
+        )
+        self.t.say("<-", f"{event_type:<23} {summary}  (event_id {str(envelope.get('event_id'))[:8]})")
+        wrong = {k: payload.get(k) for k, v in fields.items() if payload.get(k) != v}
+        if wrong:
+            self.t.deviation(f"{event_type} for {order_id}: expected {fields}, got {wrong}")
+        return envelope
+
+    def refused(self, order_id: str, event_type: str) -> None:
+        found = [e for e in self.events[order_id] if e.get("type") == event_type]
+        self.t.check(not found, f"no {event_type} for this order", f"unexpected {event_type}: {found[:1]}")
+
+    # HTTP: the complete-order saga's status query -------------------------------------------------------
+
+    def api_status(self, order_id: str, expected: str) -> None:
+        url = f"{self.api}/payment/{urllib.parse.quote(order_id)}/status"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (127.0.0.1 only)
+                code, body = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            code, body = exc.code, json.loads(exc.read() or b"{}")
+        except OSError as exc:
+            self.t.deviation(f"GET {url} failed: {exc}")
+            return
+        status = (body.get("payment") or {}).get("status")
+        self.t.say("GET", f"/payment/{order_id}/status -> {code} status={status}")
+        self.t.check(
+            code == 200 and status == expected,
+            f"API says {expected}",
+            f"API answered {code} {status!r}, expected 200 {expected!r}",
+        )
+
+    # Stripe, as the client app and as the customer's bank --------------------------------------------
+
+    def _stripe(self) -> Any:
+        import stripe
+
+        return stripe.StripeClient(
+            STRIPE_SECRET_KEY, base_addresses={"api": self.stripe_base}, max_network_retries=0
+        ).v1
+
+    def new_card(self, number: str) -> tuple[str, str]:
+        v1 = self._stripe()
+        customer = v1.customers.create(params={"email": f"demo-{uuid.uuid4().hex[:8]}@campus.test"})
+        method = v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+            }
+        )
+        v1.payment_methods.attach(method.id, params={"customer": customer.id})
+        self.t.say("  ", f"setup: localstripe customer {customer.id}, card {number[-4:]} as {method.id}")
+        return customer.id, method.id
+
+    def intents(self, customer_id: str, order_id: str) -> list[Any]:
+        page = self._stripe().payment_intents.list(params={"customer": customer_id, "limit": 100})
+        return [pi for pi in page.data if (pi.to_dict().get("metadata") or {}).get("order_id") == order_id]
+
+    def show_intent(self, customer_id: str, order_id: str, expected: str | None) -> Any:
+        found = self.intents(customer_id, order_id)
+        if not found:
+            if expected is None:
+                self.t.ok("no PaymentIntent in Stripe for this order")
+            else:
+                self.t.deviation(f"no PaymentIntent in Stripe for order {order_id}")
+            return None
+        pi = found[0]
+        self.t.say("  $", f"Stripe {pi.id} status={pi.status} amount={pi.amount} capture={pi.capture_method}")
+        if expected is not None:
+            self.t.check(
+                pi.status == expected,
+                f"Stripe says {expected}",
+                f"Stripe says {pi.status}, expected {expected}",
+            )
+        return pi
+
+    def authenticate(self, payment_intent_id: str) -> None:
+        """What the customer's browser does on the 3-D Secure page (localstripe's test hook)."""
+        pi = self._stripe().payment_intents.retrieve(payment_intent_id)
+        body = urllib.parse.urlencode({"client_secret": pi.client_secret, "success": "true"}).encode()
+        request = urllib.request.Request(  # noqa: S310 (127.0.0.1 only)
+            f"{self.stripe_base}/v1/payment_intents/{payment_intent_id}/_authenticate",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {STRIPE_SECRET_KEY}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (127.0.0.1 only)
+            after = json.loads(resp.read())
+        self.t.say(
+            "  $", f"3-D Secure completed at localstripe: {payment_intent_id} status={after.get('status')}"
+        )
+
+
+# ---- the conversation ----------------------------------------------------------------------------
+
+
+def command(command_type: str, **payload: Any) -> dict[str, Any]:
+    return {
+        "type": command_type,
+        "correlation_id": str(uuid.uuid4()),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000000", time.gmtime()),  # the saga sends no zone
+        "payload": payload,
+    }
+
+
+def authorize(order_id: str, customer_id: str, payment_method_id: str, amount: int = 1299) -> dict[str, Any]:
+    return command(
+        "authorize_payment",
+        order_id=order_id,
+        customer={
+            "clerkUserId": "user_demo",
+            "stripeCustomerId": customer_id,
+            "userStripeCard": {"payment_method_id": payment_method_id},
+        },
+        order={"amount": amount, "description": f"Payment for order {order_id}"},
+        return_url="https://localhost:5173/customer/history",
+    )
+
+
+@dataclass
+class Order:
+    name: str
+    order_id: str
+    customer_id: str
+    expected_status: str
+    payment_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def play(saga: Saga, t: Timeline) -> list[Order]:
+    run = uuid.uuid4().hex[:6]
+    orders: list[Order] = []
+
+    t.step("1. authorize, card 4242 4242 4242 4242 -> payment.authorized")
+    customer, method = saga.new_card(CARD_OK)
+    ok = Order("card OK, then released", f"demo-{run}-ok", customer, "SUCCEEDED")
+    orders.append(ok)
+    saga.send(authorize(ok.order_id, customer, method))
+    event = saga.expect(ok.order_id, "payment.authorized", status="AUTHORIZED")
+    ok.payment_id = (event or {}).get("payload", {}).get("payment_id")
+    saga.show_intent(customer, ok.order_id, "requires_capture")
+    saga.api_status(ok.order_id, "AUTHORIZED")
+
+    t.step(
+        "2. authorize, 3-D Secure card 4000 0027 6000 3184 -> requires_action -> authenticated -> authorized"
+    )
+    customer, method = saga.new_card(CARD_3DS)
+    tds = Order("3-D Secure, authenticated", f"demo-{run}-3ds", customer, "AUTHORIZED")
+    orders.append(tds)
+    saga.send(authorize(tds.order_id, customer, method))
+    event = saga.expect(tds.order_id, "payment.requires_action", status="REQUIRES_ACTION")
+    pi = saga.show_intent(customer, tds.order_id, "requires_action")
+    saga.api_status(tds.order_id, "REQUIRES_ACTION")
+    if event is not None and pi is not None:
+        saga.authenticate(pi.id)
+        t.say("  ", "localstripe now sends payment_intent.amount_capturable_updated to the API (webhook)")
+        saga.expect(tds.order_id, "payment.authorized", status="AUTHORIZED")
+        saga.show_intent(customer, tds.order_id, "requires_capture")
+        saga.api_status(tds.order_id, "AUTHORIZED")
+
+    t.step("3. authorize, declined card 4000 0000 0000 0341 -> payment.failed")
+    customer, method = saga.new_card(CARD_DECLINED)
+    declined = Order("card declined", f"demo-{run}-declined", customer, "FAILED")
+    orders.append(declined)
+    saga.send(authorize(declined.order_id, customer, method))
+    saga.expect(declined.order_id, "payment.failed", error="STRIPE_CARD_ERROR")
+    saga.show_intent(customer, declined.order_id, None)
+    saga.api_status(declined.order_id, "FAILED")
+
+    t.step("4. the same authorize command sent twice -> one hold")
+    customer, method = saga.new_card(CARD_OK)
+    twice = Order("sent twice, then reverted", f"demo-{run}-twice", customer, "REVERTED")
+    orders.append(twice)
+    same = authorize(twice.order_id, customer, method)
+    saga.send(same)
+    saga.send(same)
+    event = saga.expect(twice.order_id, "payment.authorized", status="AUTHORIZED")
+    twice.payment_id = (event or {}).get("payload", {}).get("payment_id")
+    saga.settle(3.0)
+    announced = [e for e in saga.events[twice.order_id] if e.get("type") == "payment.authorized"]
+    distinct = {e.get("event_id") for e in announced}
+    t.say("  ", f"{len(announced)} payment.authorized received, {len(distinct)} distinct event_id")
+    t.check(len(distinct) == 1, "one state change announced", f"{len(distinct)} different event ids")
+    holds = saga.intents(customer, twice.order_id)
+    t.say("  $", f"Stripe PaymentIntents for the order: {[pi.id for pi in holds]}")
+    t.check(len(holds) == 1, "exactly one hold on the card", f"{len(holds)} PaymentIntents for one order")
+    saga.api_status(twice.order_id, "AUTHORIZED")
+
+    t.step("5. release the first order -> payment.released SUCCEEDED")
+    if ok.payment_id:
+        saga.send(
+            command(
+                "release_payment",
+                payment_id=ok.payment_id,
+                runner_id="user_runner_demo",
+                runner_connect_account_id="acct_demo_runner",
+            )
+        )
+        event = saga.expect(ok.order_id, "payment.released", status="SUCCEEDED")
+        payload = (event or {}).get("payload", {})
+        if event is not None and not payload.get("transfer_id"):
+            t.say(
+                "  ", "no transfer_id: localstripe has no Connect transfers; the service records the failure"
+            )
+        saga.show_intent(ok.customer_id, ok.order_id, "succeeded")
+        saga.api_status(ok.order_id, "SUCCEEDED")
+    else:
+        t.deviation("no payment_id from step 1: release not sent")
+
+    t.step("6. revert another order (the one sent twice) -> payment.released REVERTED")
+    if twice.payment_id:
+        saga.send(command("revert_payment", payment_id=twice.payment_id, reason="order cancelled"))
+        saga.expect(twice.order_id, "payment.released", status="REVERTED")
+        saga.show_intent(twice.customer_id, twice.order_id, "canceled")
+        saga.api_status(twice.order_id, "REVERTED")
+    else:
+        t.deviation("no payment_id from step 4: revert not sent")
+
+    t.step("7. final status of every order, from the API")
+    for order in orders:
+        saga.api_status(order.order_id, order.expected_status)
+    return orders
+
+
+def preflight(t: Timeline) -> bool:
+    down = [name for name in NEEDED if not stack.is_running(name)]
+    if down:
+        print(
+            f"demo: the local stack is not fully running ({', '.join(down)} down).\n"
+            "      Start it with `make local-up` (or run `make demo`, which does), and see "
+            "`make local-status` and .local/logs/ if a component does not come up.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def main() -> int:
+    os.environ.update(client_env())
+    t = Timeline()
+    if not preflight(t):
+        return 2
+    print("campusG payment conversation against the local stack (Kafka + HTTP only, as the orchestrator)")
+    print(
+        f"  commands -> {PAYMENT_COMMANDS_TOPIC}   events <- {PAYMENT_EVENTS_TOPIC}   API {os.environ['API_URL']}"
+    )
+    saga = Saga(t)
+    try:
+        play(saga, t)
+    except Exception as exc:  # any crash of the demo itself is a deviation, reported plainly
+        t.deviation(f"demo stopped: {type(exc).__name__}: {exc}")
+    finally:
+        saga.close()
+    elapsed = time.monotonic() - t.started
+    print()
+    if t.deviations:
+        print(f"VERDICT: FAIL - {len(t.deviations)} deviation(s) in {elapsed:.1f}s: {t.deviations[0]}")
+    else:
+        print(
+            f"VERDICT: OK - every step of the payment conversation behaved as the contract says ({elapsed:.1f}s)"
+        )
+    print("The local stack is still running: `make local-down` stops it (`make local-status` shows it).")
+    return 1 if t.deviations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
