@@ -73,29 +73,31 @@ def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
         send_dead_letter(services, record, raw, f"value is not base64: {exc}")
         return None
     except Rejection as rejection:
-        return _announce_rejection(services, rejection, raw or b"")
+        return _answer_rejection(services, rejection, raw or b"", defer_to_stored=True)
     logger.append_keys(
         correlation_id=command.correlation_id, order_id=command.order_id, command_type=command.type
     )
     try:
         return _DISPATCH[command.type](services, command)
     except Rejection as rejection:
-        return _announce_rejection(services, rejection, raw or b"")
+        return _answer_rejection(services, rejection, raw or b"", defer_to_stored=False)
     finally:
         logger.remove_keys(["correlation_id", "order_id", "command_type"])
 
 
-def _announce_rejection(services: Services, rejection: Rejection, raw: bytes) -> str:
+def _answer_rejection(services: Services, rejection: Rejection, raw: bytes, *, defer_to_stored: bool) -> str:
+    """Announce payment.failed for a refused command. For a command that could not even be
+    parsed (``defer_to_stored``), an order that already has a payment is answered with its
+    stored outcome instead: a bad copy of a command must not contradict what the payment is
+    (a payment.failed while a hold exists would make the saga drop a held order)."""
     db = services.db
     count("CommandRejected")
     logger.info("command rejected", extra={"order_id": rejection.order_id, "error": rejection.code})
+    order_key = rejection.order_id or rejection.payment_id or ""
     with db.transaction():
         existing = repository.get_by_order_id(db, rejection.order_id) if rejection.order_id else None
-        if existing is not None:
-            # A bad copy of a command must not contradict what the order's payment already is
-            # (a payment.failed while a hold exists would make the saga drop a held order):
-            # answer with the payment's stored outcome instead (none yet while PENDING).
-            lifecycle.announce(db, existing, correlation_id=rejection.correlation_id)
+        if defer_to_stored and existing is not None:
+            lifecycle.announce(db, existing, correlation_id=rejection.correlation_id)  # none while PENDING
             return existing.order_id
         body = PaymentFailed(
             order_id=rejection.order_id,
@@ -103,11 +105,11 @@ def _announce_rejection(services: Services, rejection: Rejection, raw: bytes) ->
             error=rejection.code,
             message=rejection.message,
             stripe_code=rejection.stripe_code,
+            status=existing.status.value if existing else None,
         )
         event_id = event_id_for_rejection(raw, rejection.code)
         envelope = event_envelope(
             "payment.failed", body, event_id=event_id, correlation_id=rejection.correlation_id
         )
-        order_key = rejection.order_id or rejection.payment_id or ""
-        outbox.enqueue(db, envelope, order_id=order_key, payment_id=None)
+        outbox.enqueue(db, envelope, order_id=order_key, payment_id=existing.payment_id if existing else None)
     return order_key

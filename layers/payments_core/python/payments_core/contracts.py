@@ -41,6 +41,7 @@ PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"  # extension
 PAYMENT_NOT_CAPTURABLE = "PAYMENT_NOT_CAPTURABLE"  # extension
 AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"  # extension
 AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"  # extension: 3-D Secure never completed
+REVERT_FAILED = "REVERT_FAILED"  # extension: Stripe refused the cancel or refund; money not yet given back
 ORDER_REVERTED = "ORDER_REVERTED"  # extension: the order was reverted before it was authorized
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]

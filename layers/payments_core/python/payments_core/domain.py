@@ -107,6 +107,7 @@ class Payment:
     refund_id: str | None = None
     transfer_reversal_id: str | None = None
     revert_reason: str | None = None
+    reconciled_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from payments_core import lifecycle, repository
 from payments_core.contracts import (
+    INVALID_AMOUNT,
     PAYMENT_NOT_CAPTURABLE,
     PAYMENT_NOT_FOUND,
+    REVERT_FAILED,
     Command,
     PaymentFailed,
     ReleasePayment,
@@ -54,7 +56,17 @@ def release(services: Services, command: Command) -> str:
                 repository.update(db, payment.payment_id, **columns)
                 for name, value in columns.items():
                     setattr(payment, name, value)
-                lifecycle.announce(db, payment, correlation_id=cid)
+                # The SUCCEEDED event already written (by the webhook) names no runner or
+                # transfer: announce the completed release as its own event.
+                _, released = lifecycle.announcement_for(payment) or (None, None)
+                lifecycle.answer(
+                    db,
+                    payment,
+                    "payment.released",
+                    released,
+                    answer_key="release-completed",
+                    correlation_id=cid,
+                )
             count("PaymentReleased")
             return order_id
         if payment.status is S.SUCCEEDED:
@@ -81,9 +93,20 @@ def release(services: Services, command: Command) -> str:
             count("CommandRejected")
             return order_id
 
+        if body.amount_to_capture is not None and body.amount_to_capture > payment.amount_cents:
+            raise Rejection(
+                INVALID_AMOUNT,
+                f"amount_to_capture {body.amount_to_capture} exceeds the {payment.amount_cents} held",
+                order_id=payment.order_id,
+                payment_id=payment.payment_id,
+                correlation_id=cid,
+            )
         intent = services.stripe.retrieve(payment.payment_intent_id or "")
         if intent.status == "requires_capture":
-            intent = services.stripe.capture(payment, body.amount_to_capture)
+            try:
+                intent = services.stripe.capture(payment, body.amount_to_capture)
+            except Rejection as exc:
+                raise _refused(exc, payment, cid, "capture refused by Stripe") from exc
         if intent.status != "succeeded":
             # The hold is gone (lapsed or canceled in Stripe): record what Stripe says.
             with db.transaction():
@@ -117,9 +140,13 @@ def revert(services: Services, command: Command) -> str:
     order_id = _resolve_order(services, body.order_id, body.payment_id)
     with db.order_lock(order_id):
         payment = repository.get_by_order_id(db, order_id)
-        if payment is None:
-            raise _not_found(body.order_id, body.payment_id, cid)
         reason = body.reason or "payment reverted"
+        if payment is None:
+            # The revert overtook its own authorize: remember it, so that authorize, if it
+            # still comes, places no hold that nobody would release.
+            with db.transaction():
+                repository.remember_reverted_order(db, order_id, reason, cid)
+            raise _not_found(body.order_id, body.payment_id, cid)
         if payment.status in (S.FAILED, S.REVERTED):
             # Nothing to give back; still answer REVERTED so the saga's compensation completes.
             with db.transaction():
@@ -138,17 +165,24 @@ def revert(services: Services, command: Command) -> str:
             return order_id
 
         columns: dict[str, object] = {"revert_reason": reason}
-        if payment.status is S.SUCCEEDED:
-            columns.update(_give_back_capture(services, payment))
-        else:  # PENDING, REQUIRES_ACTION, AUTHORIZED: release the hold, if one exists
-            intent = services.stripe.find_hold(payment)
-            if intent is not None:
-                payment.payment_intent_id = intent.id
-                columns["payment_intent_id"] = intent.id
-                if intent.status == "succeeded":
-                    columns.update(_give_back_capture(services, payment))
-                elif intent.status != "canceled":
-                    services.stripe.cancel(payment)
+        try:
+            if payment.status is S.SUCCEEDED:
+                columns.update(_give_back_capture(services, payment))
+            else:  # PENDING, REQUIRES_ACTION, AUTHORIZED: release the hold, if one exists
+                intent = services.stripe.find_hold(payment)
+                if intent is not None:
+                    payment.payment_intent_id = intent.id
+                    columns["payment_intent_id"] = intent.id
+                    if intent.status == "succeeded":
+                        columns.update(_give_back_capture(services, payment))
+                    elif intent.status != "canceled":
+                        services.stripe.cancel(payment)
+        except Rejection as exc:
+            # Stripe refused to give the money back (e.g. a disputed charge, a PaymentIntent
+            # still processing): say so, never announce REVERTED for money still taken.
+            count("RevertFailed")
+            logger.error("revert refused by Stripe", extra={"order_id": order_id, "reason": exc.message})
+            raise _refused(exc, payment, cid, "revert refused by Stripe", code=REVERT_FAILED) from exc
         with db.transaction():
             lifecycle.change_status(db, payment, S.REVERTED, correlation_id=cid, **columns)
         count("PaymentReverted")
@@ -189,12 +223,31 @@ def _give_back_capture(services: Services, payment: Payment) -> dict[str, object
                 "transfer reversal failed", extra={"order_id": payment.order_id, "reason": exc.message}
             )
             count("TransferReversalFailed")
-    changes["refund_id"] = services.stripe.refund(payment, captured)
+    try:
+        changes["refund_id"] = services.stripe.refund(payment, captured)
+    except Rejection as exc:
+        if exc.stripe_code != "charge_already_refunded":
+            raise
+        # Refunded already (by an earlier attempt whose answer was lost, or in the dashboard).
+        logger.warning("charge already refunded", extra={"order_id": payment.order_id})
     return changes
 
 
 def _transferred(services: Services, captured: int) -> int:
     return captured - captured * services.settings.platform_fee_bps // 10_000
+
+
+def _refused(
+    exc: Rejection, payment: Payment, cid: str | None, what: str, code: str | None = None
+) -> Rejection:
+    return Rejection(
+        code or exc.code,
+        f"{what}: {exc.message}",
+        order_id=payment.order_id,
+        payment_id=payment.payment_id,
+        correlation_id=cid,
+        stripe_code=exc.stripe_code,
+    )
 
 
 def _resolve_order(services: Services, order_id: str | None, payment_id: str | None) -> str:

@@ -8,6 +8,7 @@ try-lock on the order (the advisory lock every other path also takes), and skipp
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 from payments_core import authorization, lifecycle, outbox, repository
@@ -48,6 +49,8 @@ def reconcile(services: Services | None = None) -> dict[str, int]:
                     "reconcile failed; next run retries", extra={"order_id": order_id, "reason": str(exc)}
                 )
             finally:
+                with contextlib.suppress(TransientError):
+                    repository.mark_reconciled(db, order_id)
                 db.release_order_lock(order_id)
     outbox.publish_best_effort(db, services.publisher, touched)
     count("AuthorizationsNearExpiry", outcomes["still_held"])

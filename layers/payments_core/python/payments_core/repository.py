@@ -94,13 +94,17 @@ def stale_order_ids(db: Database, status: PaymentStatus, older_than_seconds: int
         """
         SELECT order_id FROM payments
         WHERE status = :status AND updated_at < now() - make_interval(secs => :age)
-        ORDER BY updated_at LIMIT :limit
+        ORDER BY reconciled_at NULLS FIRST, updated_at LIMIT :limit
         """,
         status=status.value,
         age=older_than_seconds,
         limit=limit,
     )
     return [str(r["order_id"]) for r in rows]
+
+
+def mark_reconciled(db: Database, order_id: str) -> None:
+    db.execute("UPDATE payments SET reconciled_at = now() WHERE order_id = :o", o=order_id)
 
 
 def record_stripe_event(
