@@ -239,3 +239,17 @@ def authorize_handler(
         return module.lambda_handler(event, context)
 
     return invoke
+
+
+@pytest.fixture
+def scheduler_paused() -> Iterator[None]:
+    """Stop the stack's scheduled outbox relay and reconciler for one test (restarted after),
+    when the test must see what waits in the outbox before a relay runs."""
+    from local import stack
+
+    was_running = stack.is_running("scheduler")
+    if was_running:
+        stack.down(["scheduler"])
+    yield
+    if was_running:
+        stack.up(["scheduler"])

@@ -43,16 +43,15 @@ def authorize(services: Services, command: Command) -> str:
     )
     with db.order_lock(body.order_id):
         with db.transaction():
-            if repository.is_reverted_order(db, body.order_id):
-                raise Rejection(
-                    ORDER_REVERTED,
-                    "the order was reverted before its payment was authorized; no hold is placed",
-                    order_id=body.order_id,
-                    correlation_id=command.correlation_id,
-                )
             created = repository.insert_pending(db, proposed)
-            payment = repository.get_by_order_id(db, body.order_id, for_update=True)
-        assert payment is not None
+            payment = proposed if created else repository.get_by_order_id(db, body.order_id)
+        if payment is None:  # not written, yet no payment: the order was reverted first
+            raise Rejection(
+                ORDER_REVERTED,
+                "the order was reverted before its payment was authorized; no hold is placed",
+                order_id=body.order_id,
+                correlation_id=command.correlation_id,
+            )
         if not created:
             count("DuplicateCommand")
             if payment.amount_cents != proposed.amount_cents or payment.currency != proposed.currency:
@@ -64,20 +63,26 @@ def authorize(services: Services, command: Command) -> str:
                 with db.transaction():
                     lifecycle.announce(db, payment, correlation_id=command.correlation_id)
                 return payment.order_id
-        authorize_pending(services, payment, correlation_id=command.correlation_id)
+        authorize_pending(services, payment, correlation_id=command.correlation_id, just_written=created)
     return payment.order_id
 
 
-def authorize_pending(services: Services, payment: Payment, *, correlation_id: str | None) -> None:
-    """Take a PENDING payment to its Stripe outcome. Caller holds the order's lock."""
+def authorize_pending(
+    services: Services, payment: Payment, *, correlation_id: str | None, just_written: bool = False
+) -> None:
+    """Take a PENDING payment to its Stripe outcome. Caller holds the order's lock.
+    ``just_written``: the caller wrote the row (its create attempt already counted), so no
+    earlier attempt can have reached Stripe."""
     db = services.db
     intent: IntentSnapshot | None = None
-    if payment.stripe_create_attempts > 0 or payment.payment_intent_id:
-        intent = services.stripe.find_hold(payment)
+    if not just_written:
+        if payment.stripe_create_attempts > 0 or payment.payment_intent_id:
+            intent = services.stripe.find_hold(payment)
+        if intent is None:
+            with db.transaction():
+                repository.count_create_attempt(db, payment.payment_id)
+            payment.stripe_create_attempts += 1
     if intent is None:
-        with db.transaction():
-            repository.count_create_attempt(db, payment.payment_id)
-        payment.stripe_create_attempts += 1
         try:
             intent = services.stripe.create_hold(payment)
         except CardDeclined as declined:

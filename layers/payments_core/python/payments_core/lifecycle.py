@@ -104,14 +104,13 @@ def change_status(
 
 
 def announce(db: Database, payment: Payment, *, correlation_id: str | None) -> None:
-    """Enqueue the current status's event (a re-announcement re-queues the same event_id)."""
+    """Enqueue the current status's event. A re-announcement re-queues the row first written
+    for it (same event_id, original envelope): see outbox.enqueue."""
     found = announcement_for(payment)
     if found is None:
         return
     event_type, body = found
     event_id = event_id_for(payment.payment_id, payment.status.value)
-    if outbox.requeue(db, event_id):
-        return
     envelope = event_envelope(event_type, body, event_id=event_id, correlation_id=correlation_id)
     outbox.enqueue(db, envelope, order_id=payment.order_id, payment_id=payment.payment_id)
 

@@ -38,14 +38,6 @@ def enqueue(db: Database, envelope: dict, *, order_id: str, payment_id: str | No
     )
 
 
-def requeue(db: Database, event_id: str) -> bool:
-    """Publish an already-written event again; False if there is no such event."""
-    return (
-        db.execute("UPDATE outbox SET published_at = NULL WHERE event_id = CAST(:id AS uuid)", id=event_id)
-        == 1
-    )
-
-
 def publish_orders(db: Database, publisher: EventPublisher, order_ids: list[str]) -> PublishReport:
     """Publish the unsent events of these orders (right after their transaction committed)."""
     if not order_ids:

@@ -12,13 +12,18 @@ _COLUMNS = frozenset(Payment.__dataclass_fields__) - {"payment_id", "created_at"
 
 
 def insert_pending(db: Database, payment: Payment) -> bool:
-    """Write the PENDING row for an order unless one exists; True when this call wrote it."""
+    """Write the PENDING row for an order unless one exists or the order was reverted before
+    it (reverted_orders); True when this call wrote it.
+    The row counts the PaymentIntent create its writer is about to send (committed before the
+    call), so whoever finds it PENDING later knows Stripe may already have one."""
     count = db.execute(
         """
         INSERT INTO payments (payment_id, order_id, correlation_id, clerk_user_id, stripe_customer_id,
-                              payment_method_id, amount_cents, currency, description, return_url, status)
-        VALUES (CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
-                :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING')
+                              payment_method_id, amount_cents, currency, description, return_url, status,
+                              stripe_create_attempts)
+        SELECT CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
+               :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING', 1
+        WHERE NOT EXISTS (SELECT 1 FROM reverted_orders WHERE order_id = :order_id)
         ON CONFLICT (order_id) DO NOTHING
         """,
         payment_id=payment.payment_id,
@@ -32,6 +37,8 @@ def insert_pending(db: Database, payment: Payment) -> bool:
         description=payment.description,
         return_url=payment.return_url,
     )
+    if count == 1:
+        payment.stripe_create_attempts = 1
     return count == 1
 
 
@@ -131,10 +138,6 @@ def remember_reverted_order(db: Database, order_id: str, reason: str, correlatio
         r=reason,
         c=correlation_id,
     )
-
-
-def is_reverted_order(db: Database, order_id: str) -> bool:
-    return bool(db.query("SELECT 1 AS found FROM reverted_orders WHERE order_id = :o", o=order_id))
 
 
 def is_uuid(value: str) -> bool:
