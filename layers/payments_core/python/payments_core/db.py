@@ -133,6 +133,11 @@ class Database:
         finally:
             self.release_order_lock(order_id)
 
+    def lock_order_for_transaction(self, order_id: str) -> None:
+        """The same per-order lock as ``order_lock``, held until the current transaction ends:
+        for a change made in one transaction (a webhook), it saves the separate unlock."""
+        self.query("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))", key=f"payment:{order_id}")
+
     def try_order_lock(self, order_id: str) -> bool:
         rows = self.query(
             "SELECT pg_try_advisory_lock(hashtextextended(:key, 0)) AS locked", key=f"payment:{order_id}"

@@ -94,7 +94,8 @@ def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
     if not order_id:
         logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
         return WebhookOutcome("unknown_payment")
-    with db.order_lock(order_id), db.transaction():
+    with db.transaction():
+        db.lock_order_for_transaction(order_id)
         payment = repository.get_by_order_id(db, order_id, for_update=True)
         if payment is None or (payment.payment_intent_id not in (None, intent.id)):
             logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
