@@ -61,6 +61,7 @@ def _accept_real_stripe_parameters() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8420)
+    parser.add_argument("--host", default=HOST, help="bind address (0.0.0.0 only inside a container)")
     parser.add_argument("--from-scratch", action="store_true", help="accepted for parity; always true")
     args = parser.parse_args()
     _accept_real_stripe_parameters()
@@ -68,7 +69,7 @@ def main() -> None:
     access = logging.getLogger("aiohttp.access")
     access.setLevel(logging.DEBUG)
     access.addHandler(logging.StreamHandler())
-    web.run_app(server.app, host=HOST, port=args.port, access_log=access, print=print)
+    web.run_app(server.app, host=args.host, port=args.port, access_log=access, print=print)
 
 
 if __name__ == "__main__":
