@@ -17,7 +17,7 @@ venv: $(VENV_STAMP) ## create the virtual environment
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/payments_core/python/payments_core local infra
+	$(VENV)/bin/mypy layers/payments_core/python/payments_core local infra tools
 	@# every function's module is named `app`: check them one by one
 	@for f in functions/*/app.py; do $(VENV)/bin/mypy --no-error-summary "$$f" || exit 1; done
 

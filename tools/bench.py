@@ -461,31 +461,22 @@ def bench_end_to_end(report: Report, count: int, timeout: float) -> None:
 
 
 def signed_api_event(body: str, secret: str) -> dict[str, Any]:
+    """The REST proxy event the local API Gateway would build for Stripe's signed request."""
+    from local.api_gateway import ROUTES, build_event, compile_routes
+
     timestamp = int(time.time())
     digest = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
-    signature = f"t={timestamp},v1={digest}"
-    headers = {"Content-Type": "application/json; charset=utf-8", "Stripe-Signature": signature}
-    return {
-        "resource": WEBHOOK_PATH,
-        "path": WEBHOOK_PATH,
-        "httpMethod": "POST",
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": WEBHOOK_PATH,
-            "httpMethod": "POST",
-            "path": f"/local{WEBHOOK_PATH}",
-            "stage": "local",
-            "requestId": str(uuid.uuid4()),
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": body,
-        "isBase64Encoded": False,
-    }
+    return build_event(
+        method="POST",
+        raw_path=WEBHOOK_PATH,
+        header_items=[
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("Stripe-Signature", f"t={timestamp},v1={digest}"),
+        ],
+        body=body.encode(),
+        source_ip="127.0.0.1",
+        routes=compile_routes(ROUTES),
+    )
 
 
 def stripe_event(intent: Any) -> str:
@@ -524,38 +515,22 @@ def bench_webhooks(report: Report, count: int) -> None:
     setup.db.close()
     intents = list(double.intents.values())
 
-    app = REPO_ROOT / "functions" / "payment_api" / "app.py"
+    services_module.set_services(None)  # the function builds its own, as in Lambda
+    handler = load_handler(REPO_ROOT / "functions" / "payment_api" / "app.py")
+    context = FakeLambdaContext(function_name="payment_api")
+    warm = signed_api_event(stripe_event(intents[0]), STRIPE_WEBHOOK_SECRET)
+    handler(warm, context)  # the first request opens the connections; not counted
     samples: list[float] = []
     outcomes: dict[str, int] = {}
-    if app.is_file():
-        services_module.set_services(None)  # the function builds its own, as in Lambda
-        handler = load_handler(app)
-        context = FakeLambdaContext(function_name="payment_api")
-        warm = signed_api_event(stripe_event(intents[0]), STRIPE_WEBHOOK_SECRET)
-        handler(warm, context)  # the first request opens the connections; not counted
-        for intent in intents[1:]:
-            event = signed_api_event(stripe_event(intent), STRIPE_WEBHOOK_SECRET)
-            started = time.perf_counter()
-            response = handler(event, context)
-            samples.append(time.perf_counter() - started)
-            key = str(response.get("statusCode"))
-            outcomes[key] = outcomes.get(key, 0) + 1
-        how = "functions/payment_api handler in-process (API Gateway event, signature verified)"
-        outcome_text = ", ".join(f"HTTP {k}: {v}" for k, v in sorted(outcomes.items()))
-    else:
-        from payments_core.webhooks import apply_event, verify_event
-
-        services = make_services(InstantStripe())
-        for intent in intents:
-            body = stripe_event(intent)
-            signature = signed_api_event(body, STRIPE_WEBHOOK_SECRET)["headers"]["Stripe-Signature"]
-            started = time.perf_counter()
-            outcome = apply_event(services, verify_event(body.encode(), signature, services))
-            samples.append(time.perf_counter() - started)
-            outcomes[outcome.result] = outcomes.get(outcome.result, 0) + 1
-        services.db.close()
-        how = "functions/payment_api/app.py absent: webhooks.verify_event + apply_event called directly"
-        outcome_text = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+    for intent in intents[1:]:
+        event = signed_api_event(stripe_event(intent), STRIPE_WEBHOOK_SECRET)
+        started = time.perf_counter()
+        response = handler(event, context)
+        samples.append(time.perf_counter() - started)
+        key = str(response.get("statusCode"))
+        outcomes[key] = outcomes.get(key, 0) + 1
+    how = "functions/payment_api handler in-process (API Gateway event, signature verified)"
+    outcome_text = ", ".join(f"HTTP {k}: {v}" for k, v in sorted(outcomes.items()))
     report.add(
         Row(
             "webhook_p50_ms", "webhook p50", _ms(percentile(samples, 50)), "ms", note=f"{how}; {outcome_text}"

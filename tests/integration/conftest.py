@@ -84,6 +84,17 @@ def authorize_command(
     }
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll until ``predicate()`` is truthy or the timeout passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
 def command(command_type: str, correlation_id: str | None = None, **payload: Any) -> dict[str, Any]:
     return {
         "type": command_type,

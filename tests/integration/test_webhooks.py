@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import CARD_3DS, authorize_command, msk_event
+from conftest import CARD_3DS, authorize_command, msk_event, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payments_core.config import get_settings
@@ -22,16 +22,6 @@ from payments_core.stripe_gateway import StripeApiGateway
 from webhook_helpers import encode, payment_intent_event, seed_payment, sign, webhook_request
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return predicate()
 
 
 def _require_api_gateway() -> None:
@@ -107,7 +97,7 @@ def test_three_d_secure_completes_through_localstripes_own_webhook(
 
     # Stripe now sends payment_intent.amount_capturable_updated; localstripe does too (through
     # the local adapter), signed, to the local API Gateway. Nothing else moves this payment.
-    assert _wait_for(lambda: payment_row(order_id)["status"] == "AUTHORIZED", timeout=20)
+    assert wait_for(lambda: payment_row(order_id)["status"] == "AUTHORIZED", timeout=20)
     received = pg_connection.run(
         "SELECT event_type FROM stripe_events WHERE payment_intent_id = :pi", pi=intent.id
     )

@@ -17,7 +17,7 @@ from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import Rejection, TransientError
 from payments_core.observability import count, logger
 from payments_core.services import Services
-from payments_core.stripe_gateway import CardDeclined, IntentSnapshot
+from payments_core.stripe_gateway import IntentSnapshot
 
 S = PaymentStatus
 _KNOWN_OUTCOMES = frozenset({"requires_capture", "requires_action", "requires_payment_method", "canceled"})
@@ -85,31 +85,18 @@ def authorize_pending(
     if intent is None:
         try:
             intent = services.stripe.create_hold(payment)
-        except CardDeclined as declined:
+        except Rejection as refused:  # a decline (CardDeclined) or a request Stripe rejects
             with db.transaction():
                 lifecycle.change_status(
                     db,
                     payment,
                     S.FAILED,
                     correlation_id=correlation_id,
-                    payment_intent_id=declined.payment_intent_id,
-                    failure_code=declined.code,
-                    failure_message=declined.message,
-                    stripe_code=declined.stripe_code,
-                    decline_code=declined.decline_code,
-                )
-            count("PaymentFailed")
-            return
-        except Rejection as rejected:
-            with db.transaction():
-                lifecycle.change_status(
-                    db,
-                    payment,
-                    S.FAILED,
-                    correlation_id=correlation_id,
-                    failure_code=rejected.code,
-                    failure_message=rejected.message,
-                    stripe_code=rejected.stripe_code,
+                    payment_intent_id=getattr(refused, "payment_intent_id", None),
+                    failure_code=refused.code,
+                    failure_message=refused.message,
+                    stripe_code=refused.stripe_code,
+                    decline_code=refused.decline_code,
                 )
             count("PaymentFailed")
             return
