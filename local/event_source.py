@@ -61,7 +61,9 @@ class MappingConfig:
     bootstrap_servers: str = "127.0.0.1:9092"
     batch_size: int = 100
     batch_window_ms: int = 500
-    max_retries: int = 3  # re-deliveries of a failing record before it is dead-lettered
+    # re-deliveries of a failing record before it is dead-lettered: with the backoff below,
+    # about three minutes, so a database or broker restart is ridden out, not dead-lettered
+    max_retries: int = 20
     retry_backoff_s: float = 0.5  # doubled on each retry of the same record
     retry_backoff_max_s: float = 10.0
     dead_letter_topic: str = DEAD_LETTER_TOPIC
@@ -79,7 +81,7 @@ class MappingConfig:
             bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or env["KAFKA_BOOTSTRAP_SERVERS"],
             batch_size=_env_int("LOCAL_ESM_BATCH_SIZE", 100),
             batch_window_ms=_env_int("LOCAL_ESM_BATCH_WINDOW_MS", 500),
-            max_retries=_env_int("LOCAL_ESM_MAX_RETRIES", 3),
+            max_retries=_env_int("LOCAL_ESM_MAX_RETRIES", 20),
             retry_backoff_s=_env_float("LOCAL_ESM_RETRY_BACKOFF_S", 0.5),
             retry_backoff_max_s=_env_float("LOCAL_ESM_RETRY_BACKOFF_MAX_S", 10.0),
             dead_letter_topic=os.environ.get("DEAD_LETTER_TOPIC") or DEAD_LETTER_TOPIC,

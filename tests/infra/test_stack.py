@@ -62,8 +62,9 @@ def test_kafka_trigger(dev: Template, dev_raw: dict[str, Any]) -> None:
             "Topics": ["payment_commands"],
             "FunctionResponseTypes": Match.array_with(["ReportBatchItemFailures"]),
             "BisectBatchOnFunctionError": True,
-            "MaximumRetryAttempts": 3,
-            "MaximumRecordAgeInSeconds": 3600,
+            # long enough to ride out a database restart or a Stripe outage; then the DLQ
+            "MaximumRetryAttempts": 1000,
+            "MaximumRecordAgeInSeconds": 21600,
             "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [_dlq_id(dev_raw), "Arn"]}}},
             "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "payment-service-authorize"},
             "StartingPosition": "TRIM_HORIZON",

@@ -61,6 +61,11 @@ class IntentSnapshot:
         )
 
 
+# How far find_hold looks through a customer's PaymentIntents before giving up (and retrying
+# later) rather than risk creating a second hold.
+FIND_HOLD_MAX_PAGES = 20
+
+
 class CardDeclined(Rejection):
     def __init__(
         self,
@@ -172,14 +177,19 @@ class StripeApiGateway:
             return self.retrieve(payment.payment_intent_id)
         if not payment.stripe_customer_id:
             return None
-        page = self._call(
-            self._stripe().payment_intents.list, params={"customer": payment.stripe_customer_id, "limit": 100}
+        params: dict[str, Any] = {"customer": payment.stripe_customer_id, "limit": 100}
+        for _ in range(FIND_HOLD_MAX_PAGES):
+            page = self._call(self._stripe().payment_intents.list, params=params)
+            for intent in page.data:
+                snapshot = IntentSnapshot.from_stripe(intent)
+                if snapshot.metadata.get("order_id") == payment.order_id:
+                    return snapshot
+            if not page.has_more or not page.data:
+                return None
+            params["starting_after"] = page.data[-1].id
+        raise TransientError(
+            f"customer has more than {FIND_HOLD_MAX_PAGES * 100} PaymentIntents: cannot rule out an earlier hold"
         )
-        for intent in page.data:
-            snapshot = IntentSnapshot.from_stripe(intent)
-            if snapshot.metadata.get("order_id") == payment.order_id:
-                return snapshot
-        return None
 
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
         return IntentSnapshot.from_stripe(
