@@ -161,6 +161,7 @@ class EventSourceMapping:
     config: MappingConfig
     handler: Handler | None = None  # given directly (tests) or loaded from config.function
     stop_event: threading.Event = field(default_factory=threading.Event)
+    polling_since: float | None = None  # when the current Kafka poll began (see the watchdog)
     invocations: int = 0
     _consumer: Any = None
     _producer: Any = None
@@ -260,6 +261,13 @@ class EventSourceMapping:
             self._paused.difference_update(due)
 
     def _gather(self) -> dict[Any, list[Any]]:
+        self.polling_since = time.monotonic()
+        try:
+            return self._gather_records()
+        finally:
+            self.polling_since = None
+
+    def _gather_records(self) -> dict[Any, list[Any]]:
         batch: dict[Any, list[Any]] = defaultdict(list)
         count = 0
         deadline = time.monotonic() + self.config.batch_window_ms / 1000
@@ -395,9 +403,27 @@ def main() -> int:
             config.dead_letter_topic,
         )
 
+    _watch_for_hung_polls(mapping, _env_float("LOCAL_ESM_POLL_HANG_S", 60.0))
     mapping.run(on_ready=ready)
     log.info("stopped")
     return 0
+
+
+def _watch_for_hung_polls(mapping: EventSourceMapping, limit_s: float) -> None:
+    """kafka-python 3.0 has been seen to block forever inside KafkaConsumer.poll (in its fetcher,
+    after pausing and resuming partitions around a broker restart). Offsets are committed only
+    after the handler succeeds, so starting afresh loses nothing: re-execute this process (same
+    pid, so the stack still knows it) when a poll outlives ``limit_s``."""
+
+    def watch() -> None:
+        while not mapping.stop_event.wait(5):
+            since = mapping.polling_since
+            if since is not None and time.monotonic() - since > limit_s:
+                log.error("a Kafka poll has been blocked for %.0f s: restarting the mapping", limit_s)
+                logging.shutdown()
+                os.execv(sys.executable, [sys.executable, "-u", "-m", "local.event_source", *sys.argv[1:]])  # noqa: S606 - re-executes itself
+
+    threading.Thread(target=watch, name="poll-watchdog", daemon=True).start()
 
 
 if __name__ == "__main__":

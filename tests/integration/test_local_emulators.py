@@ -9,7 +9,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -476,3 +479,35 @@ def test_localstripe_delivers_webhooks_to_the_local_api(
         )
 
     wait_for(delivered, timeout=20, what=f"localstripe's webhook for {intent.id} to reach the API emulator")
+
+
+def test_mapping_restarts_itself_when_a_poll_hangs(local_env: dict[str, str], tmp_path: Path) -> None:
+    """kafka-python has been seen to block forever in poll(); the watchdog re-executes the
+    mapping (offsets are committed only after success, so nothing is lost). Forced here with a
+    limit shorter than one poll."""
+    env = {
+        **os.environ,
+        **local_env,
+        "LOCAL_ESM_TOPIC": f"watchdog-probe-{uuid.uuid4().hex[:8]}",
+        "LOCAL_ESM_GROUP_ID": f"watchdog-probe-{uuid.uuid4().hex[:8]}",
+        "LOCAL_ESM_POLL_HANG_S": "0.01",
+        "LOCAL_ESM_BATCH_WINDOW_MS": "3000",
+    }
+    log_path = tmp_path / "esm.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "local.event_source"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and log_path.read_text().count("READY") < 2:
+                time.sleep(0.5)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    log = log_path.read_text()
+    assert "restarting the mapping" in log
+    assert log.count("READY") >= 2, log[-2000:]
