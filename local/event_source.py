@@ -166,7 +166,6 @@ class EventSourceMapping:
     _consumer: Any = None
     _producer: Any = None
     _retries: dict[Any, _Retry] = field(default_factory=dict)
-    _paused: set[Any] = field(default_factory=set)
     _last_missing_log: float = 0.0
 
     # -- lifecycle
@@ -210,7 +209,6 @@ class EventSourceMapping:
             def on_partitions_revoked(self, revoked: Any) -> None:
                 for tp in revoked:
                     mapping._retries.pop(tp, None)
-                    mapping._paused.discard(tp)
 
             def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
@@ -244,22 +242,30 @@ class EventSourceMapping:
                 if handler is None:
                     self.stop_event.wait(self.config.handler_missing_retry_s)
                     continue
-                if self._consumer is None:
-                    self._connect()
-                self.run_once(handler)
+                try:
+                    if self._consumer is None:
+                        self._connect()
+                    self.run_once(handler)
+                except Exception:
+                    # The broker went away mid-commit, a rebalance failed, ...: like the AWS
+                    # poller, start a fresh consumer from the committed offsets (records whose
+                    # commit was lost are delivered again; the handler is idempotent).
+                    log.exception("consumer failed; reconnecting in %.1fs", self.config.retry_backoff_max_s)
+                    self._close_quietly()
+                    self.stop_event.wait(self.config.retry_backoff_max_s)
         finally:
             self.close()
 
-    # -- one batch
-    def _resume_due(self) -> None:
-        now = time.monotonic()
-        due = [
-            tp for tp in self._paused if self._retries.get(tp) is None or self._retries[tp].not_before <= now
-        ]
-        if due:
-            self._consumer.resume(*due)
-            self._paused.difference_update(due)
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # a broken client may fail to close; it is dropped either way
+            log.debug("close failed", exc_info=True)
+        self._consumer = None
+        self._producer = None
+        self._retries.clear()
 
+    # -- one batch
     def _gather(self) -> dict[Any, list[Any]]:
         self.polling_since = time.monotonic()
         try:
@@ -276,13 +282,20 @@ class EventSourceMapping:
             if remaining_ms <= 0:
                 break
             polled = self._consumer.poll(timeout_ms=remaining_ms, max_records=self.config.batch_size - count)
+            now = time.monotonic()
             for tp, records in polled.items():
+                retry = self._retries.get(tp)
+                if retry is not None and retry.not_before > now:
+                    # Backing off: hold the partition at its failed record. (Seeking back rather
+                    # than pause()/resume(): with kafka-python 3.0.12 a resumed partition was
+                    # seen never to be fetched again.)
+                    self._consumer.seek(tp, retry.offset)
+                    continue
                 batch[tp].extend(records)
                 count += len(records)
         return dict(batch)
 
     def run_once(self, handler: Handler) -> None:
-        self._resume_due()
         batch = self._gather()
         if not batch:
             return
@@ -340,8 +353,6 @@ class EventSourceMapping:
                 self.config.retry_backoff_s * 2 ** (retry.attempts - 1), self.config.retry_backoff_max_s
             )
             retry.not_before = time.monotonic() + delay
-            self._consumer.pause(tp)
-            self._paused.add(tp)
             log.warning(
                 "%s offset %d failed (attempt %d of %d); retrying in %.1fs: %s",
                 key,
