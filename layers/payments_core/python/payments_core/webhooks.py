@@ -89,8 +89,12 @@ def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
         return WebhookOutcome("ignored")
     intent = IntentSnapshot.from_stripe(obj)
     db = services.db
-    payment = repository.get_by_payment_intent_id(db, intent.id)
-    order_id = payment.order_id if payment else intent.metadata.get("order_id")
+    # Our PaymentIntents name their order in metadata (the event is verified, and the row's own
+    # payment_intent_id is checked below); others are looked up by id.
+    order_id = intent.metadata.get("order_id")
+    if not order_id:
+        known = repository.get_by_payment_intent_id(db, intent.id)
+        order_id = known.order_id if known else None
     if not order_id:
         logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
         return WebhookOutcome("unknown_payment")
