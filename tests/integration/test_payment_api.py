@@ -12,25 +12,9 @@ from typing import Any
 import pytest
 import requests
 from payments_core.services import Services
-from webhook_helpers import get_request, seed_payment
+from webhook_helpers import CONTRACT_KEYS, EXTENSION_KEYS, NOT_FOUND, get_request, seed_payment
 
 pytestmark = pytest.mark.integration
-
-CONTRACT_KEYS = {
-    "paymentId",
-    "orderId",
-    "customerId",
-    "runnerId",
-    "amount",
-    "status",
-    "description",
-    "paymentIntentId",
-    "transferId",
-    "createdAt",
-    "updatedAt",
-}
-EXTENSION_KEYS = {"amountCents", "currency", "failureCode", "failureMessage"}
-NOT_FOUND = {"success": False, "error": "NOT_FOUND", "message": "Payment not found"}
 
 
 @pytest.fixture

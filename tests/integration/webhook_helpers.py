@@ -11,6 +11,23 @@ import time
 import uuid
 from typing import Any
 
+# The payment object of the contract's status and details answers, key for key.
+CONTRACT_KEYS = {
+    "paymentId",
+    "orderId",
+    "customerId",
+    "runnerId",
+    "amount",
+    "status",
+    "description",
+    "paymentIntentId",
+    "transferId",
+    "createdAt",
+    "updatedAt",
+}
+EXTENSION_KEYS = {"amountCents", "currency", "failureCode", "failureMessage"}
+NOT_FOUND = {"success": False, "error": "NOT_FOUND", "message": "Payment not found"}
+
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     """The ``Stripe-Signature`` header Stripe would send for these exact bytes."""

@@ -34,21 +34,8 @@ def _load_helpers() -> Any:
 
 wh = _load_helpers()
 SECRET = "whsec_unit_test"
+CONTRACT_KEYS, EXTENSION_KEYS = wh.CONTRACT_KEYS, wh.EXTENSION_KEYS
 CONTEXT = SimpleNamespace(aws_request_id="unit", function_name="payment_api")
-CONTRACT_KEYS = {
-    "paymentId",
-    "orderId",
-    "customerId",
-    "runnerId",
-    "amount",
-    "status",
-    "description",
-    "paymentIntentId",
-    "transferId",
-    "createdAt",
-    "updatedAt",
-}
-EXTENSION_KEYS = {"amountCents", "currency", "failureCode", "failureMessage"}
 
 
 class FakeDb:
@@ -246,7 +233,7 @@ def test_details_by_payment_id(stored: dict[str, Payment]) -> None:
 
 
 def test_unknown_ids_answer_the_contract_404(stored: dict[str, Payment]) -> None:
-    not_found = {"success": False, "error": "NOT_FOUND", "message": "Payment not found"}
+    not_found = wh.NOT_FOUND
     assert call(status_request("no-such-order")) == (404, not_found)
     assert call(details_request(str(uuid.uuid4()))) == (404, not_found)
 

@@ -22,10 +22,6 @@ class PaymentStatus(StrEnum):
     def is_final(self) -> bool:
         return self in (PaymentStatus.REVERTED, PaymentStatus.FAILED)
 
-    @property
-    def holds_funds(self) -> bool:
-        return self in (PaymentStatus.AUTHORIZED, PaymentStatus.SUCCEEDED)
-
 
 S = PaymentStatus
 

@@ -58,12 +58,11 @@ def release(services: Services, command: Command) -> str:
                     setattr(payment, name, value)
                 # The SUCCEEDED event already written (by the webhook) names no runner or
                 # transfer: announce the completed release as its own event.
-                _, released = lifecycle.announcement_for(payment) or (None, None)
                 lifecycle.answer(
                     db,
                     payment,
                     "payment.released",
-                    released,
+                    lifecycle.released_announcement(payment),
                     answer_key="release-completed",
                     correlation_id=cid,
                 )

@@ -44,17 +44,7 @@ def announcement_for(payment: Payment) -> tuple[str, Any] | None:
                 next_action_url=p.next_action_url,
             )
         case S.SUCCEEDED:
-            captured = p.captured_amount_cents if p.captured_amount_cents is not None else p.amount_cents
-            return "payment.released", PaymentReleased(
-                payment_id=p.payment_id,
-                order_id=p.order_id,
-                status="SUCCEEDED",
-                runner_id=p.runner_id,
-                amount=amount_in_units(captured, p.currency),
-                amount_cents=captured,
-                currency=p.currency,
-                transfer_id=p.transfer_id,
-            )
+            return "payment.released", released_announcement(p)
         case S.REVERTED if p.failure_code is None:
             return "payment.released", reverted_announcement(p)
         case S.REVERTED | S.FAILED:
@@ -68,6 +58,22 @@ def announcement_for(payment: Payment) -> tuple[str, Any] | None:
                 status=p.status.value,
             )
     return None
+
+
+def released_announcement(payment: Payment) -> PaymentReleased:
+    captured = (
+        payment.captured_amount_cents if payment.captured_amount_cents is not None else payment.amount_cents
+    )
+    return PaymentReleased(
+        payment_id=payment.payment_id,
+        order_id=payment.order_id,
+        status="SUCCEEDED",
+        runner_id=payment.runner_id,
+        amount=amount_in_units(captured, payment.currency),
+        amount_cents=captured,
+        currency=payment.currency,
+        transfer_id=payment.transfer_id,
+    )
 
 
 def reverted_announcement(payment: Payment) -> PaymentReleased:
