@@ -48,6 +48,9 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", "/api/stripe-webhook"),
     ("GET", "/payment/{order_id}/status"),
     ("GET", "/payment/{payment_id}/details"),
+    ("POST", "/payment/{payment_id}/release"),
+    ("POST", "/payment/{payment_id}/revert"),
+    ("GET", "/history/{user_id}"),
     ("GET", "/health"),
 ]
 DEFAULT_BINARY_MEDIA_TYPES = ("application/octet-stream", "image/*", "application/pdf", "application/zip")

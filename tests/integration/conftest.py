@@ -4,9 +4,12 @@ contract's shape, MSK events, and readers for rows, the outbox and payment_event
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +19,8 @@ from payments_core import db as db_module
 from payments_core import services as services_module
 from payments_core.config import get_settings
 from payments_core.db import Database
+from payments_core.domain import Payment
+from payments_core.errors import TransientError
 from payments_core.kafka_gateway import KafkaEventPublisher
 from payments_core.services import Services
 from payments_core.stripe_gateway import StripeApiGateway
@@ -264,3 +269,60 @@ def scheduler_paused() -> Iterator[None]:
     yield
     if was_running:
         stack.up(["scheduler"])
+
+
+# --- Stripe doubles shared by the escrow and HTTP tests -------------------------------------
+
+
+class RecordingStripe:
+    """The real gateway, counting every call that was sent on to Stripe, by method."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[name] += 1
+            return target(*args, **kwargs)
+
+        return call
+
+
+class TransfersElsewhere(RecordingStripe):
+    """PaymentIntents in localstripe, Transfers (and their reversals) in stripe-mock.
+    ``lose_transfer_answers``: how many transfer answers to lose after Stripe acted (the
+    function dies, or the connection resets, between the transfer and the database write)."""
+
+    def __init__(self, inner: Any, transfers: Any, *, lose_transfer_answers: int = 0) -> None:
+        super().__init__(inner)
+        self.transfers = transfers
+        self.lose_transfer_answers = lose_transfer_answers
+
+    def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
+        self.calls["transfer"] += 1
+        transfer_id = self.transfers.transfer(payment, amount_cents, destination)
+        if self.lose_transfer_answers:
+            self.lose_transfer_answers -= 1
+            raise TransientError("connection reset after the transfer was sent")
+        return transfer_id
+
+    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str:
+        self.calls["reverse_transfer"] += 1
+        return self.transfers.reverse_transfer(payment, amount_cents)
+
+
+@pytest.fixture
+def stripe_mock_gateway(local_env: dict[str, str]) -> Callable[[str], StripeApiGateway]:
+    """``stripe_mock_gateway(base) -> StripeApiGateway`` for stripe-mock (or the proxy before it).
+    stripe-mock accepts only keys shaped like sk_test_<x>, so the local key is passed as is."""
+
+    def factory(base: str) -> StripeApiGateway:
+        settings = dataclasses.replace(get_settings(), stripe_api_base=base, stripe_max_network_retries=0)
+        return StripeApiGateway(settings, api_key=local_env["STRIPE_SECRET_KEY"])
+
+    return factory

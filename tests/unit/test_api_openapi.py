@@ -28,9 +28,23 @@ def test_document_lists_every_route() -> None:
             ("POST", "/api/stripe-webhook"),
             ("GET", "/payment/{order_id}/status"),
             ("GET", "/payment/{payment_id}/details"),
+            ("POST", "/payment/{payment_id}/release"),
+            ("POST", "/payment/{payment_id}/revert"),
+            ("GET", "/history/{user_id}"),
             ("GET", "/health"),
         }
     )
     for path, ops in document["paths"].items():
         for op in ops.values():
             assert "422" not in op["responses"], path  # this API answers 400, not 422
+
+
+def test_release_documents_its_required_body() -> None:
+    operation = json.loads(openapi_document())["paths"]["/payment/{payment_id}/release"]["post"]
+    body = operation["requestBody"]
+    assert body["required"] is True
+    assert body["content"]["application/json"]["schema"]["required"] == [
+        "runner_id",
+        "runner_connect_account_id",
+    ]
+    assert {"202", "400", "404", "409"} <= set(operation["responses"])

@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValida
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 
-from payments_core import queries, webhooks
+from payments_core import queries, saga_requests, webhooks
 from payments_core.errors import TransientError
 from payments_core.observability import count, logger
 from payments_core.services import get_services
@@ -97,6 +97,81 @@ def payment_details(
     return _json(*queries.details_by_payment(get_services().db, str(payment_id)))
 
 
+_ID = queries.ID_PATTERN
+_QUEUED = _doc(
+    "Queued: the outcome follows on payment_events as payment.released or payment.failed",
+    saga_requests.QueuedAnswer,
+)
+_ALREADY = _doc(
+    "Nothing to do: the payment is already there (nothing queued, nothing re-announced)",
+    saga_requests.QueuedAnswer,
+)
+_BAD_BODY = _doc("Missing or malformed body or field (error BAD_REQUEST)", queries.ErrorAnswer)
+
+
+@app.post(
+    "/payment/<payment_id>/release",
+    summary="Release a held payment to the runner",
+    description="Queues a release_payment command (capture, then transfer to the runner's connected "
+    "account), keyed by the order. The saga continues on the 2xx; the outcome is announced on payment_events.",
+    responses={
+        200: _ALREADY,
+        202: _QUEUED,
+        400: _BAD_BODY,
+        404: _NOT_FOUND,
+        409: _doc(
+            "The payment is FAILED or REVERTED: it can no longer be released", saga_requests.ConflictAnswer
+        ),
+        500: _UNAVAILABLE,
+    },
+    openapi_extensions={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": saga_requests.ReleaseRequest.model_json_schema()}},
+        }
+    },
+)
+def release_payment(
+    payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
+) -> JsonResponse:
+    return _json(*saga_requests.request_release(get_services(), payment_id, app.current_event.body))
+
+
+@app.post(
+    "/payment/<payment_id>/revert",
+    summary="Give a payment back (compensation)",
+    description="Queues a revert_payment command: cancels the hold, or refunds the capture and reverses "
+    "the runner's transfer. The outcome is announced on payment_events as payment.released REVERTED.",
+    responses={200: _ALREADY, 202: _QUEUED, 400: _BAD_BODY, 404: _NOT_FOUND, 500: _UNAVAILABLE},
+    openapi_extensions={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": saga_requests.RevertRequest.model_json_schema()}},
+        }
+    },
+)
+def revert_payment(
+    payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
+) -> JsonResponse:
+    return _json(*saga_requests.request_revert(get_services(), payment_id, app.current_event.body))
+
+
+@app.get(
+    "/history/<user_id>",
+    summary="A user's payment totals",
+    description="Spent as customer (AUTHORIZED or SUCCEEDED) and earned as runner (SUCCEEDED).",
+    responses={
+        200: _doc("Totals (zeros for an unknown user)", queries.HistoryAnswer),
+        400: _BAD_REQUEST,
+        500: _UNAVAILABLE,
+    },
+)
+def user_history(
+    user_id: Annotated[str, Path(pattern=_ID, description="The user's Clerk id")],
+) -> JsonResponse:
+    return _json(*queries.history(get_services().db, user_id))
+
+
 @app.get(
     "/health",
     summary="Health",
@@ -141,6 +216,7 @@ def signature_of(event: Mapping[str, Any]) -> str | None:
 _ID_REASONS = {
     "payment_id": "payment_id must be a UUID",
     "order_id": "order_id must be 1 to 255 letters, digits or '_', '.', ':', '@', '-'",
+    "user_id": "user_id must be 1 to 255 letters, digits or '_', '.', ':', '@', '-'",
 }
 
 

@@ -33,6 +33,7 @@ class Settings:
     kafka_security_protocol: str  # PLAINTEXT locally, SASL_SSL on MSK
     kafka_sasl_mechanism: str  # AWS_MSK_IAM or OAUTHBEARER when SASL_SSL
     payment_events_topic: str
+    payment_commands_topic: str  # the HTTP release/revert routes queue their commands here
     dead_letter_topic: str
     dead_letter_queue_url: str  # when set, dead letters go to this SQS queue instead of the topic
     kafka_send_timeout_seconds: float
@@ -69,6 +70,7 @@ def get_settings() -> Settings:
         kafka_security_protocol=_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
         kafka_sasl_mechanism=_str("KAFKA_SASL_MECHANISM", "AWS_MSK_IAM"),
         payment_events_topic=_str("PAYMENT_EVENTS_TOPIC", "payment_events"),
+        payment_commands_topic=_str("PAYMENT_COMMANDS_TOPIC", "payment_commands"),
         dead_letter_topic=_str("DEAD_LETTER_TOPIC", "payment_commands.dlq"),
         dead_letter_queue_url=_str("DEAD_LETTER_QUEUE_URL", ""),
         kafka_send_timeout_seconds=float(_str("KAFKA_SEND_TIMEOUT_SECONDS", "5")),

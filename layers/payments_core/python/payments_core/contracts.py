@@ -39,12 +39,20 @@ STRIPE_PAYMENT_FAILED = "STRIPE_PAYMENT_FAILED"
 STRIPE_PAYMENT_CANCELED = "STRIPE_PAYMENT_CANCELED"
 PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"  # extension
 PAYMENT_NOT_CAPTURABLE = "PAYMENT_NOT_CAPTURABLE"  # extension
+PAYMENT_PROCESSING = "PAYMENT_PROCESSING"  # extension: release before Stripe finished the authorization
+PAYMENT_REQUIRES_ACTION = "PAYMENT_REQUIRES_ACTION"  # extension: release while 3-D Secure is pending
 AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"  # extension
 AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"  # extension: 3-D Secure never completed
 REVERT_FAILED = "REVERT_FAILED"  # extension: Stripe refused the cancel or refund; money not yet given back
 ORDER_REVERTED = "ORDER_REVERTED"  # extension: the order was reverted before it was authorized
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
+
+# What PostgreSQL (and Stripe) would refuse must be refused here, as a permanent answer: a
+# value that passes validation and fails at the database would be retried as transient and
+# stall its partition. bigint holds the cents; Stripe's own ceiling is far lower (8 digits).
+MAX_AMOUNT_CENTS = 99_999_999
+REVERT_REASON_MAX_LENGTH = 1000
 
 
 class Unattributable(Exception):
@@ -73,7 +81,9 @@ class Customer(_Model):
 
 
 class Order(_Model):
-    amount: StrictInt = Field(description="Integer number of cents (at least 50)")
+    amount: StrictInt = Field(
+        le=MAX_AMOUNT_CENTS, description="Integer number of cents (at least 50, at most 99999999)"
+    )
     description: str | None = Field(default=None, max_length=1000)
     currency: str | None = Field(default=None, description="Extension: ISO 4217 code, lower case")
 
@@ -107,12 +117,22 @@ class ReleasePayment(_ByPaymentOrOrder):
     runner_id: str | None = Field(default=None, max_length=255)
     runner_connect_account_id: str | None = Field(default=None, max_length=255)
     amount_to_capture: StrictInt | None = Field(
-        default=None, gt=0, description="Extension: partial capture, cents"
+        default=None, gt=0, le=MAX_AMOUNT_CENTS, description="Extension: partial capture, cents"
     )
 
 
 class RevertPayment(_ByPaymentOrOrder):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(
+        default=None, description=f"Cut to {REVERT_REASON_MAX_LENGTH} characters, never refused"
+    )
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _cut_reason(cls, value: Any) -> Any:
+        # Refusing a compensation for a long reason would leave the hold on the card.
+        if isinstance(value, str) and len(value) > REVERT_REASON_MAX_LENGTH:
+            return value[:REVERT_REASON_MAX_LENGTH]
+        return value
 
 
 COMMAND_MODELS: dict[str, type[_Model]] = {
@@ -152,11 +172,15 @@ def parse_command(raw: bytes | None) -> Command:
         raise Unattributable(f"value is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(document, dict):
         raise Unattributable("value is not a JSON object")
+    has_nul = contains_nul(document)
     payload = document.get("payload")
     order_id = _reference(payload, "order_id")
     payment_id = _reference(payload, "payment_id")
+    raw_correlation_id = document.get("correlation_id")
     correlation_id = (
-        document.get("correlation_id") if isinstance(document.get("correlation_id"), str) else None
+        raw_correlation_id
+        if isinstance(raw_correlation_id, str) and "\x00" not in raw_correlation_id
+        else None
     )
 
     def reject(code: str, message: str) -> Exception:
@@ -166,10 +190,12 @@ def parse_command(raw: bytes | None) -> Command:
             code, message, order_id=order_id, payment_id=payment_id, correlation_id=correlation_id
         )
 
+    if has_nul:
+        raise reject(INVALID_PAYLOAD, "text must not contain NUL characters (\\u0000)")
     try:
         envelope = CommandEnvelope.model_validate(document)
     except ValidationError as exc:
-        raise reject(INVALID_PAYLOAD, _describe(exc)) from None
+        raise reject(INVALID_PAYLOAD, describe_errors(exc)) from None
     model = COMMAND_MODELS.get(envelope.type)
     if model is None:
         raise reject(UNKNOWN_COMMAND, f"unknown command type {envelope.type[:100]!r}")
@@ -178,7 +204,7 @@ def parse_command(raw: bytes | None) -> Command:
     except ValidationError as exc:
         amount_errors = [e for e in exc.errors() if tuple(e["loc"][:2]) == ("order", "amount")]
         code = INVALID_AMOUNT if amount_errors else INVALID_PAYLOAD
-        raise reject(code, _describe(exc)) from None
+        raise reject(code, describe_errors(exc)) from None
     if isinstance(body, AuthorizePayment) and body.order.amount < _minimum_amount():
         raise reject(INVALID_AMOUNT, f"order.amount must be an integer of at least {_minimum_amount()} cents")
     return Command(type=envelope.type, correlation_id=envelope.correlation_id, body=body, raw=raw)  # type: ignore[arg-type]
@@ -191,18 +217,30 @@ def _minimum_amount() -> int:
 
 
 def _reference(payload: Any, key: str) -> str | None:
+    """An order or payment id the refusal can be announced under (and stored with)."""
     if isinstance(payload, dict):
         value = payload.get(key)
-        if isinstance(value, str) and 0 < len(value) <= 255:
+        if isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value:
             return value
     return None
 
 
-def _describe(exc: ValidationError) -> str:
+def contains_nul(value: Any) -> bool:
+    """PostgreSQL text cannot hold NUL; JSON can carry it as \\u0000."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
+def describe_errors(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "payload"
-        parts.append(f"{where}: {error['msg']}")
+        parts.append(f"{where} is required" if error["type"] == "missing" else f"{where}: {error['msg']}")
     return "; ".join(parts)
 
 
@@ -230,11 +268,16 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 )
 
 
+def units_exact(amount_cents: int, currency: str) -> Decimal:
+    """Currency units from integer minor units, exactly."""
+    if currency.lower() in ZERO_DECIMAL_CURRENCIES:
+        return Decimal(amount_cents)
+    return Decimal(amount_cents) / Decimal(100)
+
+
 def amount_in_units(amount_cents: int, currency: str) -> float:
     """Currency units from integer minor units, through Decimal so 1999 reads 19.99 exactly."""
-    if currency.lower() in ZERO_DECIMAL_CURRENCIES:
-        return float(amount_cents)
-    return float(Decimal(amount_cents) / Decimal(100))
+    return float(units_exact(amount_cents, currency))
 
 
 class PaymentAuthorized(_Model):
@@ -265,8 +308,8 @@ class PaymentFailed(_Model):
 
 
 class PaymentReleased(_Model):
-    payment_id: str
-    order_id: str
+    payment_id: str | None = None  # None only when a revert named an order that has no payment
+    order_id: str | None = None  # None only when a revert named a payment id that does not exist
     status: Literal["SUCCEEDED", "REVERTED"]
     runner_id: str | None = None
     amount: float | None = None

@@ -6,18 +6,23 @@ and the database converges on one capture, one transfer, one refund."""
 
 from __future__ import annotations
 
-from payments_core import lifecycle, repository
+from payments_core import lifecycle, outbox, repository
 from payments_core.contracts import (
     INVALID_AMOUNT,
     PAYMENT_NOT_CAPTURABLE,
     PAYMENT_NOT_FOUND,
+    PAYMENT_PROCESSING,
+    PAYMENT_REQUIRES_ACTION,
     REVERT_FAILED,
     Command,
     PaymentFailed,
+    PaymentReleased,
     ReleasePayment,
     RevertPayment,
+    event_envelope,
 )
-from payments_core.domain import Payment, PaymentStatus
+from payments_core.db import Database
+from payments_core.domain import Payment, PaymentStatus, event_id_for
 from payments_core.errors import Rejection
 from payments_core.observability import count, logger
 from payments_core.services import Services
@@ -75,21 +80,7 @@ def release(services: Services, command: Command) -> str:
             return order_id
         if payment.status is not S.AUTHORIZED:
             with db.transaction():
-                lifecycle.answer(
-                    db,
-                    payment,
-                    "payment.failed",
-                    PaymentFailed(
-                        order_id=payment.order_id,
-                        payment_id=payment.payment_id,
-                        error=PAYMENT_NOT_CAPTURABLE,
-                        message=f"payment is {payment.status.value}, not AUTHORIZED: nothing to capture",
-                        status=payment.status.value,
-                    ),
-                    answer_key=f"release-refused:{payment.status.value}",
-                    correlation_id=cid,
-                )
-            count("CommandRejected")
+                _refuse_release(db, payment, cid, None)
             return order_id
 
         if body.amount_to_capture is not None and body.amount_to_capture > payment.amount_cents:
@@ -107,11 +98,15 @@ def release(services: Services, command: Command) -> str:
             except Rejection as exc:
                 raise _refused(exc, payment, cid, "capture refused by Stripe") from exc
         if intent.status != "succeeded":
-            # The hold is gone (lapsed or canceled in Stripe): record what Stripe says.
+            # The hold is gone (lapsed or canceled in Stripe): record what Stripe says. A
+            # PaymentIntent that is neither held nor final (processing, requires_action) is no
+            # status change of ours: answer the release anyway, the saga must never hear nothing.
             with db.transaction():
-                lifecycle.apply_intent(
+                changed = lifecycle.apply_intent(
                     db, payment, intent, correlation_id=cid, canceled_code=PAYMENT_NOT_CAPTURABLE
                 )
+                if not changed:
+                    _refuse_release(db, payment, cid, intent.status)
             return order_id
         captured = intent.amount_received or body.amount_to_capture or payment.amount_cents
         transfer_id, transfer_failure = _pay_runner(services, payment, body, captured)
@@ -136,16 +131,25 @@ def revert(services: Services, command: Command) -> str:
     assert isinstance(body, RevertPayment)
     db = services.db
     cid = command.correlation_id
-    order_id = _resolve_order(services, body.order_id, body.payment_id)
+    reason = body.reason or "payment reverted"
+    order_id = repository.find_order_id(db, order_id=body.order_id, payment_id=body.payment_id)
+    if order_id is None:
+        # A payment id we never issued: nothing is held under it, and the saga's compensation
+        # waits for REVERTED, so that is the answer (PAYMENT_NOT_FOUND would leave it stuck).
+        with db.transaction():
+            _announce_nothing_held(db, None, body.payment_id, reason, cid)
+        return body.payment_id or ""
     with db.order_lock(order_id):
         payment = repository.get_by_order_id(db, order_id)
-        reason = body.reason or "payment reverted"
         if payment is None:
-            # The revert overtook its own authorize: remember it, so that authorize, if it
-            # still comes, places no hold that nobody would release.
+            # The revert overtook its own authorize (or the order never got one): remember it,
+            # so that authorize, if it still comes, places no hold that nobody would release;
+            # nothing is held now, so the compensation is complete.
             with db.transaction():
                 repository.remember_reverted_order(db, order_id, reason, cid)
-            raise _not_found(body.order_id, body.payment_id, cid)
+                _announce_nothing_held(db, order_id, body.payment_id, reason, cid)
+            count("PaymentReverted")
+            return order_id
         if payment.status in (S.FAILED, S.REVERTED):
             # Nothing to give back; still answer REVERTED so the saga's compensation completes.
             with db.transaction():
@@ -186,6 +190,49 @@ def revert(services: Services, command: Command) -> str:
             lifecycle.change_status(db, payment, S.REVERTED, correlation_id=cid, **columns)
         count("PaymentReverted")
         return order_id
+
+
+def _refuse_release(db: Database, payment: Payment, cid: str | None, intent_status: str | None) -> None:
+    """Answer a release that cannot capture now (nothing held, or Stripe's PaymentIntent in a
+    state that cannot be captured), with a code the saga can act on."""
+    status = intent_status or payment.status.value
+    code = _RELEASE_REFUSALS.get(status, PAYMENT_NOT_CAPTURABLE)
+    where = f"its PaymentIntent is {intent_status}" if intent_status else f"payment is {payment.status.value}"
+    lifecycle.answer(
+        db,
+        payment,
+        "payment.failed",
+        PaymentFailed(
+            order_id=payment.order_id,
+            payment_id=payment.payment_id,
+            error=code,
+            message=f"{where}, not capturable: nothing was captured",
+            status=payment.status.value,
+        ),
+        answer_key=f"release-refused:{status}",
+        correlation_id=cid,
+    )
+    count("CommandRejected")
+
+
+# What the saga is told when a release finds the money not (yet) capturable.
+_RELEASE_REFUSALS = {
+    "processing": PAYMENT_PROCESSING,
+    "requires_action": PAYMENT_REQUIRES_ACTION,
+    S.REQUIRES_ACTION.value: PAYMENT_REQUIRES_ACTION,
+    S.PENDING.value: PAYMENT_PROCESSING,
+}
+
+
+def _announce_nothing_held(
+    db: Database, order_id: str | None, payment_id: str | None, reason: str, cid: str | None
+) -> None:
+    """payment.released REVERTED for a revert that found no payment: nothing is held."""
+    key = order_id or payment_id or ""
+    body = PaymentReleased(order_id=order_id, payment_id=payment_id, status="REVERTED", message=reason)
+    event_id = event_id_for(f"no-payment:{key}", "REVERTED")
+    envelope = event_envelope("payment.released", body, event_id=event_id, correlation_id=cid)
+    outbox.enqueue(db, envelope, order_id=key, payment_id=None)  # no payments row to point at
 
 
 def _pay_runner(

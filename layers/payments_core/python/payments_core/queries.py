@@ -8,6 +8,7 @@ The models double as the OpenAPI document's response schemas."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from payments_core import repository
-from payments_core.contracts import amount_in_units
+from payments_core.contracts import amount_in_units, units_exact
 from payments_core.db import Database
 from payments_core.domain import Payment
 
@@ -26,6 +27,7 @@ SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 # An order id in a URL: what the saga sends (UUIDs) and other sane identifiers, nothing that
 # needs escaping. The command path accepts up to 255 characters, so the query path does too.
 ORDER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,255}$"
+ID_PATTERN = ORDER_ID_PATTERN  # payment and Clerk user ids in URLs: the same safe alphabet
 
 
 class _CamelModel(BaseModel):
@@ -55,6 +57,27 @@ class PaymentView(_CamelModel):
 class PaymentAnswer(BaseModel):
     success: bool = True
     payment: PaymentView
+
+
+class CurrencyTotals(_CamelModel):
+    currency: str
+    spent_cents: int
+    earned_cents: int
+    spent_count: int
+    earned_count: int
+
+
+class HistoryAnswer(_CamelModel):
+    """The contract's history object (the frontend's profile page), plus ``byCurrency``."""
+
+    user_id: str
+    total_spent: float = Field(description="Currency units, 2 decimals: AUTHORIZED or SUCCEEDED as customer")
+    total_earned: float = Field(description="Currency units, 2 decimals: SUCCEEDED as runner")
+    spent_count: int
+    earned_count: int
+    by_currency: list[CurrencyTotals] = Field(
+        description="Extension: exact totals in minor units per currency (the totals above add them up)"
+    )
 
 
 class ErrorAnswer(BaseModel):
@@ -113,6 +136,34 @@ def status_by_order(db: Database, order_id: str) -> tuple[int, dict[str, Any]]:
 def details_by_payment(db: Database, payment_id: str) -> tuple[int, dict[str, Any]]:
     """``GET /payment/{payment_id}/details``: (HTTP status, body). The id is already a UUID."""
     return _answer(repository.get_by_payment_id(db, payment_id))
+
+
+def history(db: Database, user_id: str) -> tuple[int, dict[str, Any]]:
+    """``GET /history/{user_id}``: totals from integer cents, summed as Decimal (no float drift);
+    an unknown user has zeros."""
+    rows = [
+        CurrencyTotals(
+            currency=r["currency"],
+            spent_cents=int(r["spent_cents"]),
+            earned_cents=int(r["earned_cents"]),
+            spent_count=int(r["spent_count"]),
+            earned_count=int(r["earned_count"]),
+        )
+        for r in repository.user_totals(db, user_id)
+    ]
+    answer = HistoryAnswer(
+        user_id=user_id,
+        total_spent=_units(sum((units_exact(r.spent_cents, r.currency) for r in rows), Decimal(0))),
+        total_earned=_units(sum((units_exact(r.earned_cents, r.currency) for r in rows), Decimal(0))),
+        spent_count=sum(r.spent_count for r in rows),
+        earned_count=sum(r.earned_count for r in rows),
+        by_currency=rows,
+    )
+    return HTTPStatus.OK, answer.model_dump(mode="json", by_alias=True)
+
+
+def _units(total: Decimal) -> float:
+    return float(total.quantize(Decimal("0.01")))
 
 
 def health(db: Database) -> tuple[int, dict[str, Any]]:

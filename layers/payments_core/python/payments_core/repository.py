@@ -74,6 +74,28 @@ def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None)
     return None
 
 
+def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
+    """What a user spent as customer (AUTHORIZED or SUCCEEDED) and earned as runner
+    (SUCCEEDED), in cents per currency. Captured amounts count where a capture was partial.
+    Served by the indexes of 0004_history.sql."""
+    return db.query(
+        """
+        SELECT currency, sum(spent_cents)::bigint AS spent_cents, sum(spent)::bigint AS spent_count,
+               sum(earned_cents)::bigint AS earned_cents, sum(earned)::bigint AS earned_count
+        FROM (
+            SELECT currency, COALESCE(captured_amount_cents, amount_cents) AS spent_cents, 1 AS spent,
+                   0 AS earned_cents, 0 AS earned
+            FROM payments WHERE clerk_user_id = :user_id AND status IN ('AUTHORIZED', 'SUCCEEDED')
+            UNION ALL
+            SELECT currency, 0, 0, COALESCE(captured_amount_cents, amount_cents), 1
+            FROM payments WHERE runner_id = :user_id AND status = 'SUCCEEDED'
+        ) AS mine
+        GROUP BY currency ORDER BY currency
+        """,
+        user_id=user_id,
+    )
+
+
 def update(db: Database, payment_id: str, **changes: Any) -> None:
     """Write the given columns. Column names come from the Payment model, never from input."""
     unknown = set(changes) - _COLUMNS
