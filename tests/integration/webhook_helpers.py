@@ -188,6 +188,7 @@ def seed_payment(
             repository.update(
                 db,
                 payment.payment_id,
+                expected_status=PaymentStatus.PENDING,
                 status=PaymentStatus(status),
                 payment_intent_id=payment_intent_id,
                 **columns,

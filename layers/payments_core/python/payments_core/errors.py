@@ -13,6 +13,11 @@ class TransientError(Exception):
     """Retry later: nothing has been half-done."""
 
 
+class StatusChanged(TransientError):
+    """The payment's status is no longer the one this use case read (a writer that lost its
+    lock, a path that took none): nothing was written; the redelivery re-reads and re-decides."""
+
+
 class Rejection(Exception):
     """A permanent, explained refusal, announced as ``payment.failed`` with ``code``."""
 

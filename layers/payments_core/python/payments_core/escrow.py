@@ -58,7 +58,7 @@ def release(services: Services, command: Command) -> str:
                 "transfer_failure": transfer_failure,
             }
             with db.transaction():
-                repository.update(db, payment.payment_id, **columns)
+                repository.update(db, payment.payment_id, expected_status=S.SUCCEEDED, **columns)
                 for name, value in columns.items():
                     setattr(payment, name, value)
                 # The SUCCEEDED event already written (by the webhook) names no runner or

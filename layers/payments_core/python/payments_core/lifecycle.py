@@ -101,7 +101,7 @@ def change_status(
             },
         )
         return False
-    repository.update(db, payment.payment_id, status=target, **columns)
+    repository.update(db, payment.payment_id, expected_status=payment.status, status=target, **columns)
     for name, value in columns.items():
         setattr(payment, name, value)
     payment.status = target

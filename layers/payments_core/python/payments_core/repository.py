@@ -7,6 +7,7 @@ from typing import Any
 
 from payments_core.db import Database
 from payments_core.domain import Payment, PaymentStatus
+from payments_core.errors import StatusChanged
 
 _COLUMNS = frozenset(Payment.__dataclass_fields__) - {"payment_id", "created_at", "updated_at"}
 
@@ -96,18 +97,25 @@ def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
     )
 
 
-def update(db: Database, payment_id: str, **changes: Any) -> None:
-    """Write the given columns. Column names come from the Payment model, never from input."""
+def update(db: Database, payment_id: str, *, expected_status: PaymentStatus, **changes: Any) -> None:
+    """Write the given columns if the payment still has the status the caller read (compare and
+    set): a blind overwrite could turn a concurrent REVERTED into SUCCEEDED. Raises
+    StatusChanged, writing nothing, when it does not. Column names come from the Payment model,
+    never from input."""
     unknown = set(changes) - _COLUMNS
     if unknown:
         raise ValueError(f"not payment columns: {sorted(unknown)}")
     values = {k: (v.value if isinstance(v, PaymentStatus) else v) for k, v in changes.items()}
     assignments = ", ".join(f"{column} = :{column}" for column in values)
-    db.execute(
-        f"UPDATE payments SET {assignments}, updated_at = now() WHERE payment_id = CAST(:payment_id AS uuid)",  # noqa: S608 - column names are whitelisted above
+    written = db.execute(
+        f"UPDATE payments SET {assignments}, updated_at = now()"  # noqa: S608 - column names are whitelisted above
+        " WHERE payment_id = CAST(:payment_id AS uuid) AND status = :expected_status",
         payment_id=payment_id,
+        expected_status=expected_status.value,
         **values,
     )
+    if written != 1:
+        raise StatusChanged(f"payment {payment_id} is no longer {expected_status.value}")
 
 
 def count_create_attempt(db: Database, payment_id: str) -> None:
