@@ -311,7 +311,11 @@ class TransfersElsewhere(RecordingStripe):
             raise TransientError("connection reset after the transfer was sent")
         return transfer_id
 
-    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str:
+    def find_transfer(self, payment: Payment) -> str | None:
+        self.calls["find_transfer"] += 1
+        return self.transfers.find_transfer(payment)
+
+    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str:
         self.calls["reverse_transfer"] += 1
         return self.transfers.reverse_transfer(payment, amount_cents)
 

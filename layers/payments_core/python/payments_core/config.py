@@ -60,6 +60,10 @@ class Settings:
     reconcile_requires_action_after_seconds: int
     reconcile_authorized_after_seconds: int
     reconcile_batch_size: int
+    # Final payments are checked once for a hold that appeared after they became final (a
+    # create still executing at Stripe when the revert ran): after settling, within a window.
+    reconcile_final_settle_seconds: int
+    reconcile_final_window_seconds: int
     aws_region: str
 
 
@@ -93,5 +97,7 @@ def get_settings() -> Settings:
         reconcile_requires_action_after_seconds=_int("RECONCILE_REQUIRES_ACTION_AFTER_SECONDS", 3600),
         reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
+        reconcile_final_settle_seconds=_int("RECONCILE_FINAL_SETTLE_SECONDS", 60),
+        reconcile_final_window_seconds=_int("RECONCILE_FINAL_WINDOW_SECONDS", 86400),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
     )

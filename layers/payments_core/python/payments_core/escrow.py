@@ -40,43 +40,8 @@ def release(services: Services, command: Command) -> str:
         if payment is None:
             raise _not_found(body.order_id, body.payment_id, command.correlation_id)
         cid = command.correlation_id
-        release_recorded = payment.runner_id is not None or payment.runner_connect_account_id is not None
-        if (
-            payment.status is S.SUCCEEDED
-            and not release_recorded
-            and (body.runner_id or body.runner_connect_account_id)
-        ):
-            # Captured, but no release recorded: a release stopped after its capture (e.g. the
-            # transfer's answer was lost) and the payment_intent.succeeded webhook or the
-            # reconciler recorded the capture before this redelivery. Finish paying the runner.
-            captured = payment.captured_amount_cents or payment.amount_cents
-            transfer_id, transfer_failure = _pay_runner(services, payment, body, captured)
-            columns = {
-                "runner_id": body.runner_id,
-                "runner_connect_account_id": body.runner_connect_account_id,
-                "transfer_id": transfer_id,
-                "transfer_failure": transfer_failure,
-            }
-            with db.transaction():
-                repository.update(db, payment.payment_id, expected_status=S.SUCCEEDED, **columns)
-                for name, value in columns.items():
-                    setattr(payment, name, value)
-                # The SUCCEEDED event already written (by the webhook) names no runner or
-                # transfer: announce the completed release as its own event.
-                lifecycle.answer(
-                    db,
-                    payment,
-                    "payment.released",
-                    lifecycle.released_announcement(payment),
-                    answer_key="release-completed",
-                    correlation_id=cid,
-                )
-            count("PaymentReleased")
-            return order_id
         if payment.status is S.SUCCEEDED:
-            count("DuplicateCommand")
-            with db.transaction():
-                lifecycle.announce(db, payment, correlation_id=cid)
+            _complete_release(services, payment, body, cid)
             return order_id
         if payment.status is not S.AUTHORIZED:
             with db.transaction():
@@ -91,6 +56,7 @@ def release(services: Services, command: Command) -> str:
                 payment_id=payment.payment_id,
                 correlation_id=cid,
             )
+        _record_runner(db, payment, body)
         intent = services.stripe.retrieve(payment.payment_intent_id or "")
         if intent.status == "requires_capture":
             try:
@@ -109,21 +75,83 @@ def release(services: Services, command: Command) -> str:
                     _refuse_release(db, payment, cid, intent.status)
             return order_id
         captured = intent.amount_received or body.amount_to_capture or payment.amount_cents
-        transfer_id, transfer_failure = _pay_runner(services, payment, body, captured)
+        transfer_id, transfer_failure = _pay_runner(services, payment, captured)
         with db.transaction():
             lifecycle.change_status(
                 db,
                 payment,
                 S.SUCCEEDED,
                 correlation_id=cid,
-                runner_id=body.runner_id,
-                runner_connect_account_id=body.runner_connect_account_id,
                 captured_amount_cents=captured,
                 transfer_id=transfer_id,
                 transfer_failure=transfer_failure,
             )
         count("PaymentReleased")
         return order_id
+
+
+def release_is_complete(payment: Payment) -> bool:
+    """Captured, and the runner paid (or refused for good, or nobody to pay)."""
+    return payment.status is S.SUCCEEDED and (
+        payment.transfer_id is not None
+        or payment.transfer_failure is not None
+        or (payment.runner_id is not None and not payment.runner_connect_account_id)
+    )
+
+
+def _record_runner(db: Database, payment: Payment, body: ReleasePayment) -> None:
+    """Write who is to be paid before anything moves at Stripe, so whoever finds the payment
+    captured later (a webhook, a redelivery after a crash) knows a transfer may exist and
+    finishes or finds it. The first release's runner stands."""
+    columns = {
+        name: value
+        for name, value in (
+            ("runner_id", body.runner_id),
+            ("runner_connect_account_id", body.runner_connect_account_id),
+        )
+        if value and getattr(payment, name) is None
+    }
+    if columns:
+        with db.transaction():
+            repository.update(db, payment.payment_id, expected_status=payment.status, **columns)
+        for name, value in columns.items():
+            setattr(payment, name, value)
+
+
+def _complete_release(services: Services, payment: Payment, body: ReleasePayment, cid: str | None) -> None:
+    """A release of a captured payment: a copy of a finished release re-announces it; a release
+    that stopped after its capture (a crash, a lost transfer answer; the capture then recorded
+    by the webhook or the reconciler) pays the runner now, finding an earlier transfer first."""
+    db = services.db
+    if not release_is_complete(payment) and (
+        payment.runner_id
+        or payment.runner_connect_account_id
+        or body.runner_id
+        or body.runner_connect_account_id
+    ):
+        _record_runner(db, payment, body)
+        captured = payment.captured_amount_cents or payment.amount_cents
+        transfer_id, transfer_failure = _pay_runner(services, payment, captured)
+        columns = {"transfer_id": transfer_id, "transfer_failure": transfer_failure}
+        with db.transaction():
+            repository.update(db, payment.payment_id, expected_status=S.SUCCEEDED, **columns)
+            for name, value in columns.items():
+                setattr(payment, name, value)
+            # The SUCCEEDED event already written (by the webhook) names no runner or
+            # transfer: announce the completed release as its own event.
+            lifecycle.answer(
+                db,
+                payment,
+                "payment.released",
+                lifecycle.released_announcement(payment),
+                answer_key="release-completed",
+                correlation_id=cid,
+            )
+        count("PaymentReleased")
+        return
+    count("DuplicateCommand")
+    with db.transaction():
+        lifecycle.announce(db, payment, correlation_id=cid)
 
 
 def revert(services: Services, command: Command) -> str:
@@ -235,15 +263,13 @@ def _announce_nothing_held(
     outbox.enqueue(db, envelope, order_id=key, payment_id=None)  # no payments row to point at
 
 
-def _pay_runner(
-    services: Services, payment: Payment, body: ReleasePayment, captured: int
-) -> tuple[str | None, str | None]:
-    """Transfer the runner's share when a connected account is given: (transfer_id, failure)."""
-    if not body.runner_connect_account_id:
+def _pay_runner(services: Services, payment: Payment, captured: int) -> tuple[str | None, str | None]:
+    """Transfer the runner's share when a connected account is recorded: (transfer_id, failure)."""
+    if not payment.runner_connect_account_id:
         return None, None
     try:
         transfer_id = services.stripe.transfer(
-            payment, _transferred(services, captured), body.runner_connect_account_id
+            payment, _transferred(services, captured), payment.runner_connect_account_id
         )
     except Rejection as exc:
         # The customer's money is captured and stays with the platform: announce the
@@ -256,13 +282,15 @@ def _pay_runner(
 
 
 def _give_back_capture(services: Services, payment: Payment) -> dict[str, object]:
-    captured = payment.captured_amount_cents or payment.amount_cents
     changes: dict[str, object] = {}
+    if payment.transfer_id is None and payment.runner_connect_account_id and payment.transfer_failure is None:
+        # A release recorded its runner, then died around its transfer: find it by its group.
+        payment.transfer_id = services.stripe.find_transfer(payment)
+        if payment.transfer_id:
+            changes["transfer_id"] = payment.transfer_id
     if payment.transfer_id:
         try:
-            changes["transfer_reversal_id"] = services.stripe.reverse_transfer(
-                payment, _transferred(services, captured)
-            )
+            changes["transfer_reversal_id"] = services.stripe.reverse_transfer(payment)
         except Rejection as exc:
             # The customer is refunded regardless; the runner's share is then the platform's loss.
             logger.error(
@@ -270,7 +298,8 @@ def _give_back_capture(services: Services, payment: Payment) -> dict[str, object
             )
             count("TransferReversalFailed")
     try:
-        changes["refund_id"] = services.stripe.refund(payment, captured)
+        # No amount: Stripe refunds what was captured and not yet refunded, never more.
+        changes["refund_id"] = services.stripe.refund(payment)
     except Rejection as exc:
         if exc.stripe_code != "charge_already_refunded":
             raise

@@ -140,6 +140,26 @@ def stale_order_ids(db: Database, status: PaymentStatus, older_than_seconds: int
     return [str(r["order_id"]) for r in rows]
 
 
+def recently_final_order_ids(db: Database, settle_seconds: int, window_seconds: int, limit: int) -> list[str]:
+    """FAILED or REVERTED payments that may have met Stripe, final for at least
+    ``settle_seconds`` and at most ``window_seconds``, not looked at since they settled."""
+    rows = db.query(
+        """
+        SELECT order_id FROM payments
+        WHERE status IN ('FAILED', 'REVERTED')
+          AND (payment_intent_id IS NOT NULL OR stripe_create_attempts > 0)
+          AND updated_at < now() - make_interval(secs => :settle)
+          AND updated_at > now() - make_interval(secs => :window)
+          AND (reconciled_at IS NULL OR reconciled_at < updated_at + make_interval(secs => :settle))
+        ORDER BY updated_at LIMIT :limit
+        """,
+        settle=settle_seconds,
+        window=window_seconds,
+        limit=limit,
+    )
+    return [str(r["order_id"]) for r in rows]
+
+
 def mark_reconciled(db: Database, order_id: str) -> None:
     db.execute("UPDATE payments SET reconciled_at = now() WHERE order_id = :o", o=order_id)
 

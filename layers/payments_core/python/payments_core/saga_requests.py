@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from payments_core import repository
+from payments_core import escrow, repository
 from payments_core.contracts import (
     MAX_AMOUNT_CENTS,
     RevertPayment,
@@ -89,7 +89,7 @@ def request_release(services: Services, payment_id: str, raw_body: str | None) -
     if payment.status.is_final:
         message = f"payment is {payment.status.value}: it can no longer be released"
         return HTTPStatus.CONFLICT, _conflict(message, payment)
-    if payment.status is S.SUCCEEDED and payment.runner_id is not None:
+    if escrow.release_is_complete(payment):
         return HTTPStatus.OK, _nothing_to_do("payment already released", payment)
     # SUCCEEDED without a recorded release: captured (by a release that stopped before paying
     # the runner, or seen by a webhook first); the command finishes paying the runner.

@@ -1,7 +1,9 @@
 """Stripe behind a small gateway: the only module that talks to Stripe.
 
 Every call that moves money carries a deterministic idempotency key derived from the payment,
-so a retried or redelivered request returns Stripe's first answer instead of acting twice.
+so a retried or redelivered request returns Stripe's first answer instead of acting twice; an
+answer Stripe would replay (a 500, an idempotency_error) is followed by a lookup of what the
+attempt did, and only then by the next key (see ``_keyed``).
 Errors are translated into the service's two kinds: ``TransientError`` (retry) and
 ``Rejection`` (final). The same code serves Stripe, localstripe and stripe-mock: only
 ``STRIPE_API_BASE`` differs.
@@ -79,11 +81,25 @@ class CardDeclined(Rejection):
         self.payment_intent_id = payment_intent_id
 
 
-def idempotency_key(action: str, payment: Payment) -> str:
+# How many idempotency keys one call may go through. Stripe saves its first answer for a key,
+# 500s included, for 24 h: after such an answer the call looks up what the attempt did and,
+# if nothing, moves on to the next key. The sequence is deterministic (attempt 0, 1, 2, ...)
+# and every new key is preceded by a lookup, so a redelivery that starts again from attempt 0
+# only replays answers Stripe saved; it never acts twice.
+MAX_KEY_ATTEMPTS = 4
+
+
+def idempotency_key(action: str, payment: Payment, attempt: int = 0) -> str:
     # Keyed by the order for the create (one hold per order, whatever the payment row), and by
-    # the payment for every later step.
+    # the payment for every later step. Attempt 0 keeps the historical form.
     subject = payment.order_id if action == "authorize" else payment.payment_id
-    return f"campusg-payments:{action}:{subject}"
+    base = f"campusg-payments:{action}:{subject}"
+    return base if attempt == 0 else f"{base}:{attempt}"
+
+
+class _AnswerSaved(TransientError):
+    """Stripe answered this key with an error it will replay for a day (a 5xx, or
+    ``idempotency_error``: the same key with other parameters): retrying the key cannot help."""
 
 
 class StripeGateway(Protocol):
@@ -92,9 +108,10 @@ class StripeGateway(Protocol):
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot: ...
     def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot: ...
     def cancel(self, payment: Payment) -> IntentSnapshot: ...
-    def refund(self, payment: Payment, amount_cents: int) -> str: ...
+    def refund(self, payment: Payment, amount_cents: int | None = None) -> str: ...
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str: ...
-    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str: ...
+    def find_transfer(self, payment: Payment) -> str | None: ...
+    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str: ...
 
 
 class StripeApiGateway:
@@ -143,9 +160,13 @@ class StripeApiGateway:
             raise TransientError(
                 f"stripe unavailable: {type(exc).__name__}: {exc.user_message or exc}"
             ) from exc
+        except stripe.IdempotencyError as exc:
+            raise _AnswerSaved(f"stripe idempotency_error: {exc.user_message or exc}") from exc
         except stripe.StripeError as exc:
             status = exc.http_status or 0
-            if status >= 500 or status in (0, 409, 429):
+            if status >= 500:
+                raise _AnswerSaved(f"stripe error {status}: {exc.user_message or exc}") from exc
+            if status in (0, 409, 429):  # 409: the key's first request is still executing
                 raise TransientError(f"stripe error {status}: {exc.user_message or exc}") from exc
             raise Rejection(STRIPE_API_ERROR, exc.user_message or str(exc), stripe_code=exc.code) from exc
 
@@ -165,9 +186,33 @@ class StripeApiGateway:
         }
         if payment.return_url:
             params["return_url"] = payment.return_url
-        options = {"idempotency_key": idempotency_key("authorize", payment)}
-        intent = self._call(self._stripe().payment_intents.create, params=params, options=options)
-        return IntentSnapshot.from_stripe(intent)
+        return self._keyed(
+            "authorize",
+            payment,
+            send=lambda key: IntentSnapshot.from_stripe(
+                self._call(
+                    self._stripe().payment_intents.create, params=params, options={"idempotency_key": key}
+                )
+            ),
+            look_up=lambda: self._find_hold_by_metadata(payment),
+        )
+
+    def _keyed(
+        self, action: str, payment: Payment, *, send: Any, look_up: Any, look_first: bool = False
+    ) -> Any:
+        """Send with idempotency key attempt 0, 1, ...; before each new key (and before the
+        first, with ``look_first``) look up what an earlier attempt may have done."""
+        saved: _AnswerSaved | None = None
+        for attempt in range(MAX_KEY_ATTEMPTS):
+            if attempt or look_first:
+                found = look_up()
+                if found is not None:
+                    return found
+            try:
+                return send(idempotency_key(action, payment, attempt))
+            except _AnswerSaved as exc:
+                saved = exc
+        raise TransientError(f"{action}: Stripe answered {MAX_KEY_ATTEMPTS} keys with errors; last: {saved}")
 
     def find_hold(self, payment: Payment) -> IntentSnapshot | None:
         """The PaymentIntent an earlier, interrupted attempt created for this order, if any.
@@ -175,6 +220,9 @@ class StripeApiGateway:
         keys are covered by this lookup through the order's metadata."""
         if payment.payment_intent_id:
             return self.retrieve(payment.payment_intent_id)
+        return self._find_hold_by_metadata(payment)
+
+    def _find_hold_by_metadata(self, payment: Payment) -> IntentSnapshot | None:
         if not payment.stripe_customer_id:
             return None
         params: dict[str, Any] = {"customer": payment.stripe_customer_id, "limit": 100}
@@ -198,54 +246,140 @@ class StripeApiGateway:
 
     def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot:
         params = {"amount_to_capture": amount_to_capture} if amount_to_capture else {}
-        intent = self._call(
-            self._stripe().payment_intents.capture,
-            _require_intent(payment),
-            params=params,
-            options={"idempotency_key": idempotency_key("capture", payment)},
+        intent_id = _require_intent(payment)
+        return self._keyed(
+            "capture",
+            payment,
+            send=lambda key: IntentSnapshot.from_stripe(
+                self._call(
+                    self._stripe().payment_intents.capture,
+                    intent_id,
+                    params=params,
+                    options={"idempotency_key": key},
+                )
+            ),
+            look_up=lambda: self._if_status(intent_id, "succeeded", "canceled"),
         )
-        return IntentSnapshot.from_stripe(intent)
 
     def cancel(self, payment: Payment) -> IntentSnapshot:
-        intent = self._call(
-            self._stripe().payment_intents.cancel,
-            _require_intent(payment),
-            options={"idempotency_key": idempotency_key("cancel", payment)},
+        intent_id = _require_intent(payment)
+        return self._keyed(
+            "cancel",
+            payment,
+            send=lambda key: IntentSnapshot.from_stripe(
+                self._call(self._stripe().payment_intents.cancel, intent_id, options={"idempotency_key": key})
+            ),
+            look_up=lambda: self._if_status(intent_id, "canceled"),
         )
-        return IntentSnapshot.from_stripe(intent)
 
-    def refund(self, payment: Payment, amount_cents: int) -> str:
-        refund = self._call(
-            self._stripe().refunds.create,
-            params={"payment_intent": _require_intent(payment), "amount": amount_cents},
-            options={"idempotency_key": idempotency_key("refund", payment)},
+    def _if_status(self, intent_id: str, *done: str) -> IntentSnapshot | None:
+        """The PaymentIntent if an earlier attempt already took it where the call would."""
+        intent = self.retrieve(intent_id)
+        return intent if intent.status in done else None
+
+    def refund(self, payment: Payment, amount_cents: int | None = None) -> str:
+        """Refund the payment's charge: by default all that was captured and is not refunded yet
+        (Stripe's own arithmetic: never more than was captured). An earlier refund of this
+        payment, by an attempt whose answer was lost even days ago, is found first."""
+        params: dict[str, Any] = {
+            "payment_intent": _require_intent(payment),
+            "metadata": {"order_id": payment.order_id, "payment_id": payment.payment_id},
+        }
+        if amount_cents is not None:
+            params["amount"] = amount_cents
+        return str(
+            self._keyed(
+                "refund",
+                payment,
+                send=lambda key: (
+                    self._call(
+                        self._stripe().refunds.create, params=params, options={"idempotency_key": key}
+                    ).id
+                ),
+                look_up=lambda: self._find_refund(payment),
+                look_first=True,
+            )
         )
-        return str(refund.id)
+
+    def _find_refund(self, payment: Payment) -> str | None:
+        page = self._call(
+            self._stripe().refunds.list, params={"payment_intent": _require_intent(payment), "limit": 100}
+        )
+        for refund in page.data:
+            data = refund.to_dict()
+            if (data.get("metadata") or {}).get("payment_id") == payment.payment_id and data.get(
+                "status"
+            ) != "failed":
+                return str(data["id"])
+        return None
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
-        transfer = self._call(
-            self._stripe().transfers.create,
-            params={
-                "amount": amount_cents,
-                "currency": payment.currency,
-                "destination": destination,
-                "transfer_group": payment.order_id,
-                "metadata": {"order_id": payment.order_id, "payment_id": payment.payment_id},
-            },
-            options={"idempotency_key": idempotency_key("transfer", payment)},
+        """Pay the runner, once: a transfer made by an earlier attempt (its answer lost to a
+        crash, even days ago) is found by the order's transfer_group first."""
+        params = {
+            "amount": amount_cents,
+            "currency": payment.currency,
+            "destination": destination,
+            "transfer_group": payment.order_id,
+            "metadata": {"order_id": payment.order_id, "payment_id": payment.payment_id},
+        }
+        return str(
+            self._keyed(
+                "transfer",
+                payment,
+                send=lambda key: (
+                    self._call(
+                        self._stripe().transfers.create, params=params, options={"idempotency_key": key}
+                    ).id
+                ),
+                look_up=lambda: self.find_transfer(payment),
+                look_first=True,
+            )
         )
-        return str(transfer.id)
 
-    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str:
-        if not payment.transfer_id:
-            raise ValueError("payment has no transfer to reverse")
-        reversal = self._call(
-            self._stripe().transfers.reversals.create,
-            payment.transfer_id,
-            params={"amount": amount_cents},
-            options={"idempotency_key": idempotency_key("reverse-transfer", payment)},
+    def find_transfer(self, payment: Payment) -> str | None:
+        """This payment's transfer, if one was made (by its group and metadata)."""
+        page = self._call(
+            self._stripe().transfers.list, params={"transfer_group": payment.order_id, "limit": 100}
         )
-        return str(reversal.id)
+        for transfer in page.data:
+            data = transfer.to_dict()
+            if (
+                data.get("transfer_group") == payment.order_id
+                and (data.get("metadata") or {}).get("payment_id") == payment.payment_id
+            ):
+                return str(data["id"])
+        return None
+
+    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str:
+        """Take the runner's transfer back: by default all of it."""
+        transfer_id = payment.transfer_id
+        if not transfer_id:
+            raise ValueError("payment has no transfer to reverse")
+        params = {"amount": amount_cents} if amount_cents is not None else {}
+        return str(
+            self._keyed(
+                "reverse-transfer",
+                payment,
+                send=lambda key: (
+                    self._call(
+                        self._stripe().transfers.reversals.create,
+                        transfer_id,
+                        params=params,
+                        options={"idempotency_key": key},
+                    ).id
+                ),
+                look_up=lambda: self._find_reversal(transfer_id),
+                look_first=True,
+            )
+        )
+
+    def _find_reversal(self, transfer_id: str) -> str | None:
+        transfer = self._call(self._stripe().transfers.retrieve, transfer_id).to_dict()
+        reversals = (transfer.get("reversals") or {}).get("data") or []
+        if transfer.get("reversed") or int(transfer.get("amount_reversed") or 0) > 0:
+            return str(reversals[0]["id"]) if reversals else transfer_id
+        return None
 
 
 def _require_intent(payment: Payment) -> str:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from payments_core import lifecycle, outbox, repository
+from payments_core import lifecycle, outbox, reconciliation, repository
 from payments_core.observability import count, logger
 from payments_core.secrets import get_secret_string
 from payments_core.services import Services
@@ -101,19 +101,27 @@ def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
     with db.transaction():
         db.lock_order_for_transaction(order_id)
         payment = repository.get_by_order_id(db, order_id, for_update=True)
-        if payment is None or (payment.payment_intent_id not in (None, intent.id)):
+        # Another PaymentIntent than the payment's: ours only if its metadata names the order
+        # (then it is a second hold, canceled below); it never moves the payment's status.
+        foreign = payment is not None and payment.payment_intent_id not in (None, intent.id)
+        if payment is None or (foreign and intent.metadata.get("order_id") != order_id):
             logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
             return WebhookOutcome("unknown_payment", order_id)
         if not repository.record_stripe_event(db, event["id"], event_type, intent.id):
             count("DuplicateWebhook")
             return WebhookOutcome("duplicate", order_id)
-        changed = lifecycle.apply_intent(
+        # A hold on a payment that holds nothing (already final, or a second PaymentIntent for
+        # the order): the state machine rightly refuses it, so it is canceled below instead.
+        stray = intent.status == "requires_capture" and (payment.status.is_final or foreign)
+        changed = not (stray or foreign) and lifecycle.apply_intent(
             db,
             payment,
             intent,
             correlation_id=payment.correlation_id,
             attempt_failed=event_type == "payment_intent.payment_failed",
         )
+    if stray:
+        reconciliation.cancel_stray_hold(services, payment, intent.id)
     if changed:
         outbox.publish_best_effort(db, services.publisher, [order_id])
     return WebhookOutcome("applied" if changed else "unchanged", order_id)
