@@ -12,11 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event
-from payments_core import reconciliation
+from payments_core import queries, reconciliation
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
 from payments_core.db import Database
@@ -214,6 +215,22 @@ def test_a_connection_dropped_inside_a_transaction_is_not_retried(make_db, make_
         db.query("SELECT 1 AS one")
     assert sessions_named(admin, app_name(db)) == [], "the statement was not re-run elsewhere"
     assert backend_pid(db) != pid, "the next transaction starts on a new connection"
+
+
+def test_the_first_command_and_get_after_a_quiet_spell_succeed(
+    new_card, make_services, payment_row, make_pg_connection
+):
+    services = make_services()
+    admin = make_pg_connection()
+    terminate(admin, backend_pid(services.db))  # idle too long: the proxy dropped it
+    authorize = authorize_command(new_card(), amount=1299)
+
+    outcome = handle_command_batch(msk_event(authorize, first_offset=5), None, services)
+
+    assert outcome == NO_FAILURES, "the command succeeded on its first delivery"
+    assert payment_row(authorize["payload"]["order_id"])["status"] == "AUTHORIZED"
+    terminate(admin, backend_pid(services.db))
+    assert queries.health(services.db) == (HTTPStatus.OK, {"status": "ok", "database": "ok"})
 
 
 def test_the_reconciler_survives_a_stale_connection(make_services, make_pg_connection):

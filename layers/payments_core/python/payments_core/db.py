@@ -41,6 +41,9 @@ CONNECTION_ERRORS = (InterfaceError, OSError, ssl.SSLError, TimeoutError)
 # function's 60 s timeout. Configurable (``lock_timeout_seconds``, or the settings'
 # ``db_lock_timeout_seconds`` when present) and per call.
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
+# The transaction-scoped lock is taken by the webhook, which must answer HTTP within the API
+# function's 20 s: it waits less by default (Stripe retries a 500 later).
+TRANSACTION_LOCK_TIMEOUT_SECONDS = 10.0
 
 _LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
 # The server ended the session: admin_shutdown (pg_terminate_backend), crash_shutdown,
@@ -210,8 +213,11 @@ class Database:
 
     def lock_order_for_transaction(self, order_id: str, *, timeout_seconds: float | None = None) -> None:
         """The same per-order lock as ``order_lock``, held until the current transaction ends:
-        for a change made in one transaction (a webhook), it saves the separate unlock. A
-        caller with less time than ``lock_timeout_seconds`` (the API function) passes its own."""
+        for a change made in one transaction (a webhook), it saves the separate unlock. Waits
+        up to ``timeout_seconds`` (default: the shorter of TRANSACTION_LOCK_TIMEOUT_SECONDS and
+        ``lock_timeout_seconds``), then fails as transient."""
+        if timeout_seconds is None:
+            timeout_seconds = min(self.lock_timeout_seconds, TRANSACTION_LOCK_TIMEOUT_SECONDS)
         self._wait_for_lock(_XACT_LOCK_SQL, order_id, timeout_seconds)
 
     def try_order_lock(self, order_id: str) -> bool:
