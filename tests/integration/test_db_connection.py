@@ -143,7 +143,8 @@ def test_release_whose_lock_dies_after_capture_aborts_and_is_redelivered(
     assert order_lock_holders(admin, order_id) == [], "the lock died with the session"
 
     # The redelivery (same container, same Database) reconnects and converges: one capture.
-    redelivered = handle_command_batch(msk_event(release, first_offset=10), None, make_services())
+    services.stripe = killer.inner
+    redelivered = handle_command_batch(msk_event(release, first_offset=10), None, services)
     assert redelivered == NO_FAILURES
     assert payment_row(order_id)["status"] == "SUCCEEDED"
     intent = localstripe_client.v1.payment_intents.retrieve(payment_row(order_id)["payment_intent_id"])
@@ -302,7 +303,8 @@ def test_an_order_lock_wait_beyond_lock_timeout_is_transient_and_keeps_the_conne
     with pytest.raises(TransientError, match=r"lock.*not obtained within 1\.5 s"), db.order_lock(order_id):
         pytest.fail("the body must not run without the lock")
 
-    assert 1.4 <= time.monotonic() - started < 4.5, "cut by lock_timeout, not by the socket timeout"
+    assert time.monotonic() - started >= 1.4, "it waited for the lock"
+    # A socket timeout (5 s) would have dropped the connection: PostgreSQL ended the wait.
     assert backend_pid(db) == pid, "a lock timeout does not cost the connection"
     holder_pid = holder.run("SELECT pg_backend_pid()")[0][0]
     assert order_lock_holders(admin, order_id) == [holder_pid]
