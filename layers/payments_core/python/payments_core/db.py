@@ -84,7 +84,8 @@ def _error_field(exc: DatabaseError, field: str) -> str:
 
 def _session_ended(exc: DatabaseError) -> bool:
     code = _error_field(exc, "C")
-    return code in _SESSION_ENDED or code.startswith("08") or _error_field(exc, "S") in ("FATAL", "PANIC")
+    severity = _error_field(exc, "V") or _error_field(exc, "S")  # V is never translated
+    return code in _SESSION_ENDED or code.startswith("08") or severity in ("FATAL", "PANIC")
 
 
 @dataclass
