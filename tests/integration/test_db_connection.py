@@ -1,0 +1,314 @@
+"""The service's database connection on the real local PostgreSQL (issue 12, defects 1 and 6).
+
+A connection is killed the way a proxy or a database restart kills it: its backend is
+terminated from another connection (``pg_terminate_backend``). Under an order lock, the
+session lock dies with it, so nothing may run on a fresh connection as if the lock were still
+held; outside any lock or transaction, a stale connection is replaced once, transparently.
+Lock waits are bounded by PostgreSQL's ``lock_timeout``, not by the socket timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from conftest import authorize_command, command, msk_event
+from payments_core import queries, reconciliation
+from payments_core.commands import handle_command_batch
+from payments_core.config import get_settings
+from payments_core.db import Database
+from payments_core.domain import Payment
+from payments_core.errors import TransientError
+from payments_core.stripe_gateway import StripeApiGateway
+
+from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
+
+pytestmark = pytest.mark.integration
+
+NO_FAILURES = {"batchItemFailures": []}
+LOCK_KEY = "hashtextextended(:key, 0)"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_db(local_settings: Any) -> Iterator[Callable[..., Database]]:
+    """``make_db(**options) -> Database`` on the local PostgreSQL, named by a unique
+    application_name (so a test can see whether it opened another session); closed after."""
+    made: list[Database] = []
+
+    def factory(**options: Any) -> Database:
+        params: dict[str, Any] = {
+            "user": DB_USER,
+            "password": DB_PASSWORD,
+            "host": HOST,
+            "port": local_settings.postgres_port,
+            "database": DB_NAME,
+            "application_name": f"test-db-{uuid.uuid4().hex[:12]}",
+        }
+        params.update(options)
+        db = Database(get_settings(), **params)
+        made.append(db)
+        return db
+
+    yield factory
+    for db in made:
+        db.close()
+
+
+def backend_pid(db: Database) -> int:
+    return int(db.query("SELECT pg_backend_pid() AS pid")[0]["pid"])
+
+
+def terminate(admin: Any, pid: int) -> None:
+    """Kill one session from the outside and wait until its backend is gone."""
+    assert admin.run("SELECT pg_terminate_backend(:pid, 5000)", pid=pid) == [[True]]
+
+
+def sessions_named(admin: Any, application_name: str) -> list[int]:
+    rows = admin.run(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND pid <> pg_backend_pid()",
+        name=application_name,
+    )
+    return [r[0] for r in rows]
+
+
+def order_lock_holders(admin: Any, order_id: str) -> list[int]:
+    """Backends holding the order's advisory lock (session or transaction level)."""
+    rows = admin.run(
+        "SELECT l.pid FROM pg_locks l, (SELECT hashtextextended(:key, 0) AS h) k"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        " AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid",
+        key=f"payment:{order_id}",
+    )
+    return [r[0] for r in rows]
+
+
+def app_name(db: Database) -> str:
+    return str(db._overrides["application_name"])
+
+
+# --- defect 1: a lock lost with its connection is never "continued" on another ------------------
+
+
+class KillsItsSessionAfterCapture:
+    """The real gateway; after Stripe has captured, the database session that holds the
+    order's lock is terminated (the proxy dropped it, the database restarted) before the
+    release writes its outcome."""
+
+    def __init__(self, inner: StripeApiGateway, db: Database, admin: Any) -> None:
+        self.inner = inner
+        self.db = db
+        self.admin = admin
+        self.captures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def capture(self, payment: Payment, amount_cents: int | None = None) -> Any:
+        self.captures += 1
+        intent = self.inner.capture(payment, amount_cents)
+        terminate(self.admin, backend_pid(self.db))
+        return intent
+
+
+def test_release_whose_lock_dies_after_capture_aborts_and_is_redelivered(
+    new_card, authorize_handler, make_services, payment_row, make_pg_connection, localstripe_client
+):
+    card = new_card()
+    authorize = authorize_command(card, amount=1299)
+    order_id = authorize["payload"]["order_id"]
+    assert authorize_handler(msk_event(authorize)) == NO_FAILURES
+    assert payment_row(order_id)["status"] == "AUTHORIZED"
+
+    admin = make_pg_connection()
+    services = make_services()
+    killer = KillsItsSessionAfterCapture(StripeApiGateway(get_settings()), services.db, admin)
+    services.stripe = killer  # type: ignore[assignment]  # a double with the gateway's methods
+    release = command("release_payment", order_id=order_id, runner_id="user_runner")
+
+    outcome = handle_command_batch(msk_event(release, first_offset=10), None, services)
+
+    assert killer.captures == 1
+    assert outcome["batchItemFailures"], (
+        "the release lost its order lock with its connection: it must abort as transient "
+        f"(redelivered), not finish on a new connection without the lock; got {outcome}"
+    )
+    assert payment_row(order_id)["status"] == "AUTHORIZED", "nothing written without the lock"
+    assert order_lock_holders(admin, order_id) == [], "the lock died with the session"
+
+    # The redelivery (same container, same Database) reconnects and converges: one capture.
+    services.stripe = killer.inner
+    redelivered = handle_command_batch(msk_event(release, first_offset=10), None, services)
+    assert redelivered == NO_FAILURES
+    assert payment_row(order_id)["status"] == "SUCCEEDED"
+    intent = localstripe_client.v1.payment_intents.retrieve(payment_row(order_id)["payment_intent_id"])
+    assert intent.status == "succeeded" and intent.latest_charge["amount_refunded"] == 0
+
+
+@pytest.mark.parametrize("first_statement", ["query", "transaction"])
+def test_nothing_runs_on_a_fresh_connection_after_the_locked_session_died(
+    make_db, make_pg_connection, first_statement
+):
+    db = make_db()
+    admin = make_pg_connection()
+    order_id = str(uuid.uuid4())
+    with pytest.raises(TransientError, match="lock"), db.order_lock(order_id):
+        pid = backend_pid(db)
+        assert order_lock_holders(admin, order_id) == [pid]
+        terminate(admin, pid)
+        for _ in range(2):  # the first statement after the kill, then one more
+            with pytest.raises(TransientError, match="lock"):
+                if first_statement == "transaction":
+                    with db.transaction():
+                        db.query("SELECT 1 AS one")
+                else:
+                    db.query("SELECT 1 AS one")
+            assert sessions_named(admin, app_name(db)) == [], "no new session opened under the lock"
+        db.assert_lock_held(order_id)
+
+    assert sessions_named(admin, app_name(db)) == [], "the release was not sent on another session"
+    # Out of the lock, the same Database is usable again (the next use case reconnects).
+    assert backend_pid(db) != pid
+
+
+def test_assert_lock_held_asks_the_server(make_db):
+    db = make_db()
+    for _ in range(8):  # half of the keys hash to a negative bigint: both halves of pg_locks' key
+        order_id = str(uuid.uuid4())
+        with db.order_lock(order_id):
+            db.assert_lock_held(order_id)
+            db.query("SELECT pg_advisory_unlock(hashtextextended(:key, 0))", key=f"payment:{order_id}")
+            with pytest.raises(TransientError, match="no longer held"):
+                db.assert_lock_held(order_id)
+        with pytest.raises(TransientError, match="not held"):
+            db.assert_lock_held(order_id)
+
+
+# --- defect 6: stale connections ----------------------------------------------------------------
+
+
+def test_a_stale_connection_outside_any_lock_is_replaced_transparently(make_db, make_pg_connection):
+    db = make_db()
+    admin = make_pg_connection()
+    first = backend_pid(db)
+    terminate(admin, first)  # as the proxy does after five idle minutes
+
+    second = backend_pid(db)
+
+    assert second != first
+    assert sessions_named(admin, app_name(db)) == [second]
+    terminate(admin, second)
+    assert db.execute("SELECT 1") == 1, "execute is retried the same way"
+
+
+def test_a_connection_dropped_inside_a_transaction_is_not_retried(make_db, make_pg_connection):
+    db = make_db()
+    admin = make_pg_connection()
+    with pytest.raises(TransientError), db.transaction():
+        pid = backend_pid(db)
+        terminate(admin, pid)
+        db.query("SELECT 1 AS one")
+    assert sessions_named(admin, app_name(db)) == [], "the statement was not re-run elsewhere"
+    assert backend_pid(db) != pid, "the next transaction starts on a new connection"
+
+
+def test_the_first_command_and_get_after_a_quiet_spell_succeed(
+    new_card, make_services, payment_row, make_pg_connection
+):
+    services = make_services()
+    admin = make_pg_connection()
+    terminate(admin, backend_pid(services.db))  # idle too long: the proxy dropped it
+    authorize = authorize_command(new_card(), amount=1299)
+
+    outcome = handle_command_batch(msk_event(authorize, first_offset=5), None, services)
+
+    assert outcome == NO_FAILURES, "the command succeeded on its first delivery"
+    assert payment_row(authorize["payload"]["order_id"])["status"] == "AUTHORIZED"
+    terminate(admin, backend_pid(services.db))
+    assert queries.health(services.db) == (HTTPStatus.OK, {"status": "ok", "database": "ok"})
+
+
+def test_the_reconciler_survives_a_stale_connection(make_services, make_pg_connection):
+    services = make_services()
+    admin = make_pg_connection()
+    terminate(admin, backend_pid(services.db))
+
+    outcomes = reconciliation.reconcile(services)
+
+    assert isinstance(outcomes, dict)
+    assert backend_pid(services.db) > 0
+
+
+# --- defect 6: lock waits -------------------------------------------------------------------------
+
+
+def _hold_then_release(holder: Any, order_id: str, after_seconds: float) -> threading.Timer:
+    holder.run(f"SELECT pg_advisory_lock({LOCK_KEY})", key=f"payment:{order_id}")
+    timer = threading.Timer(
+        after_seconds,
+        holder.run,
+        args=(f"SELECT pg_advisory_unlock({LOCK_KEY})",),
+        kwargs={"key": f"payment:{order_id}"},
+    )
+    timer.start()
+    return timer
+
+
+def test_an_order_lock_wait_longer_than_the_socket_timeout_succeeds(make_db, make_pg_connection):
+    db = make_db(timeout=1)  # a 1 s socket timeout; the holder keeps the lock for 2.5 s
+    holder, admin = make_pg_connection(), make_pg_connection()
+    order_id = str(uuid.uuid4())
+    timer = _hold_then_release(holder, order_id, 2.5)
+    started = time.monotonic()
+    try:
+        with db.order_lock(order_id):
+            waited = time.monotonic() - started
+            assert order_lock_holders(admin, order_id) == [backend_pid(db)]
+    finally:
+        timer.join()
+    assert waited >= 2.0
+    assert order_lock_holders(admin, order_id) == [], "released on exit"
+
+
+def test_a_transaction_lock_wait_longer_than_the_socket_timeout_succeeds(make_db, make_pg_connection):
+    db = make_db(timeout=1)
+    holder, admin = make_pg_connection(), make_pg_connection()
+    order_id = str(uuid.uuid4())
+    timer = _hold_then_release(holder, order_id, 2.5)
+    try:
+        with db.transaction():
+            db.lock_order_for_transaction(order_id)
+            assert order_lock_holders(admin, order_id) == [backend_pid(db)]
+    finally:
+        timer.join()
+    assert order_lock_holders(admin, order_id) == []
+
+
+def test_an_order_lock_wait_beyond_lock_timeout_is_transient_and_keeps_the_connection(
+    make_db, make_pg_connection
+):
+    db = make_db(lock_timeout_seconds=1.5)  # the socket timeout stays 5 s
+    holder, admin = make_pg_connection(), make_pg_connection()
+    order_id = str(uuid.uuid4())
+    holder.run(f"SELECT pg_advisory_lock({LOCK_KEY})", key=f"payment:{order_id}")
+    pid = backend_pid(db)
+    started = time.monotonic()
+
+    with pytest.raises(TransientError, match=r"lock.*not obtained within 1\.5 s"), db.order_lock(order_id):
+        pytest.fail("the body must not run without the lock")
+
+    assert time.monotonic() - started >= 1.4, "it waited for the lock"
+    # A socket timeout (5 s) would have dropped the connection: PostgreSQL ended the wait.
+    assert backend_pid(db) == pid, "a lock timeout does not cost the connection"
+    holder_pid = holder.run("SELECT pg_backend_pid()")[0][0]
+    assert order_lock_holders(admin, order_id) == [holder_pid]
+
+    with pytest.raises(TransientError, match="lock"), db.transaction():
+        db.lock_order_for_transaction(order_id)
+    assert db.query("SELECT 1 AS one") == [{"one": 1}], "the failed transaction was rolled back"
