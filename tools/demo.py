@@ -1,13 +1,17 @@
-"""The campusG saga's payment conversation, played against the local stack through Kafka and
-HTTP only, as the orchestrator would.
+"""The campusG sagas' payment conversation, played against the local stack through Kafka and
+HTTP only, as campusG's orchestrator, complete-order saga and frontend would.
 
     python -m tools.demo        (make demo: creates the venv and starts the stack first)
 
-Setup (the client side's job, not the service's): customers and cards in localstripe. Then:
-authorize (card OK); authorize with a 3-D Secure card, authentication completed at localstripe,
-its webhook reaching the API; authorize with a declined card; the same authorize command sent
-twice; release; revert of another order; and the API's status for each. Exits 1 when any step
-deviates from the contract; leaves the stack running.
+Setup (the client side's job, not the service's): customers and cards in localstripe. Then, over
+Kafka: authorize (card OK); authorize with a 3-D Secure card, authentication completed at
+localstripe, its webhook reaching the API; authorize with a declined card; the same authorize
+command sent twice; release; revert of another order. Over HTTP, with plain unsigned ``requests``
+as the complete-order saga makes them: release and a repeated release, revert after the release
+(refund), and what the routes refuse (400, 404, 409). A revert that overtakes its own authorize
+(answered REVERTED, the late authorize holds nothing). The frontend's GET /history for the
+customer and the runner, and the API's status for each order. Exits 1 when any step deviates
+from the contract; leaves the stack running.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+import requests
 
 from local import stack
 from local.settings import (
@@ -121,8 +126,12 @@ class Saga:
         # The orchestrator sends no key.
         self.producer.send(PAYMENT_COMMANDS_TOPIC, json.dumps(command).encode()).get(timeout=10)
         payload = command["payload"]
-        ref = payload.get("order_id") or payload.get("payment_id")
-        self.t.say("->", f"{command['type']:<17} order {ref}  (correlation {command['correlation_id'][:8]})")
+        ref = (
+            f"order {payload['order_id']}"
+            if "order_id" in payload
+            else f"payment {payload.get('payment_id')}"
+        )
+        self.t.say("->", f"{command['type']:<17} {ref}  (correlation {command['correlation_id'][:8]})")
 
     def _drain(self, timeout_ms: int) -> None:
         for records in self.consumer.poll(timeout_ms=timeout_ms).values():
@@ -133,6 +142,11 @@ class Saga:
                     self.events[record.key.decode()].append(json.loads(record.value))
                 except ValueError:
                     continue
+
+    def seen(self, order_id: str) -> int:
+        """How many events of the order were received so far: pass as ``after`` to wait for the next."""
+        self._drain(0)
+        return len(self.events[order_id])
 
     def wait_event(
         self, order_id: str, event_type: str, *, after: int = 0, within: float = WAIT_SECONDS
@@ -156,11 +170,20 @@ class Saga:
             self._drain(200)
         self.t.clear_progress()
 
-    def expect(self, order_id: str, event_type: str, **fields: Any) -> dict[str, Any] | None:
-        before = len(self.events[order_id])
-        envelope = self.wait_event(order_id, event_type, after=0)
+    def expect(
+        self,
+        order_id: str,
+        event_type: str,
+        *,
+        after: int = 0,
+        correlation_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any] | None:
+        """The first ``event_type`` of the order beyond its first ``after`` events, checked against
+        ``fields`` (payload values) and, when given, the ``correlation_id`` it must carry."""
+        envelope = self.wait_event(order_id, event_type, after=after)
         if envelope is None:
-            seen = [e.get("type") for e in self.events[order_id][before:]] or "nothing"
+            seen = [e.get("type") for e in self.events[order_id][after:]] or "nothing"
             self.t.deviation(f"no {event_type} for order {order_id} within {WAIT_SECONDS:.0f}s (saw {seen})")
             return None
         payload = envelope.get("payload") or {}
@@ -171,31 +194,76 @@ class Saga:
         wrong = {k: payload.get(k) for k, v in fields.items() if payload.get(k) != v}
         if wrong:
             self.t.deviation(f"{event_type} for {order_id}: expected {fields}, got {wrong}")
+        if correlation_id is not None:
+            self.t.check(
+                envelope.get("correlation_id") == correlation_id,
+                f"it carries the request's correlation_id {correlation_id[:8]}",
+                f"{event_type} carries correlation_id {envelope.get('correlation_id')}, expected {correlation_id}",
+            )
         return envelope
 
     def refused(self, order_id: str, event_type: str) -> None:
         found = [e for e in self.events[order_id] if e.get("type") == event_type]
         self.t.check(not found, f"no {event_type} for this order", f"unexpected {event_type}: {found[:1]}")
 
-    # HTTP: the complete-order saga's status query -------------------------------------------------------
+    # HTTP: the complete-order saga's and the frontend's calls, plain and unsigned --------------------
+
+    def http(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+        """One call as campusG makes it (``requests``, JSON body, no signing); (0, {}) when the
+        API cannot be reached, which is reported as a deviation."""
+        try:
+            response = requests.request(method, self.api + path, json=body, timeout=10)
+        except requests.RequestException as exc:
+            self.t.deviation(f"{method} {path} failed: {exc}")
+            return 0, {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"_raw": response.text[:200]}
+        if not isinstance(answer, dict):
+            answer = {"_raw": answer}
+        keys = (
+            "error",
+            "message",
+            "status",
+            "queued",
+            "totalSpent",
+            "spentCount",
+            "totalEarned",
+            "earnedCount",
+        )
+        shown = {k: answer[k] for k in keys if k in answer}
+        if isinstance(answer.get("payment"), dict):
+            shown["status"] = answer["payment"].get("status")
+        self.t.say(method[:4], f"{path} -> {response.status_code} {json.dumps(shown) if shown else ''}")
+        return response.status_code, answer
+
+    def api_payment(self, order_id: str) -> dict[str, Any]:
+        code, body = self.http("GET", f"/payment/{urllib.parse.quote(order_id)}/status")
+        return body.get("payment") or {} if code == 200 else {}
 
     def api_status(self, order_id: str, expected: str) -> None:
-        url = f"{self.api}/payment/{urllib.parse.quote(order_id)}/status"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (127.0.0.1 only)
-                code, body = resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            code, body = exc.code, json.loads(exc.read() or b"{}")
-        except OSError as exc:
-            self.t.deviation(f"GET {url} failed: {exc}")
-            return
+        code, body = self.http("GET", f"/payment/{urllib.parse.quote(order_id)}/status")
         status = (body.get("payment") or {}).get("status")
-        self.t.say("GET", f"/payment/{order_id}/status -> {code} status={status}")
         self.t.check(
             code == 200 and status == expected,
             f"API says {expected}",
             f"API answered {code} {status!r}, expected 200 {expected!r}",
         )
+
+    def http_expect(
+        self, method: str, path: str, body: Any, expected_code: int, **fields: Any
+    ) -> dict[str, Any]:
+        """A call whose status code and answer fields are known in advance."""
+        code, answer = self.http(method, path, body)
+        wrong = {k: answer.get(k) for k, v in fields.items() if answer.get(k) != v}
+        fields_text = ", ".join(f"{k}={v}" for k, v in fields.items())
+        self.t.check(
+            code == expected_code and not wrong,
+            f"{expected_code} as the contract says" + (f" ({fields_text})" if fields else ""),
+            f"{method} {path}: answered {code} {wrong or ''}, expected {expected_code} {fields or ''}",
+        )
+        return answer
 
     # Stripe, as the client app and as the customer's bank --------------------------------------------
 
@@ -241,6 +309,12 @@ class Saga:
             )
         return pi
 
+    def charge(self, payment_intent_id: str) -> Any:
+        """The PaymentIntent's charge (localstripe expands it; Stripe names it by id)."""
+        v1 = self._stripe()
+        charge = v1.payment_intents.retrieve(payment_intent_id).latest_charge
+        return v1.charges.retrieve(charge) if isinstance(charge, str) else charge
+
     def authenticate(self, payment_intent_id: str) -> None:
         """What the customer's browser does on the 3-D Secure page (localstripe's test hook)."""
         pi = self._stripe().payment_intents.retrieve(payment_intent_id)
@@ -270,12 +344,14 @@ def command(command_type: str, **payload: Any) -> dict[str, Any]:
     }
 
 
-def authorize(order_id: str, customer_id: str, payment_method_id: str, amount: int = 1299) -> dict[str, Any]:
+def authorize(
+    order_id: str, customer_id: str, payment_method_id: str, amount: int = 1299, user: str = "user_demo"
+) -> dict[str, Any]:
     return command(
         "authorize_payment",
         order_id=order_id,
         customer={
-            "clerkUserId": "user_demo",
+            "clerkUserId": user,
             "stripeCustomerId": customer_id,
             "userStripeCard": {"payment_method_id": payment_method_id},
         },
@@ -296,13 +372,15 @@ class Order:
 
 def play(saga: Saga, t: Timeline) -> list[Order]:
     run = uuid.uuid4().hex[:6]
+    user, runner = f"user_demo_{run}", f"user_runner_{run}"  # fresh ids, so GET /history is exact
+    runner_account = "acct_demo_runner"
     orders: list[Order] = []
 
     t.step("1. authorize, card 4242 4242 4242 4242 -> payment.authorized")
     customer, method = saga.new_card(CARD_OK)
     ok = Order("card OK, then released", f"demo-{run}-ok", customer, "SUCCEEDED")
     orders.append(ok)
-    saga.send(authorize(ok.order_id, customer, method))
+    saga.send(authorize(ok.order_id, customer, method, user=user))
     event = saga.expect(ok.order_id, "payment.authorized", status="AUTHORIZED")
     ok.payment_id = (event or {}).get("payload", {}).get("payment_id")
     saga.show_intent(customer, ok.order_id, "requires_capture")
@@ -314,7 +392,7 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     customer, method = saga.new_card(CARD_3DS)
     tds = Order("3-D Secure, authenticated", f"demo-{run}-3ds", customer, "AUTHORIZED")
     orders.append(tds)
-    saga.send(authorize(tds.order_id, customer, method))
+    saga.send(authorize(tds.order_id, customer, method, amount=2450, user=user))
     event = saga.expect(tds.order_id, "payment.requires_action", status="REQUIRES_ACTION")
     pi = saga.show_intent(customer, tds.order_id, "requires_action")
     saga.api_status(tds.order_id, "REQUIRES_ACTION")
@@ -329,7 +407,7 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     customer, method = saga.new_card(CARD_DECLINED)
     declined = Order("card declined", f"demo-{run}-declined", customer, "FAILED")
     orders.append(declined)
-    saga.send(authorize(declined.order_id, customer, method))
+    saga.send(authorize(declined.order_id, customer, method, amount=5000, user=user))
     saga.expect(declined.order_id, "payment.failed", error="STRIPE_CARD_ERROR")
     saga.show_intent(customer, declined.order_id, None)
     saga.api_status(declined.order_id, "FAILED")
@@ -338,7 +416,7 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     customer, method = saga.new_card(CARD_OK)
     twice = Order("sent twice, then reverted", f"demo-{run}-twice", customer, "REVERTED")
     orders.append(twice)
-    same = authorize(twice.order_id, customer, method)
+    same = authorize(twice.order_id, customer, method, amount=700, user=user)
     saga.send(same)
     saga.send(same)
     event = saga.expect(twice.order_id, "payment.authorized", status="AUTHORIZED")
@@ -353,17 +431,23 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     t.check(len(holds) == 1, "exactly one hold on the card", f"{len(holds)} PaymentIntents for one order")
     saga.api_status(twice.order_id, "AUTHORIZED")
 
-    t.step("5. release the first order -> payment.released SUCCEEDED")
+    t.step("5. release the first order over Kafka -> payment.released SUCCEEDED")
     if ok.payment_id:
-        saga.send(
-            command(
-                "release_payment",
-                payment_id=ok.payment_id,
-                runner_id="user_runner_demo",
-                runner_connect_account_id="acct_demo_runner",
-            )
+        release = command(
+            "release_payment",
+            payment_id=ok.payment_id,
+            runner_id=runner,
+            runner_connect_account_id=runner_account,
         )
-        event = saga.expect(ok.order_id, "payment.released", status="SUCCEEDED")
+        saga.send(release)
+        event = saga.expect(
+            ok.order_id,
+            "payment.released",
+            correlation_id=release["correlation_id"],
+            status="SUCCEEDED",
+            runner_id=runner,
+            amount=12.99,
+        )
         payload = (event or {}).get("payload", {})
         if event is not None and not payload.get("transfer_id"):
             t.say(
@@ -374,7 +458,7 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     else:
         t.deviation("no payment_id from step 1: release not sent")
 
-    t.step("6. revert another order (the one sent twice) -> payment.released REVERTED")
+    t.step("6. revert another order (the one sent twice) over Kafka -> payment.released REVERTED")
     if twice.payment_id:
         saga.send(command("revert_payment", payment_id=twice.payment_id, reason="order cancelled"))
         saga.expect(twice.order_id, "payment.released", status="REVERTED")
@@ -383,10 +467,164 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     else:
         t.deviation("no payment_id from step 4: revert not sent")
 
-    t.step("7. final status of every order, from the API")
+    t.step("7. release over HTTP, as the complete-order saga does -> 202, then payment.released SUCCEEDED")
+    customer, method = saga.new_card(CARD_OK)
+    over_http = Order("released then reverted over HTTP", f"demo-{run}-http", customer, "REVERTED")
+    orders.append(over_http)
+    saga.send(authorize(over_http.order_id, customer, method, amount=1850, user=user))
+    event = saga.expect(over_http.order_id, "payment.authorized", status="AUTHORIZED")
+    over_http.payment_id = (event or {}).get("payload", {}).get("payment_id")
+    if over_http.payment_id:
+        release_path = f"/payment/{over_http.payment_id}/release"
+        runner_body = {"runner_id": runner, "runner_connect_account_id": runner_account}
+        after = saga.seen(over_http.order_id)
+        answer = saga.http_expect("POST", release_path, runner_body, 202, success=True, queued=True)
+        saga.expect(
+            over_http.order_id,
+            "payment.released",
+            after=after,
+            correlation_id=answer.get("correlation_id", "?"),
+            status="SUCCEEDED",
+            runner_id=runner,
+            amount=18.5,
+        )
+        pi = saga.show_intent(customer, over_http.order_id, "succeeded")
+        saga.api_status(over_http.order_id, "SUCCEEDED")
+        t.say(
+            "  ", "the saga retries the same request: answered at once, nothing queued, nothing re-announced"
+        )
+        saga.http_expect("POST", release_path, runner_body, 200, queued=False, status="SUCCEEDED")
+        saga.settle(2.0)
+        released = [
+            e
+            for e in saga.events[over_http.order_id]
+            if e.get("type") == "payment.released" and (e.get("payload") or {}).get("status") == "SUCCEEDED"
+        ]
+        t.check(
+            len({e.get("event_id") for e in released}) == 1,
+            f"one payment.released SUCCEEDED ({len(released)} received, one event_id)",
+            f"{len({e.get('event_id') for e in released})} different SUCCEEDED event ids",
+        )
+
+        t.step(
+            "8. revert over HTTP after the release (the saga's compensation) -> refund, payment.released REVERTED"
+        )
+        after = saga.seen(over_http.order_id)
+        revert_path = f"/payment/{over_http.payment_id}/revert"
+        answer = saga.http_expect("POST", revert_path, {"reason": "customer complaint"}, 202, queued=True)
+        saga.expect(
+            over_http.order_id,
+            "payment.released",
+            after=after,
+            correlation_id=answer.get("correlation_id", "?"),
+            status="REVERTED",
+            message="customer complaint",
+        )
+        if pi is not None:
+            refunded = saga.charge(pi.id)["amount_refunded"]
+            t.say("  $", f"Stripe charge of {pi.id}: amount_refunded={refunded}")
+            t.check(
+                refunded == 1850,
+                "the capture was refunded in full",
+                f"amount_refunded={refunded}, expected 1850",
+            )
+        saga.api_status(over_http.order_id, "REVERTED")
+        saga.http_expect("POST", revert_path, None, 200, queued=False, status="REVERTED")
+        saga.http_expect(
+            "POST", release_path, runner_body, 409, error="PAYMENT_NOT_RELEASABLE", status="REVERTED"
+        )
+    else:
+        t.deviation("no payment_id for the HTTP order: release and revert not sent")
+
+    t.step("9. what the HTTP routes refuse at once (nothing queued, nothing changed)")
+    some_payment = ok.payment_id or str(uuid.uuid4())
+    before = {order.order_id: saga.seen(order.order_id) for order in (ok, declined)}
+    saga.http_expect("POST", f"/payment/{some_payment}/release", None, 400, error="BAD_REQUEST")
+    saga.http_expect(
+        "POST", f"/payment/{uuid.uuid4()}/release", runner_body_for(runner), 404, error="NOT_FOUND"
+    )
+    saga.http_expect("POST", f"/payment/{uuid.uuid4()}/revert", None, 404, error="NOT_FOUND")
+    declined_payment = saga.api_payment(declined.order_id).get("paymentId")
+    if declined_payment:
+        saga.http_expect(
+            "POST",
+            f"/payment/{declined_payment}/release",
+            runner_body_for(runner),
+            409,
+            error="PAYMENT_NOT_RELEASABLE",
+            status="FAILED",
+        )
+        saga.http_expect(
+            "POST", f"/payment/{declined_payment}/revert", None, 200, queued=False, status="FAILED"
+        )
+    else:
+        t.deviation("no payment id for the declined order from the API")
+    saga.settle(1.5)
+    late_events = {o: [e.get("type") for e in saga.events[o][n:]] for o, n in before.items()}
+    t.check(
+        not any(late_events.values()),
+        "no event for any refused request",
+        f"refused requests were followed by events: {late_events}",
+    )
+
+    t.step(
+        "10. a revert that overtakes its own authorize -> payment.released REVERTED; the late authorize holds nothing"
+    )
+    customer, method = saga.new_card(CARD_OK)
+    early = f"demo-{run}-revert-first"
+    revert = command("revert_payment", order_id=early, reason="order cancelled before payment")
+    saga.send(revert)
+    event = saga.expect(early, "payment.released", correlation_id=revert["correlation_id"], status="REVERTED")
+    if event is not None:
+        t.check(
+            "payment_id" not in event.get("payload", {}),
+            "no payment_id: nothing was ever held",
+            f"unexpected payment_id {event['payload'].get('payment_id')}",
+        )
+    late = authorize(early, customer, method, user=user)
+    after = saga.seen(early)
+    saga.send(late)
+    saga.expect(
+        early, "payment.failed", after=after, correlation_id=late["correlation_id"], error="ORDER_REVERTED"
+    )
+    saga.show_intent(customer, early, None)
+    saga.http_expect("GET", f"/payment/{early}/status", None, 404, error="NOT_FOUND")
+
+    t.step("11. the frontend's profile page: GET /history for the customer and the runner")
+    # Customer: spent = AUTHORIZED or SUCCEEDED as customer: order 1 (12.99, released) and the
+    # 3-D Secure hold (24.50); the declined (FAILED) and the reverted orders do not count.
+    saga.http_expect(
+        "GET",
+        f"/history/{user}",
+        None,
+        200,
+        userId=user,
+        totalSpent=37.49,
+        spentCount=2,
+        totalEarned=0,
+        earnedCount=0,
+    )
+    # Runner: earned = SUCCEEDED as runner: order 1 only; the HTTP release was reverted.
+    saga.http_expect(
+        "GET",
+        f"/history/{runner}",
+        None,
+        200,
+        userId=runner,
+        totalEarned=12.99,
+        earnedCount=1,
+        totalSpent=0,
+        spentCount=0,
+    )
+
+    t.step("12. final status of every order, from the API")
     for order in orders:
         saga.api_status(order.order_id, order.expected_status)
     return orders
+
+
+def runner_body_for(runner: str) -> dict[str, str]:
+    return {"runner_id": runner, "runner_connect_account_id": "acct_demo_runner"}
 
 
 def preflight(t: Timeline) -> bool:

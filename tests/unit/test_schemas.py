@@ -110,6 +110,7 @@ def test_events_folder_has_the_msk_fixtures() -> None:
         "authorize_same_command_three_times.json",
         "release.json",
         "revert.json",
+        "revert_before_authorize.json",
     } <= names
 
 
@@ -178,3 +179,61 @@ def _readme_examples() -> list[tuple[str, Any]]:
 @pytest.mark.parametrize(("where", "document"), _readme_examples(), ids=[w for w, _ in _readme_examples()])
 def test_readme_examples_match_the_schemas(where: str, document: Any) -> None:
     assert _problems(document) == [], f"{where}: {_problems(document)}"
+
+
+# ---- API Gateway fixtures: each is a request the API function routes, with a body it accepts ----
+
+API_FIXTURES = {
+    # fixture: (method, resource, the answer with no payments stored)
+    "api_payment_status.json": ("GET", "/payment/{order_id}/status", 404),
+    "api_payment_details.json": ("GET", "/payment/{payment_id}/details", 404),
+    "api_release.json": ("POST", "/payment/{payment_id}/release", 404),
+    "api_revert.json": ("POST", "/payment/{payment_id}/revert", 404),
+    "api_history.json": ("GET", "/history/{user_id}", 200),
+}
+
+
+class _EmptyDb:
+    """A database with no payments: enough to see the request reach its route function."""
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        return []
+
+
+def test_events_folder_has_an_api_fixture_for_every_saga_route() -> None:
+    from local.api_gateway import ROUTES
+
+    on_disk = {p.name for p in EVENTS_DIR.glob("api_*.json")} - {"api_stripe_webhook.json"}
+    assert on_disk == set(API_FIXTURES)
+    served = set(ROUTES) - {("POST", "/api/stripe-webhook"), ("GET", "/health")}
+    assert {(method, resource) for method, resource, _ in API_FIXTURES.values()} == served
+
+
+@pytest.mark.parametrize("name", sorted(API_FIXTURES))
+def test_api_fixture_is_routed_and_its_body_accepted(name: str) -> None:
+    from payments_core import api
+    from payments_core.config import get_settings
+    from payments_core.services import Services, set_services
+
+    method, resource, expected = API_FIXTURES[name]
+    event = json.loads((EVENTS_DIR / name).read_text())
+    assert (event["httpMethod"], event["resource"]) == (method, resource)
+    assert event["requestContext"]["resourcePath"] == resource
+    path = resource
+    for param, value in event["pathParameters"].items():
+        path = path.replace("{" + param + "}", value)
+    assert event["path"] == path and event["requestContext"]["path"].endswith(path)
+
+    set_services(Services(db=_EmptyDb(), stripe=None, publisher=None, settings=get_settings()))  # type: ignore[arg-type]
+    try:
+        response = api.app.resolve(event, None)  # type: ignore[arg-type]
+    finally:
+        set_services(None)
+    body = json.loads(response["body"])
+    # A 404 "Payment not found" comes from the route function after the body was accepted (a bad
+    # body is a 400 first); an unrouted request is a 404 "No such route".
+    assert response["statusCode"] == expected, body
+    if expected == 404:
+        assert body == {"success": False, "error": "NOT_FOUND", "message": "Payment not found"}
+    else:
+        assert body["userId"] == event["pathParameters"]["user_id"] and body["spentCount"] == 0
