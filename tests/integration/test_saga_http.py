@@ -256,6 +256,13 @@ def test_bad_requests_get_a_reason_and_change_nothing(
     code, answer = over_http("POST", f"/payment/{payment_id}/release", {**RUNNER, "runner_id": "a\u0000b"})
     assert code == 400 and "NUL" in answer["message"]
 
+    code, answer = over_http("POST", f"/payment/{payment_id}/release", {**RUNNER, "amount_to_capture": True})
+    assert code == 400 and answer["message"].startswith("amount_to_capture"), "no bool, string or float cents"
+    code, answer = over_http(
+        "POST", f"/payment/{payment_id}/release", {**RUNNER, "amount_to_capture": "1000"}
+    )
+    assert code == 400 and answer["error"] == "BAD_REQUEST"
+
     for route in ("release", "revert"):
         code, answer = over_http("POST", f"/payment/{uuid.uuid4()}/{route}", RUNNER)
         assert (code, answer) == (
@@ -422,3 +429,14 @@ def test_release_of_an_intent_that_cannot_be_captured_yet_is_answered(
     ]
     assert event["type"] == "payment.failed" and event["payload"]["error"] == expected
     assert event["correlation_id"] == release["correlation_id"]
+
+
+def test_a_body_api_gateway_base64_encoded_is_read(over_http, local_settings):
+    """A binary media type makes API Gateway base64-encode the body: it is decoded, not refused."""
+    response = requests.post(
+        f"http://127.0.0.1:{local_settings.api_port}/payment/{uuid.uuid4()}/release",
+        data=json.dumps(RUNNER).encode(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=15,
+    )
+    assert response.status_code == 404, response.text  # the body was accepted; the payment is unknown

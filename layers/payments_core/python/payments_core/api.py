@@ -68,9 +68,11 @@ _PAYMENT = _doc("The payment", queries.PaymentAnswer)
 )
 def stripe_webhook() -> JsonResponse:
     services = get_services()
-    event = webhooks.verify_event(
-        raw_body(app.current_event.raw_event), signature_of(app.current_event.raw_event), services
-    )
+    try:
+        body = raw_body(app.current_event.raw_event)
+    except UndecodableBody as exc:
+        raise webhooks.WebhookRejected(str(exc), webhooks.INVALID_PAYLOAD) from exc
+    event = webhooks.verify_event(body, signature_of(app.current_event.raw_event), services)
     outcome = webhooks.apply_event(services, event)
     return _json(HTTPStatus.OK, queries.WebhookAnswer(result=outcome.result).model_dump())
 
@@ -134,7 +136,7 @@ _BAD_BODY = _doc("Missing or malformed body or field (error BAD_REQUEST)", queri
 def release_payment(
     payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
 ) -> JsonResponse:
-    return _json(*saga_requests.request_release(get_services(), payment_id, app.current_event.body))
+    return _json(*saga_requests.request_release(get_services(), payment_id, _saga_body()))
 
 
 @app.post(
@@ -153,7 +155,7 @@ def release_payment(
 def revert_payment(
     payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
 ) -> JsonResponse:
-    return _json(*saga_requests.request_revert(get_services(), payment_id, app.current_event.body))
+    return _json(*saga_requests.request_revert(get_services(), payment_id, _saga_body()))
 
 
 @app.get(
@@ -187,15 +189,27 @@ def health() -> JsonResponse:
 # ---- request parts -------------------------------------------------------------------------
 
 
+class UndecodableBody(ValueError):
+    """API Gateway said the body is base64, and it is not."""
+
+
 def raw_body(event: Mapping[str, Any]) -> bytes:
-    """The body exactly as API Gateway received it: the signature covers these bytes."""
+    """The body exactly as API Gateway received it (the webhook's signature covers these bytes):
+    base64-decoded when API Gateway encoded it (a binary media type)."""
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         try:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise webhooks.WebhookRejected("body is not valid base64", webhooks.INVALID_PAYLOAD) from exc
+            raise UndecodableBody("body is not valid base64") from exc
     return body.encode("utf-8")
+
+
+def _saga_body() -> bytes:
+    try:
+        return raw_body(app.current_event.raw_event)
+    except UndecodableBody as exc:
+        raise saga_requests.BadRequest(str(exc)) from exc
 
 
 def signature_of(event: Mapping[str, Any]) -> str | None:
@@ -225,6 +239,11 @@ def _webhook_rejected(exc: webhooks.WebhookRejected) -> JsonResponse:
     count("WebhookRejected")
     logger.warning("webhook rejected", extra={"error": exc.code, "reason": exc.message})
     return _json(HTTPStatus.BAD_REQUEST, queries.error(exc.code, exc.message))
+
+
+@app.exception_handler(saga_requests.BadRequest)
+def _bad_saga_request(exc: saga_requests.BadRequest) -> JsonResponse:
+    return _json(HTTPStatus.BAD_REQUEST, queries.error(saga_requests.BAD_REQUEST, exc.reason))
 
 
 @app.exception_handler(RequestValidationError)

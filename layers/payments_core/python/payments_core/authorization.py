@@ -83,6 +83,7 @@ def authorize_pending(
                 repository.count_create_attempt(db, payment.payment_id)
             payment.stripe_create_attempts += 1
     if intent is None:
+        db.assert_lock_held(payment.order_id)  # never place a hold under a lock lost with its connection
         try:
             intent = services.stripe.create_hold(payment)
         except Rejection as refused:  # a decline (CardDeclined) or a request Stripe rejects

@@ -44,6 +44,7 @@ class Settings:
     db_name: str
     db_ssl: bool
     db_timeout_seconds: int
+    db_lock_timeout_seconds: int  # how long an order's lock is waited for (lock_timeout), not the socket
     # Stripe
     stripe_secret_key_secret_id: str
     stripe_webhook_secret_id: str
@@ -84,6 +85,7 @@ def get_settings() -> Settings:
         db_name=_str("DB_NAME", ""),
         db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
+        db_lock_timeout_seconds=_int("DB_LOCK_TIMEOUT_SECONDS", 30),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
         stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
         stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),

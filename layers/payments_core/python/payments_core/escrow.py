@@ -59,6 +59,7 @@ def release(services: Services, command: Command) -> str:
         _record_runner(db, payment, body)
         intent = services.stripe.retrieve(payment.payment_intent_id or "")
         if intent.status == "requires_capture":
+            db.assert_lock_held(order_id)  # never move money under a lock lost with its connection
             try:
                 intent = services.stripe.capture(payment, body.amount_to_capture)
             except Rejection as exc:
@@ -196,6 +197,7 @@ def revert(services: Services, command: Command) -> str:
             return order_id
 
         columns: dict[str, object] = {"revert_reason": reason}
+        db.assert_lock_held(order_id)
         try:
             if payment.status is S.SUCCEEDED:
                 columns.update(_give_back_capture(services, payment))
@@ -267,6 +269,7 @@ def _pay_runner(services: Services, payment: Payment, captured: int) -> tuple[st
     """Transfer the runner's share when a connected account is recorded: (transfer_id, failure)."""
     if not payment.runner_connect_account_id:
         return None, None
+    services.db.assert_lock_held(payment.order_id)
     try:
         transfer_id = services.stripe.transfer(
             payment, _transferred(services, captured), payment.runner_connect_account_id

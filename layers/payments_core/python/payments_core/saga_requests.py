@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import uuid
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from payments_core import escrow, repository
 from payments_core.contracts import (
@@ -48,7 +48,7 @@ class ReleaseRequest(BaseModel):
     runner_connect_account_id: str = Field(
         min_length=1, max_length=255, description="The runner's Stripe Connect account (acct_…)"
     )
-    amount_to_capture: int | None = Field(
+    amount_to_capture: StrictInt | None = Field(
         default=None, gt=0, le=MAX_AMOUNT_CENTS, description="Extension: partial capture, cents"
     )
 
@@ -75,14 +75,9 @@ class ConflictAnswer(BaseModel):
     status: str = Field(description="The payment's status")
 
 
-def request_release(services: Services, payment_id: str, raw_body: str | None) -> Answer:
-    """``POST /payment/{payment_id}/release``: (HTTP status, body)."""
-    try:
-        release = ReleaseRequest.model_validate(_json_object(raw_body, required=True))
-    except _BadRequest as exc:
-        return HTTPStatus.BAD_REQUEST, error(BAD_REQUEST, exc.reason)
-    except ValidationError as exc:
-        return HTTPStatus.BAD_REQUEST, error(BAD_REQUEST, describe_errors(exc))
+def request_release(services: Services, payment_id: str, body: bytes) -> Answer:
+    """``POST /payment/{payment_id}/release``: (HTTP status, body). Raises BadRequest."""
+    release = _parse(ReleaseRequest, body, required=True)
     payment = repository.get_by_payment_id(services.db, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
@@ -97,14 +92,9 @@ def request_release(services: Services, payment_id: str, raw_body: str | None) -
     return _queue(services, "release_payment", payment, payload, "release queued")
 
 
-def request_revert(services: Services, payment_id: str, raw_body: str | None) -> Answer:
-    """``POST /payment/{payment_id}/revert``: (HTTP status, body)."""
-    try:
-        revert = RevertRequest.model_validate(_json_object(raw_body, required=False))
-    except _BadRequest as exc:
-        return HTTPStatus.BAD_REQUEST, error(BAD_REQUEST, exc.reason)
-    except ValidationError as exc:
-        return HTTPStatus.BAD_REQUEST, error(BAD_REQUEST, describe_errors(exc))
+def request_revert(services: Services, payment_id: str, body: bytes) -> Answer:
+    """``POST /payment/{payment_id}/revert``: (HTTP status, body). Raises BadRequest."""
+    revert = _parse(RevertRequest, body, required=False)
     payment = repository.get_by_payment_id(services.db, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
@@ -166,23 +156,35 @@ def _conflict(message: str, payment: Payment) -> dict[str, Any]:
     ).model_dump()
 
 
-class _BadRequest(Exception):
+class BadRequest(Exception):
+    """A missing or malformed body: 400 BAD_REQUEST with ``reason``; nothing was read or written."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def _json_object(raw_body: str | None, *, required: bool) -> dict[str, Any]:
-    if raw_body is None or not raw_body.strip():
+_Request = TypeVar("_Request", ReleaseRequest, RevertRequest)
+
+
+def _parse(model: type[_Request], body: bytes, *, required: bool) -> _Request:
+    try:
+        return model.model_validate(_json_object(body, required=required))
+    except ValidationError as exc:
+        raise BadRequest(describe_errors(exc)) from None
+
+
+def _json_object(body: bytes, *, required: bool) -> dict[str, Any]:
+    if not body.strip():
         if required:
-            raise _BadRequest("a JSON body with runner_id and runner_connect_account_id is required")
+            raise BadRequest("a JSON body with runner_id and runner_connect_account_id is required")
         return {}
     try:
-        document = json.loads(raw_body)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise _BadRequest(f"body is not JSON: {exc}") from None
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise _BadRequest("body must be a JSON object")
+        raise BadRequest("body must be a JSON object")
     if contains_nul(document):
-        raise _BadRequest("text must not contain NUL characters (\\u0000)")
+        raise BadRequest("text must not contain NUL characters (\\u0000)")
     return document
