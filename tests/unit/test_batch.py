@@ -64,7 +64,9 @@ def pool(size: int) -> WorkerPool[object]:
 
 @pytest.mark.parametrize("size", [1, 2, 16])
 def test_records_of_one_key_run_one_after_the_other_in_partition_order(size: int) -> None:
-    batch = items(*[(0, o, f"order-{o % 3}") for o in range(30)], *[(1, o, f"order-{o % 3}") for o in range(5)])
+    batch = items(
+        *[(0, o, f"order-{o % 3}") for o in range(30)], *[(1, o, f"order-{o % 3}") for o in range(5)]
+    )
     handler = Recorder(hold=0.001)
     outcome = pool(size).run(batch, handler, key_of=lambda i: i.record)
     assert outcome.reported == []
@@ -98,7 +100,9 @@ def test_different_keys_overlap_and_the_pool_bounds_them() -> None:
         with lock:
             now[0] -= 1
 
-    outcome = pool(4).run(items(*[(0, o, f"order-{o}") for o in range(12)]), handler, key_of=lambda i: i.record)
+    outcome = pool(4).run(
+        items(*[(0, o, f"order-{o}") for o in range(12)]), handler, key_of=lambda i: i.record
+    )
     assert outcome.reported == [], [f.error for f in outcome.finished if not f.ok]
     assert outcome.most_in_flight == 4
     assert max(in_flight) == 4, "never more records at once than slots"
@@ -352,7 +356,9 @@ def test_in_flight_stripe_calls_never_exceed_the_cap() -> None:
 # ---- cold start ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("function", ["authorize_payment", "payment_api", "outbox_relay", "reconcile_payments"])
+@pytest.mark.parametrize(
+    "function", ["authorize_payment", "payment_api", "outbox_relay", "reconcile_payments"]
+)
 def test_handler_import_defers_xray_and_stripe(function: str) -> None:
     """The X-Ray SDK and stripe are loaded by the first invocation that needs them, not by
     the import (the cold start)."""
