@@ -468,6 +468,7 @@ class EventSourceMapping:
     def _invoke(self, tp: Any, records: list[Any], event: dict[str, Any], generation: int) -> None:
         """On the partition's thread: one invocation, its result handed to the consumer's thread."""
         result = _Result(tp, generation, records)
+        started = time.monotonic()
         try:
             if self.handler is not None:
                 context = FakeLambdaContext(
@@ -487,6 +488,13 @@ class EventSourceMapping:
         except Exception as exc:
             result.error = f"handler raised {type(exc).__name__}: {exc}"
             log.error("invocation failed; the whole batch will be retried\n%s", traceback.format_exc())
+        # like Lambda's REPORT line: what the invocation took (tools/bench reads it for cost)
+        log.info(
+            "REPORT %s records=%d duration_ms=%.1f",
+            partition_key(tp.topic, tp.partition),
+            len(records),
+            (time.monotonic() - started) * 1000,
+        )
         self._results.put(result)
         self._lane_done.set()
 
