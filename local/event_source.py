@@ -602,8 +602,18 @@ def main() -> int:
     )
     config = MappingConfig.from_env()
     mapping = EventSourceMapping(config)
-    signal.signal(signal.SIGTERM, lambda *_: mapping.stop())
-    signal.signal(signal.SIGINT, lambda *_: mapping.stop())
+
+    def on_signal(*_: Any) -> None:
+        mapping.stop()
+        # kafka-python can block in close() while a group join is under way: stop for good after
+        # a few seconds regardless (offsets are committed only after success: nothing is lost;
+        # the containers see their pipe close and exit too)
+        timer = threading.Timer(_env_float("LOCAL_ESM_STOP_GRACE_S", 5.0), os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def ready() -> None:
         log.info(
