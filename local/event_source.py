@@ -19,7 +19,9 @@ What it reproduces of the AWS mapping:
   reason in its headers (the on-failure destination of the AWS mapping) and the partition
   moves on.
 
-A handler given as a callable (tests) runs in-process, on the partition's thread. A handler
+A handler given as a callable (tests) runs in-process, on the partition's thread: with several
+partitions it must be safe to call from several threads at once (the service's own handler
+is not: its module state is one container's; give its file instead). A handler
 file that does not exist yet is logged and retried, so the stack can start before the
 function is written.
 """

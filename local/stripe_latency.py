@@ -25,11 +25,21 @@ import re
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HOST = "127.0.0.1"
+_RATE_LIMITED = json.dumps(
+    {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "rate_limit",
+            "message": "Request rate limit exceeded. (latency double)",
+        }
+    }
+).encode()
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
 
 
@@ -57,6 +67,8 @@ class _LatencyServer:
     def __init__(self, delay_s: float = 0.3, port: int = 0) -> None:
         self.delay_s = delay_s
         self.requests = 0
+        self.rate_limited = 0  # 429s answered
+        self._rate_limit_next = 0
         self.creates: dict[str, set[str]] = defaultdict(set)  # order_id -> PaymentIntent ids
         self._lock = threading.Lock()
         owner = self
@@ -73,7 +85,10 @@ class _LatencyServer:
                 with owner._lock:
                     owner.requests += 1
                 time.sleep(owner.delay_s)  # the latency, and nothing else
-                status, headers, payload = owner.answer(self.command, self.path, dict(self.headers), body)
+                if owner._take_rate_limit():
+                    status, headers, payload = 429, [("Content-Type", "application/json")], _RATE_LIMITED
+                else:
+                    status, headers, payload = owner.answer(self.command, self.path, dict(self.headers), body)
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
@@ -85,6 +100,20 @@ class _LatencyServer:
 
         self._server = _Server((HOST, port), Handler)
         self._thread: threading.Thread | None = None
+
+    def rate_limit_next(self, count: int) -> None:
+        """Answer the next ``count`` requests with 429, as Stripe does past its rate limit
+        (nothing is processed)."""
+        with self._lock:
+            self._rate_limit_next = count
+
+    def _take_rate_limit(self) -> bool:
+        with self._lock:
+            if self._rate_limit_next <= 0:
+                return False
+            self._rate_limit_next -= 1
+            self.rate_limited += 1
+            return True
 
     @property
     def url(self) -> str:
@@ -125,9 +154,10 @@ class StripeLatencyDouble(_LatencyServer):
         self.intents: dict[str, dict[str, Any]] = {}
         self._by_key: dict[str, bytes] = {}
         self._ids = itertools.count(1)
+        self._run = uuid.uuid4().hex[:8]
 
     def _id(self, prefix: str) -> str:
-        return f"{prefix}_lat{next(self._ids):012d}"
+        return f"{prefix}_lat{self._run}{next(self._ids):08d}"  # unique across runs, as Stripe's are
 
     def answer(
         self, method: str, path: str, headers: dict[str, str], body: bytes

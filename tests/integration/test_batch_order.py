@@ -255,3 +255,81 @@ def test_copies_on_every_partition_through_the_local_mapping_make_one_hold(
     assert published_events(order_id, at_least=1, timeout=30, settle=3)
     assert wait_for(lambda: (payment_row(order_id) or {}).get("status") == "AUTHORIZED")
     assert len(intents_for_order(card, order_id)) == 1
+
+
+def test_a_burst_of_429s_slows_the_pool_and_the_batch_still_completes(pool_of, lambda_context, payment_row):
+    """Stripe's rate limiter answers 429 to six requests: the throttle halves its cap, backs
+    off and retries within the invocation's time, instead of failing records."""
+    import dataclasses
+
+    from local.stripe_latency import StripeLatencyDouble
+
+    double = StripeLatencyDouble(delay_s=0.05).start()
+    try:
+        settings = dataclasses.replace(get_settings(), stripe_api_base=double.url)
+        services, pool = pool_of(16, StripeApiGateway(settings))
+        commands = [authorize_command_for("cus_rate", "pm_rate") for _ in range(10)]
+        double.rate_limit_next(6)
+        response = handle_command_batch(
+            msk_event(*commands), lambda_context("authorize_payment", 60), services, pool
+        )
+        assert response == NO_FAILURES
+        assert double.rate_limited == 6
+        assert pool.throttle.rate_limited == 6, "every 429 seen by the throttle"
+        assert pool.throttle.limit < pool.throttle.ceiling, "the cap is still recovering from the burst"
+        for cmd in commands:
+            order_id = cmd["payload"]["order_id"]
+            assert payment_row(order_id)["status"] == "AUTHORIZED"
+            assert len(double.creates[order_id]) == 1
+    finally:
+        double.stop()
+
+
+def test_nothing_starts_without_time_for_a_stripe_call(new_card, pool_of, lambda_context, payment_row):
+    card = new_card()
+    stripe = RecordingStripe(StripeApiGateway(get_settings()))
+    services, pool = pool_of(16, stripe)
+    commands = [authorize_command(card) for _ in range(3)]
+    margin_s = get_settings().command_start_margin_ms / 1000
+    short = lambda_context("authorize_payment", timeout_seconds=margin_s - 1)
+    response = handle_command_batch(msk_event(*commands, first_offset=5), short, services, pool)
+    assert response == {
+        "batchItemFailures": [
+            {"itemIdentifier": {"partition": "payment_commands-0", "offset": o}} for o in (5, 6, 7)
+        ]
+    }
+    assert stripe.calls == [] and all(payment_row(c["payload"]["order_id"]) is None for c in commands)
+    enough = lambda_context("authorize_payment", timeout_seconds=margin_s + 30)
+    assert handle_command_batch(msk_event(*commands, first_offset=5), enough, services, pool) == NO_FAILURES
+
+
+def authorize_command_for(customer_id: str, payment_method_id: str) -> dict[str, Any]:
+    from conftest import Card
+
+    return authorize_command(Card(customer_id, payment_method_id))
+
+
+def test_one_at_a_time_a_partition_stops_at_its_first_failure(new_card, make_services, payment_row):
+    """Issue 12, item 5: Powertools' Kafka processor ran every record and reported each failure
+    alone, so records after a partition's first failure ran ahead of it. Now they do not run
+    and are reported with it."""
+    card = new_card()
+    first, second, other = (authorize_command(card) for _ in range(3))
+    failing = first["payload"]["order_id"]
+
+    def fail_first(method: str, order_id: str) -> None:
+        if order_id == failing:
+            raise TransientError("stripe unavailable: APIConnectionError (simulated)")
+
+    services = make_services(stripe=RecordingStripe(StripeApiGateway(get_settings()), before=fail_first))
+    event = event_of(
+        msk_event(first, second, partition=0, first_offset=3), msk_event(other, partition=1, first_offset=9)
+    )
+    assert handle_command_batch(event, None, services) == {
+        "batchItemFailures": [
+            {"itemIdentifier": {"partition": "payment_commands-0", "offset": 3}},
+            {"itemIdentifier": {"partition": "payment_commands-0", "offset": 4}},
+        ]
+    }
+    assert payment_row(second["payload"]["order_id"]) is None, "nothing ran after the failure"
+    assert payment_row(other["payload"]["order_id"])["status"] == "AUTHORIZED", "other partitions go on"
