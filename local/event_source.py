@@ -4,11 +4,14 @@ committed only after the handler succeeded.
     python -m local.event_source            (started by `make local-up`)
 
 What it reproduces of the AWS mapping:
-- a consumer group on the topic, batches of up to ``batch_size`` records gathered for at most
-  ``batch_window_ms``, delivered as one MSK-shaped event keyed by ``"<topic>-<partition>"``
-  (base64 key and value, headers as lists of byte values);
-- offsets are committed only after the invocation returns; a handler exception or an
-  unreadable response fails the whole batch;
+- a consumer group on the topic, batches of up to ``batch_size`` records of one partition
+  gathered for at most ``batch_window_ms``, delivered as one MSK-shaped event keyed by
+  ``"<topic>-<partition>"`` (base64 key and value, headers as lists of byte values);
+- at most one invocation in flight per partition, partitions invoked in parallel (each
+  strictly in order), each invocation in its own "container": a child process that imported
+  the handler once and is kept warm (replaced when it dies or outlives its timeout);
+- offsets are committed only after the invocation returns; a handler exception, a timeout,
+  a dead container or an unreadable response fails the whole batch;
 - with ``batchItemFailures`` the mapping commits up to the lowest failed offset of each
   partition and re-delivers that record and everything after it in that partition, after a
   backoff, while other partitions go on;
@@ -16,15 +19,20 @@ What it reproduces of the AWS mapping:
   reason in its headers (the on-failure destination of the AWS mapping) and the partition
   moves on.
 
-The handler module is imported once, like a warm container. A handler file that does not exist
-yet is logged and retried, so the stack can start before the function is written.
+A handler given as a callable (tests) runs in-process, on the partition's thread: with several
+partitions it must be safe to call from several threads at once (the service's own handler
+is not: its module state is one container's; give its file instead). A handler
+file that does not exist yet is logged and retried, so the stack can start before the
+function is written.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
@@ -33,6 +41,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
@@ -157,9 +166,133 @@ class _Retry:
 
 
 @dataclass
+class _Result:
+    """What one partition's invocation came back with (handed from its thread to the
+    consumer's thread, which alone commits and seeks)."""
+
+    tp: Any
+    generation: int  # the consumer it was dispatched by
+    records: list[Any]
+    response: Any = None
+    error: str = ""  # empty when the handler returned
+    not_invoked: bool = False  # the container could not start (the handler does not import)
+
+
+class ContainerStartError(RuntimeError):
+    """The handler could not be imported: nothing was invoked."""
+
+
+class Container:
+    """A warm Lambda execution environment: a child process that imports the handler once and
+    then runs one invocation at a time, like a container of the deployed function (its own
+    module state, database connections and worker pool). Replaced when it dies or times out."""
+
+    def __init__(self, path: Path, function_name: str, start_timeout_s: float = 60.0) -> None:
+        self.path = path
+        self.function_name = function_name
+        self.start_timeout_s = start_timeout_s
+        self._process: Any = None
+        self._conn: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _start(self) -> None:
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with Kafka threads
+        parent, child = spawn.Pipe()
+        self._process = spawn.Process(
+            target=_container_main,
+            args=(child, str(self.path), self.function_name),
+            name=f"lambda-{self.function_name}",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        self._conn = parent
+        try:
+            if not parent.poll(self.start_timeout_s):
+                raise ContainerStartError(f"handler not imported within {self.start_timeout_s:.0f} s")
+            kind, detail = parent.recv()
+        except (EOFError, OSError) as exc:
+            self.stop()
+            raise ContainerStartError(f"container exited while importing the handler: {exc!r}") from exc
+        except ContainerStartError:
+            self.stop()
+            raise
+        if kind != "ready":
+            self.stop()
+            raise ContainerStartError(f"importing {self.path} failed:\n{detail}")
+
+    def invoke(self, event: dict[str, Any], timeout_s: float) -> Any:
+        """The handler's response. Raises RuntimeError when the handler raised, ran out of time
+        (the container is then stopped, as Lambda does) or the container died."""
+        if self._process is None or not self._process.is_alive():
+            self.stop()
+            self._start()
+        try:
+            self._conn.send((event, timeout_s))
+            if not self._conn.poll(timeout_s + 1):
+                self.stop()
+                raise RuntimeError(f"Task timed out after {timeout_s:.0f} seconds (container stopped)")
+            kind, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.exitcode if self._process is not None else None
+            self.stop()
+            raise RuntimeError(f"container died during the invocation (exit code {code}): {exc!r}") from exc
+        if kind == "error":
+            raise RuntimeError(value)
+        return value
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                log.debug("closing a container's pipe failed", exc_info=True)
+            self._conn = None
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(5)
+            self._process = None
+
+
+def _container_main(conn: Any, path: str, function_name: str) -> None:
+    """The child process of a ``Container``: import once, then serve invocations."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the mapping decides when containers stop
+    logging.basicConfig(
+        level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {function_name}[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        handler = load_handler(Path(path))
+    except Exception:
+        conn.send(("import-failed", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the mapping went away
+        if message is None:
+            return
+        event, timeout_s = message
+        context = FakeLambdaContext(function_name=function_name, timeout_seconds=timeout_s)
+        try:
+            response = handler(event, context)
+        except Exception as exc:
+            conn.send(("error", f"handler raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            continue
+        conn.send(("ok", response))
+
+
+@dataclass
 class EventSourceMapping:
     config: MappingConfig
-    handler: Handler | None = None  # given directly (tests) or loaded from config.function
+    handler: Handler | None = None  # given directly (tests: runs in-process) or a file in containers
     stop_event: threading.Event = field(default_factory=threading.Event)
     polling_since: float | None = None  # when the current Kafka poll began (see the watchdog)
     invocations: int = 0
@@ -167,37 +300,36 @@ class EventSourceMapping:
     _producer: Any = None
     _retries: dict[Any, _Retry] = field(default_factory=dict)
     _last_missing_log: float = 0.0
+    _generation: int = 0  # moves on when the consumer is replaced
+    _busy: dict[Any, threading.Thread] = field(default_factory=dict)  # partition -> its invocation
+    _results: queue.SimpleQueue[_Result] = field(default_factory=queue.SimpleQueue)
+    _lane_done: threading.Event = field(default_factory=threading.Event)
+    _containers: dict[Any, Container] = field(default_factory=dict)
 
     # -- lifecycle
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _load(self) -> Handler | None:
+    def _ready(self) -> bool:
+        """A handler to invoke: the given callable, or an existing handler file."""
         if self.handler is not None:
-            return self.handler
+            return True
         path = handler_path(self.config.function)
-        if not path.is_file():
-            now = time.monotonic()
-            if now - self._last_missing_log > 60:
-                log.warning(
-                    "handler %s does not exist yet; retrying every %.0fs",
-                    path,
-                    self.config.handler_missing_retry_s,
-                )
-                self._last_missing_log = now
-            return None
-        try:
-            self.handler = load_handler(path)
-        except Exception:
-            log.error(
-                "importing %s failed; retrying in %.0fs\n%s",
+        if path.is_file():
+            return True
+        now = time.monotonic()
+        if now - self._last_missing_log > 60:
+            log.warning(
+                "handler %s does not exist yet; retrying every %.0fs",
                 path,
                 self.config.handler_missing_retry_s,
-                traceback.format_exc(),
             )
-            return None
-        log.info("handler %s loaded (cold start)", path)
-        return self.handler
+            self._last_missing_log = now
+        return False
+
+    def container_pids(self) -> list[int]:
+        """The live containers' process ids (fault drills kill them)."""
+        return [pid for c in list(self._containers.values()) if (pid := c.pid) is not None]
 
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -238,14 +370,13 @@ class EventSourceMapping:
             on_ready()
         try:
             while not self.stop_event.is_set():
-                handler = self._load()
-                if handler is None:
+                if not self._ready():
                     self.stop_event.wait(self.config.handler_missing_retry_s)
                     continue
                 try:
                     if self._consumer is None:
                         self._connect()
-                    self.run_once(handler)
+                    self.run_once()
                 except Exception:
                     # The broker went away mid-commit, a rebalance failed, ...: like the AWS
                     # poller, start a fresh consumer from the committed offsets (records whose
@@ -254,7 +385,11 @@ class EventSourceMapping:
                     self._close_quietly()
                     self.stop_event.wait(self.config.retry_backoff_max_s)
         finally:
+            for thread in list(self._busy.values()):
+                thread.join(timeout=5)
             self.close()
+            for container in list(self._containers.values()):
+                container.stop()
 
     def _close_quietly(self) -> None:
         try:
@@ -264,8 +399,12 @@ class EventSourceMapping:
         self._consumer = None
         self._producer = None
         self._retries.clear()
+        # invocations still running belong to the old consumer: their results are dropped (the
+        # new consumer reads from the committed offsets), but their partitions stay busy until
+        # they end, so a partition never has two invocations at once
+        self._generation += 1
 
-    # -- one batch
+    # -- batches
     def _gather(self) -> dict[Any, list[Any]]:
         self.polling_since = time.monotonic()
         try:
@@ -274,51 +413,117 @@ class EventSourceMapping:
             self.polling_since = None
 
     def _gather_records(self) -> dict[Any, list[Any]]:
+        """Up to ``batch_size`` records per partition that is neither in flight nor backing off,
+        gathered for at most ``batch_window_ms`` (less when a partition's batch is full)."""
         batch: dict[Any, list[Any]] = defaultdict(list)
-        count = 0
         deadline = time.monotonic() + self.config.batch_window_ms / 1000
-        while count < self.config.batch_size and not self.stop_event.is_set():
+        size = self.config.batch_size
+        while not self.stop_event.is_set():
+            self._settle_finished()
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            polled = self._consumer.poll(timeout_ms=remaining_ms, max_records=self.config.batch_size - count)
+            polled = self._consumer.poll(timeout_ms=remaining_ms, max_records=size)
             now = time.monotonic()
+            held_back = taken = False
             for tp, records in polled.items():
                 retry = self._retries.get(tp)
-                if retry is not None and retry.not_before > now:
-                    # Backing off: hold the partition at its failed record. (Seeking back rather
-                    # than pause()/resume(): with kafka-python 3.0.12 a resumed partition was
-                    # seen never to be fetched again.)
-                    self._consumer.seek(tp, retry.offset)
+                if tp in self._busy or (retry is not None and retry.not_before > now):
+                    # In flight or backing off: hold the partition where it is by seeking back.
+                    # (Seeking rather than pause()/resume(): with kafka-python 3.0.12 a resumed
+                    # partition was seen never to be fetched again.)
+                    self._consumer.seek(tp, records[0].offset)
+                    held_back = True
                     continue
-                batch[tp].extend(records)
-                count += len(records)
-        return dict(batch)
+                room = size - len(batch[tp])
+                batch[tp].extend(records[:room])
+                taken = taken or room > 0
+                if len(records) > room:
+                    self._consumer.seek(tp, records[room].offset)
+            if any(len(records) >= size for records in batch.values()):
+                break
+            if held_back and not taken:
+                # only held-back partitions had data: wait for an invocation to end rather than
+                # fetch the same records again at once
+                self._lane_done.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                self._lane_done.clear()
+        return {tp: records for tp, records in batch.items() if records}
 
-    def run_once(self, handler: Handler) -> None:
-        batch = self._gather()
-        if not batch:
-            return
-        event = build_event(batch, self.config.bootstrap_servers, self.config.cluster_arn)
-        keys = {partition_key(tp.topic, tp.partition): tp for tp in batch}
-        context = FakeLambdaContext(
-            function_name=function_name_of(self.config.function),
-            timeout_seconds=self.config.handler_timeout_s,
-        )
+    def run_once(self) -> None:
+        """Settle the invocations that ended, then gather and start one per ready partition."""
+        self._settle_finished()
+        for tp, records in self._gather().items():
+            self._dispatch(tp, records)
+
+    def _dispatch(self, tp: Any, records: list[Any]) -> None:
+        event = build_event({tp: records}, self.config.bootstrap_servers, self.config.cluster_arn)
         self.invocations += 1
-        error = ""
+        thread = threading.Thread(
+            target=self._invoke,
+            args=(tp, records, event, self._generation),
+            name=f"invoke-{partition_key(tp.topic, tp.partition)}",
+            daemon=True,
+        )
+        self._busy[tp] = thread
+        thread.start()
+
+    def _invoke(self, tp: Any, records: list[Any], event: dict[str, Any], generation: int) -> None:
+        """On the partition's thread: one invocation, its result handed to the consumer's thread."""
+        result = _Result(tp, generation, records)
+        started = time.monotonic()
         try:
-            response = handler(event, context)
-            failures = failed_offsets(response, set(keys))
-            if failures is None:
-                error = f"unreadable partial batch response: {str(response)[:300]}"
+            if self.handler is not None:
+                context = FakeLambdaContext(
+                    function_name=function_name_of(self.config.function),
+                    timeout_seconds=self.config.handler_timeout_s,
+                )
+                result.response = self.handler(event, context)
+            else:
+                container = self._containers.get(tp)
+                if container is None:
+                    container = self._containers[tp] = Container(
+                        handler_path(self.config.function), function_name_of(self.config.function)
+                    )
+                result.response = container.invoke(event, self.config.handler_timeout_s)
+        except ContainerStartError as exc:
+            result.not_invoked, result.error = True, str(exc)
         except Exception as exc:
-            failures = None
-            error = f"handler raised {type(exc).__name__}: {exc}"
+            result.error = f"handler raised {type(exc).__name__}: {exc}"
             log.error("invocation failed; the whole batch will be retried\n%s", traceback.format_exc())
-        if failures is None:  # the whole batch failed
-            failures = {key: batch[tp][0].offset for key, tp in keys.items()}
-        self._settle(batch, keys, failures, error or "reported in batchItemFailures")
+        # like Lambda's REPORT line: what the invocation took (tools/bench reads it for cost)
+        log.info(
+            "REPORT %s records=%d duration_ms=%.1f",
+            partition_key(tp.topic, tp.partition),
+            len(records),
+            (time.monotonic() - started) * 1000,
+        )
+        self._results.put(result)
+        self._lane_done.set()
+
+    def _settle_finished(self) -> None:
+        while True:
+            try:
+                result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            tp = result.tp
+            self._busy.pop(tp, None)
+            if result.generation != self._generation or self._consumer is None:
+                continue  # dispatched by a replaced consumer: its records come again from the commit
+            key = partition_key(tp.topic, tp.partition)
+            if result.not_invoked:
+                log.error("%s; retrying in %.0fs", result.error, self.config.handler_missing_retry_s)
+                retry = self._retries.setdefault(tp, _Retry(offset=result.records[0].offset))
+                retry.not_before = time.monotonic() + self.config.handler_missing_retry_s
+                self._consumer.seek(tp, result.records[0].offset)
+                continue
+            error = result.error
+            failures = None if error else failed_offsets(result.response, {key})
+            if failures is None and not error:
+                error = f"unreadable partial batch response: {str(result.response)[:300]}"
+            if failures is None:  # the whole batch failed
+                failures = {key: result.records[0].offset}
+            self._settle({tp: result.records}, {key: tp}, failures, error or "reported in batchItemFailures")
 
     def _settle(
         self, batch: dict[Any, list[Any]], keys: dict[str, Any], failures: dict[str, int], error: str
@@ -399,8 +604,18 @@ def main() -> int:
     )
     config = MappingConfig.from_env()
     mapping = EventSourceMapping(config)
-    signal.signal(signal.SIGTERM, lambda *_: mapping.stop())
-    signal.signal(signal.SIGINT, lambda *_: mapping.stop())
+
+    def on_signal(*_: Any) -> None:
+        mapping.stop()
+        # kafka-python can block in close() while a group join is under way: stop for good after
+        # a few seconds regardless (offsets are committed only after success: nothing is lost;
+        # the containers see their pipe close and exit too)
+        timer = threading.Timer(_env_float("LOCAL_ESM_STOP_GRACE_S", 5.0), os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def ready() -> None:
         log.info(

@@ -1,27 +1,37 @@
-"""The command path: an MSK batch from payment_commands, one record at a time.
+"""The command path: an MSK batch from payment_commands.
 
 Outcome per record: handled (events in the outbox), rejected (payment.failed announced),
 dead-lettered (no order to announce to), or a batch item failure (transient: the event source
-mapping re-delivers it and everything after it in its partition). After the batch, the events
-of the orders it touched are published; what fails to publish stays in the outbox for the relay.
+mapping re-delivers it and everything after it in its partition). Records of different orders
+run concurrently on the container's worker pool (``batch``), records of one order in partition
+order; after the batch, the events of the orders it touched are published; what fails to
+publish stays in the outbox for the relay.
 """
 
 from __future__ import annotations
 
 import binascii
+import json
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 
 from payments_core import authorization, escrow, lifecycle, outbox, repository
+from payments_core.batch import Finished, Item, WorkerPool, items_of
 from payments_core.contracts import Command, PaymentFailed, Unattributable, event_envelope, parse_command
+from payments_core.db import Database
 from payments_core.dead_letters import send_dead_letter
 from payments_core.domain import event_id_for_rejection
 from payments_core.errors import Rejection, TransientError
-from payments_core.observability import count, logger
+from payments_core.kafka_gateway import EventPublisher, OutgoingMessage
+from payments_core.observability import add_metric, count, logger
 from payments_core.services import Services, get_services
+from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, take_stripe_seconds
 
 _DISPATCH: dict[str, Callable[[Services, Command], str]] = {
     "authorize_payment": authorization.authorize,
@@ -29,34 +39,154 @@ _DISPATCH: dict[str, Callable[[Services, Command], str]] = {
     "revert_payment": escrow.revert,
 }
 
-_processor = BatchProcessor(event_type=EventType.Kafka, raise_on_entire_batch_failure=False)
-
 
 def handle_command_batch(
-    event: dict[str, Any], context: Any, services: Services | None = None
+    event: dict[str, Any],
+    context: Any,
+    services: Services | None = None,
+    pool: WorkerPool[Services] | None = None,
 ) -> dict[str, Any]:
-    """Entry point of the authorize function."""
-    services = services or get_services()
-    touched: list[str] = []
+    """Entry point of the authorize function.
 
-    def record_handler(record: KafkaEventRecord) -> None:
-        where = {"partition": record.partition, "offset": record.offset}
-        try:
-            order_key = handle_record(services, record)
-        except TransientError as exc:
-            logger.warning("record will be re-delivered", extra={**where, "reason": str(exc)})
-            raise
-        except Exception:
-            logger.exception("unexpected failure; record will be re-delivered", extra=where)
-            raise
-        if order_key:
-            touched.append(order_key)
+    By default the container's pool (``COMMAND_WORKERS`` slots) runs the records. A caller
+    that passes its own ``services`` (one simulated container) gets them one at a time on
+    those services, unless it also passes a ``pool``."""
+    main = services or get_services()  # this thread's: order lookups and the publish
+    if pool is None:
+        pool = WorkerPool(1, lambda _slot: main) if services is not None else container_pool(main)
+    throttle = _throttle_of(pool)
+    margin_s = main.settings.command_start_margin_ms / 1000
+    ends_at = _invocation_end(context)
+    if throttle is not None:
+        throttle.set_deadline(None if ends_at is None else ends_at - margin_s + throttle.call_budget_s)
 
-    response = process_partial_response(
-        event=event, record_handler=record_handler, processor=_processor, context=context
+    def can_start() -> bool:
+        return ends_at is None or time.monotonic() + margin_s <= ends_at
+
+    outcome = pool.run(
+        items_of(event, KafkaEventRecord),
+        _run_record,
+        key_of=lambda item: order_key(main, item),
+        can_start=can_start,
+        on_failure=_log_failure,
     )
-    outbox.publish_best_effort(services.db, services.publisher, touched)
-    return dict(response)
+    if outcome.not_started:
+        logger.warning(
+            "records left for re-delivery",
+            extra={"not_started": outcome.not_started, "out_of_time": outcome.out_of_time},
+        )
+        count("CommandsNotStarted", outcome.not_started)
+    add_metric("CommandWorkersInFlight", MetricUnit.Count, outcome.most_in_flight)
+    for finished in outcome.finished:
+        stripe_seconds = finished.result[1] if finished.ok and finished.result else 0.0
+        if stripe_seconds:
+            add_metric("StripeSecondsPerRecord", MetricUnit.Milliseconds, round(stripe_seconds * 1000, 1))
+    touched = [f.result[0] for f in outcome.finished if f.ok and f.result and f.result[0]]
+    outbox.publish_best_effort(main.db, main.publisher, touched)
+    return outcome.batch_item_failures()
+
+
+def _run_record(services: Services, item: Item) -> tuple[str | None, float]:
+    take_stripe_seconds()
+    order_key_written = handle_record(services, item.record)
+    return order_key_written, take_stripe_seconds()
+
+
+def _log_failure(finished: Finished) -> None:
+    where = {"partition": finished.item.record.partition, "offset": finished.item.offset}
+    if isinstance(finished.error, TransientError):
+        logger.warning("record will be re-delivered", extra={**where, "reason": str(finished.error)})
+    else:
+        logger.error("unexpected failure; record will be re-delivered", extra=where, exc_info=finished.error)
+
+
+def order_key(services: Services, item: Item) -> str:
+    """What orders the records of a batch: the order id, or for a command naming only a
+    payment, that payment's order (looked up); a record naming neither depends on nothing."""
+    record = item.record
+    try:
+        document = json.loads(record.decoded_value) if record.get("value") is not None else None
+    except (binascii.Error, ValueError, RecursionError):
+        document = None
+    payload = document.get("payload") if isinstance(document, dict) else None
+    if isinstance(payload, dict):
+        order_id, payment_id = payload.get("order_id"), payload.get("payment_id")
+        if isinstance(order_id, str) and order_id:
+            return f"order:{order_id}"
+        if isinstance(payment_id, str) and payment_id:
+            found = repository.find_order_id(services.db, order_id=None, payment_id=payment_id)
+            return f"order:{found}" if found else f"payment:{payment_id}"
+    return f"record:{item.partition}:{item.offset}"
+
+
+# ---- the container's pool -------------------------------------------------------------------
+
+_pool: WorkerPool[Services] | None = None
+_pool_base: Services | None = None
+
+
+def container_pool(base: Services) -> WorkerPool[Services]:
+    """The pool of this warm container, made on first use and kept: ``COMMAND_WORKERS``
+    slots, each with its own database connection, all sharing one Stripe throttle and one
+    Kafka producer."""
+    global _pool, _pool_base
+    if _pool is None or _pool_base is not base:
+        if _pool is not None:
+            _pool.close()
+        _pool, _pool_base = make_pool(base, base.settings.command_workers), base
+    return _pool
+
+
+def make_pool(base: Services, size: int) -> WorkerPool[Services]:
+    """A pool of ``size`` slots derived from ``base``: a slot is ``base`` with its own database
+    connection (the one-slot pool runs on the caller's thread and keeps ``base``'s), a
+    throttled Stripe gateway and a publisher safe to share between threads."""
+    settings = base.settings
+    throttle = StripeThrottle(settings.stripe_max_in_flight, call_budget_s=settings.stripe_timeout_seconds)
+    stripe = ThrottledStripe(base.stripe, throttle)
+    publisher = _SharedPublisher(base.publisher)
+
+    def make(slot: int) -> Services:
+        db = base.db if slot == 0 else Database(settings)
+        return replace(base, db=db, stripe=stripe, publisher=publisher)
+
+    def close(services: Services) -> None:
+        if services.db is not base.db:
+            services.db.close()
+
+    return CommandPool(size, make, close, throttle=throttle)
+
+
+@dataclass
+class CommandPool(WorkerPool[Services]):
+    throttle: StripeThrottle | None = None
+
+
+def _throttle_of(pool: WorkerPool[Services]) -> StripeThrottle | None:
+    return pool.throttle if isinstance(pool, CommandPool) else None
+
+
+def _invocation_end(context: Any) -> float | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return time.monotonic() + remaining() / 1000
+
+
+class _SharedPublisher:
+    """One Kafka producer for every worker: the workers publish only dead letters, rarely;
+    serializing them keeps the producer's lazy start and its reset after a failure safe."""
+
+    def __init__(self, inner: EventPublisher) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    def publish(self, messages: list[OutgoingMessage]) -> list[Exception | None]:
+        with self._lock:
+            return self.inner.publish(messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
@@ -74,7 +204,7 @@ def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
         return None
     except Rejection as rejection:
         return _answer_rejection(services, rejection, raw or b"", defer_to_stored=True)
-    logger.append_keys(
+    logger.thread_safe_append_keys(  # the pool's threads each log their own record
         correlation_id=command.correlation_id, order_id=command.order_id, command_type=command.type
     )
     try:
@@ -82,7 +212,7 @@ def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
     except Rejection as rejection:
         return _answer_rejection(services, rejection, raw or b"", defer_to_stored=False)
     finally:
-        logger.remove_keys(["correlation_id", "order_id", "command_type"])
+        logger.thread_safe_remove_keys(["correlation_id", "order_id", "command_type"])
 
 
 def _answer_rejection(services: Services, rejection: Rejection, raw: bytes, *, defer_to_stored: bool) -> str:

@@ -26,6 +26,9 @@ def _str(name: str, default: str) -> str:
     return value if value else default
 
 
+COMMAND_WORKERS_CEILING = 32
+
+
 @dataclass(frozen=True)
 class Settings:
     # Kafka (MSK in AWS, a local broker in development)
@@ -66,6 +69,15 @@ class Settings:
     reconcile_final_settle_seconds: int
     reconcile_final_window_seconds: int
     aws_region: str
+    # The command pool (payments_core.batch): worker threads per container, each with its own
+    # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
+    # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
+    command_workers: int = 16
+    # Stripe requests in flight per container, across workers (a 429 lowers it for a while)
+    stripe_max_in_flight: int = 16
+    # No record is started with less time left in the invocation than this: enough for one
+    # Stripe call (STRIPE_TIMEOUT_SECONDS), its database commit and the events' publish.
+    command_start_margin_ms: int = 15_000
 
 
 @lru_cache(maxsize=1)
@@ -102,4 +114,7 @@ def get_settings() -> Settings:
         reconcile_final_settle_seconds=_int("RECONCILE_FINAL_SETTLE_SECONDS", 60),
         reconcile_final_window_seconds=_int("RECONCILE_FINAL_WINDOW_SECONDS", 86400),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
+        command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),
+        stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),
+        command_start_margin_ms=max(0, _int("COMMAND_START_MARGIN_MS", 15_000)),
     )

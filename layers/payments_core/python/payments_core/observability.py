@@ -1,15 +1,82 @@
 """Powertools Logger, Metrics and Tracer, one of each for the whole service.
-Service name and namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE."""
+Service name and namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
+
+The command pool records from several threads: metrics are added under a lock (Powertools
+flushes a metric set from inside ``add_metric`` once it holds 100 values).
+"""
 
 from __future__ import annotations
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+import functools
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Tracer
+
+
+class LazyTracer:
+    """Powertools' Tracer, built on the first invocation instead of at import: building it
+    imports the X-Ray SDK (and patches boto3, requests, ...), which would otherwise be most of
+    a handler's import time. Tracing in AWS is unchanged: the handler is wrapped by the real
+    ``capture_lambda_handler`` before its first invocation runs."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._tracer: Tracer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def real(self) -> Tracer:
+        with self._lock:
+            if self._tracer is None:
+                from aws_lambda_powertools import Tracer
+
+                self._tracer = Tracer(**self._options)
+            return self._tracer
+
+    def capture_lambda_handler(
+        self,
+        lambda_handler: Callable[..., Any] | None = None,
+        capture_response: bool | None = None,
+        capture_error: bool | None = None,
+    ) -> Any:
+        def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+            traced: Callable[..., Any] | None = None
+
+            @functools.wraps(handler)
+            def run(event: Any, context: Any) -> Any:
+                nonlocal traced
+                if traced is None:
+                    traced = self.real.capture_lambda_handler(
+                        handler, capture_response=capture_response, capture_error=capture_error
+                    )
+                return traced(event, context)
+
+            return run
+
+        return decorate(lambda_handler) if lambda_handler is not None else decorate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
 
 logger = Logger(service="payment-service")
 metrics = Metrics(namespace="CampusG/Payments", service="payment-service")
-tracer = Tracer(service="payment-service")
+# X-Ray's SDK costs about as much to import as boto3: it is loaded on the first invocation
+tracer = LazyTracer(service="payment-service")
+
+_metrics_lock = threading.Lock()
 
 
 def count(name: str, value: float = 1) -> None:
-    metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    add_metric(name, MetricUnit.Count, value)
+
+
+def add_metric(name: str, unit: MetricUnit, value: float) -> None:
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)

@@ -1,0 +1,188 @@
+"""Back-pressure on Stripe for the command pool: a cap on requests in flight per function
+instance, and a 429 that slows everyone down instead of failing the batch.
+
+Stripe limits an account (about 100 write requests/s live, 25/s in test mode, plus a cap on
+concurrent requests) and answers 429 beyond it. A 429 means the request was not processed, so
+it is safe to send again with the same idempotency key. ``ThrottledStripe`` wraps any
+``StripeGateway``:
+- at most ``limit`` calls at once, shared by every worker of the container (``StripeThrottle``);
+- on a 429 the limit is halved (down to 1) and every caller waits out a backoff (exponential,
+  with jitter); each success then raises the limit by one again, up to its ceiling;
+- the call is retried while the invocation's remaining time allows another Stripe call;
+  otherwise the ``TransientError`` goes up and the record is delivered again later.
+Each call's latency is counted for the calling thread (``take_stripe_seconds``), so the
+command path can report Stripe time per record.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from payments_core.errors import TransientError
+
+if TYPE_CHECKING:
+    from payments_core.domain import Payment
+    from payments_core.stripe_gateway import IntentSnapshot, StripeGateway
+
+T = TypeVar("T")
+
+_spent = threading.local()
+
+
+def take_stripe_seconds() -> float:
+    """Seconds this thread spent in Stripe calls since the last call (then reset)."""
+    seconds = float(getattr(_spent, "seconds", 0.0))
+    _spent.seconds = 0.0
+    return seconds
+
+
+def is_rate_limited(exc: BaseException) -> bool:
+    """A 429 from Stripe: the gateway raises TransientError from stripe's RateLimitError (or a
+    StripeError with http_status 429)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "http_status", None) == 429 or type(seen).__name__ == "RateLimitError":
+            return True
+        seen = seen.__cause__
+    return False
+
+
+class StripeThrottle:
+    """The container-wide limiter shared by every worker's ``ThrottledStripe``."""
+
+    def __init__(
+        self,
+        max_in_flight: int,
+        *,
+        backoff_s: float = 0.25,
+        backoff_max_s: float = 8.0,
+        call_budget_s: float = 10.0,
+        max_attempts: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.ceiling = max_in_flight
+        self.limit = max_in_flight
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.rate_limited = 0  # 429s seen
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.call_budget_s = call_budget_s  # time one more Stripe call may take (its timeout)
+        self.max_attempts = max_attempts
+        self.deadline: float | None = None  # monotonic time by which calls must be over
+        self._paused_until = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._cond = threading.Condition()
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The current invocation's end, less what it needs after its last Stripe call."""
+        self.deadline = deadline
+
+    def _acquire(self) -> None:
+        with self._cond:
+            while True:
+                wait = self._paused_until - self._clock()
+                if wait <= 0 and self.in_flight < self.limit:
+                    self.in_flight += 1
+                    self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                    return
+                self._cond.wait(timeout=wait if wait > 0 else None)
+
+    def _release(self, *, rate_limited: bool, attempt: int) -> float:
+        """Give the slot back; after a 429 returns how long to back off."""
+        with self._cond:
+            self.in_flight -= 1
+            backoff = 0.0
+            if rate_limited:
+                self.rate_limited += 1
+                self.limit = max(1, self.limit // 2)
+                backoff = min(self.backoff_max_s, self.backoff_s * 2**attempt)
+                backoff *= 0.5 + random.random()  # jitter: workers do not come back in step
+                self._paused_until = max(self._paused_until, self._clock() + backoff)
+            elif self.limit < self.ceiling:
+                self.limit += 1
+            self._cond.notify_all()
+            return backoff
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        attempt = 0
+        while True:
+            self._acquire()
+            started = self._clock()
+            try:
+                result = fn(*args)
+            except TransientError as exc:
+                _spent.seconds = getattr(_spent, "seconds", 0.0) + self._clock() - started
+                if not is_rate_limited(exc):
+                    self._release(rate_limited=False, attempt=attempt)
+                    raise
+                backoff = self._release(rate_limited=True, attempt=attempt)
+                out_of_time = (
+                    self.deadline is not None and self._clock() + backoff + self.call_budget_s > self.deadline
+                )
+                if out_of_time or attempt + 1 >= self.max_attempts:
+                    raise  # no time left for another try: the record is delivered again
+                self._sleep(backoff)
+                attempt += 1
+                continue
+            except BaseException:
+                _spent.seconds = getattr(_spent, "seconds", 0.0) + self._clock() - started
+                self._release(rate_limited=False, attempt=attempt)
+                raise
+            _spent.seconds = getattr(_spent, "seconds", 0.0) + self._clock() - started
+            self._release(rate_limited=False, attempt=attempt)
+            return result
+
+
+class ThrottledStripe:
+    """A ``StripeGateway`` whose every call goes through a shared ``StripeThrottle``."""
+
+    def __init__(self, inner: StripeGateway, throttle: StripeThrottle) -> None:
+        self.inner = inner
+        self.throttle = throttle
+
+    def create_hold(self, payment: Payment) -> IntentSnapshot:
+        return self.throttle.call(self.inner.create_hold, payment)
+
+    def find_hold(self, payment: Payment) -> IntentSnapshot | None:
+        return self.throttle.call(self.inner.find_hold, payment)
+
+    def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
+        return self.throttle.call(self.inner.retrieve, payment_intent_id)
+
+    def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot:
+        return self.throttle.call(self.inner.capture, payment, amount_to_capture)
+
+    def cancel(self, payment: Payment) -> IntentSnapshot:
+        return self.throttle.call(self.inner.cancel, payment)
+
+    def refund(self, payment: Payment, amount_cents: int) -> str:
+        return self.throttle.call(self.inner.refund, payment, amount_cents)
+
+    def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
+        return self.throttle.call(self.inner.transfer, payment, amount_cents, destination)
+
+    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str:
+        return self.throttle.call(self.inner.reverse_transfer, payment, amount_cents)
+
+    def __getattr__(self, name: str) -> Any:
+        # calls the gateway may gain (e.g. lookups by transfer_group) are throttled too
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def throttled(*args: Any, **kwargs: Any) -> Any:
+            return self.throttle.call(functools.partial(attr, **kwargs), *args)
+
+        return throttled
