@@ -217,13 +217,16 @@ class InstantStripe:
         self.intents[intent.id] = intent
         return intent
 
-    def refund(self, payment: Any, amount_cents: int) -> str:
+    def refund(self, payment: Any, amount_cents: int | None = None) -> str:
         return f"re_bench_{uuid.uuid4().hex[:16]}"
 
     def transfer(self, payment: Any, amount_cents: int, destination: str) -> str:
         return f"tr_bench_{uuid.uuid4().hex[:16]}"
 
-    def reverse_transfer(self, payment: Any, amount_cents: int) -> str:
+    def find_transfer(self, payment: Any) -> str | None:
+        return None
+
+    def reverse_transfer(self, payment: Any, amount_cents: int | None = None) -> str:
         return f"trr_bench_{uuid.uuid4().hex[:16]}"
 
 

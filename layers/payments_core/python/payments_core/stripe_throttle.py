@@ -167,13 +167,16 @@ class ThrottledStripe:
     def cancel(self, payment: Payment) -> IntentSnapshot:
         return self.throttle.call(self.inner.cancel, payment)
 
-    def refund(self, payment: Payment, amount_cents: int) -> str:
+    def refund(self, payment: Payment, amount_cents: int | None = None) -> str:
         return self.throttle.call(self.inner.refund, payment, amount_cents)
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         return self.throttle.call(self.inner.transfer, payment, amount_cents, destination)
 
-    def reverse_transfer(self, payment: Payment, amount_cents: int) -> str:
+    def find_transfer(self, payment: Payment) -> str | None:
+        return self.throttle.call(self.inner.find_transfer, payment)
+
+    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str:
         return self.throttle.call(self.inner.reverse_transfer, payment, amount_cents)
 
     def __getattr__(self, name: str) -> Any:
