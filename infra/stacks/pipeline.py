@@ -45,10 +45,20 @@ class PaymentServiceStage(Stage):
 
 
 class PipelineStack(Stack):
-    def __init__(self, scope: Construct, id: str, *, app_config: AppConfig, layer_zip: Path, **kwargs: Any):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        app_config: AppConfig,
+        account: str,
+        layer_zip: Path,
+        **kwargs: Any,
+    ):
         super().__init__(scope, id, **kwargs)
         pc = app_config.pipeline
-        env = Environment(account=app_config.account, region=app_config.region)
+        assert pc.connection_arn, "the app creates the pipeline only with a connection"
+        env = Environment(account=account, region=app_config.region)
         source = pipelines.CodePipelineSource.connection(
             pc.repository, pc.branch, connection_arn=pc.connection_arn
         )
@@ -103,9 +113,9 @@ class PipelineStack(Stack):
         # Build now rather than lazily at synth, so the generated resources exist for cdk-nag
         # and for the suppressions below.
         self.pipeline.build_pipeline()
-        self._acknowledge_generated_findings(app_config)
+        self._acknowledge_generated_findings(app_config, account)
 
-    def _acknowledge_generated_findings(self, app_config: AppConfig) -> None:
+    def _acknowledge_generated_findings(self, app_config: AppConfig, account: str) -> None:
         def logical_id(construct: IConstruct) -> str:
             resource = construct.node.default_child
             assert isinstance(resource, CfnElement)
@@ -114,7 +124,7 @@ class PipelineStack(Stack):
         bucket = logical_id(self.pipeline.pipeline.artifact_bucket)
         synth = logical_id(self.pipeline.synth_project)
         mutation = logical_id(self.pipeline.self_mutation_project)
-        region_account = f"{app_config.region}:{app_config.account}"
+        region_account = f"{app_config.region}:{account}"
         suppress(
             self,
             [
@@ -132,7 +142,7 @@ class PipelineStack(Stack):
                         "Action::s3:List*",
                         "Resource::*",
                         f"Resource::<{bucket}.Arn>/*",
-                        f"Resource::arn:*:iam::{app_config.account}:role/*",
+                        f"Resource::arn:*:iam::{account}:role/*",
                         f"Resource::arn:aws:codebuild:{region_account}:report-group/*",
                         f"Resource::arn:aws:codebuild:{region_account}:report-group/<{synth}>-*",
                         f"Resource::arn:aws:codebuild:{region_account}:report-group/<{mutation}>-*",

@@ -43,6 +43,12 @@ class Settings:
     db_name: str
     db_ssl: bool
     db_timeout_seconds: int
+    db_ca_bundle: str  # extra CAs to trust (PEM); empty: the RDS CA bundle shipped in the layer, if any
+    db_iam_auth: (
+        bool  # connect as db_user with an IAM auth token (RDS Proxy) instead of the secret's password
+    )
+    db_user: str  # with db_iam_auth: the application role to connect as
+    db_app_secret_id: str  # migrations only: the application role's secret (its password is set from it)
     # Stripe
     stripe_secret_key_secret_id: str
     stripe_webhook_secret_id: str
@@ -60,6 +66,7 @@ class Settings:
     reconcile_authorized_after_seconds: int
     reconcile_batch_size: int
     aws_region: str
+    metrics_namespace: str  # per stage in AWS, so one stage's metrics never trip another's alarms
 
 
 @lru_cache(maxsize=1)
@@ -78,6 +85,10 @@ def get_settings() -> Settings:
         db_name=_str("DB_NAME", ""),
         db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
+        db_ca_bundle=_str("DB_CA_BUNDLE", ""),
+        db_iam_auth=_str("DB_IAM_AUTH", "false").lower() in ("1", "true", "yes"),
+        db_user=_str("DB_USER", ""),
+        db_app_secret_id=_str("DB_APP_SECRET_ID", ""),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
         stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
         stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),
@@ -92,4 +103,5 @@ def get_settings() -> Settings:
         reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
+        metrics_namespace=_str("POWERTOOLS_METRICS_NAMESPACE", "CampusG/Payments"),
     )

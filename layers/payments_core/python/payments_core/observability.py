@@ -6,8 +6,10 @@ from __future__ import annotations
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
+from payments_core.config import get_settings
+
 logger = Logger(service="payment-service")
-metrics = Metrics(namespace="CampusG/Payments", service="payment-service")
+metrics = Metrics(namespace=get_settings().metrics_namespace, service="payment-service")
 tracer = Tracer(service="payment-service")
 
 
