@@ -19,7 +19,6 @@ from typing import Any
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
-from infra import checkov
 from infra.config import CONTEXT_KEY, load
 from infra.stacks.payment_service import PaymentServiceStack
 from infra.stacks.pipeline import PipelineStack, stack_name
@@ -73,7 +72,6 @@ def create_app(context: dict[str, Any] | None = None, outdir: str | None = None)
             description="campusG payment service: delivery pipeline",
         )
     Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
-    checkov.acknowledge(app)
     return app
 
 

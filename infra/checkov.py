@@ -120,3 +120,10 @@ class CheckovAcknowledgements:
 
 def acknowledge(scope: IConstruct) -> None:
     Aspects.of(scope).add(CheckovAcknowledgements())
+
+
+def skip(resource: IConstruct, acks: list[Ack]) -> None:
+    """Acknowledge findings on one construct's CloudFormation resource (its default child)."""
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    assert isinstance(cfn, CfnResource), resource
+    cfn.add_metadata("checkov", {"skip": [{"id": a.id, "comment": a.reason} for a in acks]})

@@ -12,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
+from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
 from infra.components.data import APP_ROLE, Database
@@ -139,6 +140,7 @@ class Functions(Construct):
             _Spec("migrate_database", "applies payments_core's SQL migrations", Duration.minutes(5)),
             security_group=migrate_sg,
             environment={
+                **self._only("DB_", "POWERTOOLS_"),
                 "DB_HOST": database.instance.db_instance_endpoint_address,
                 "DB_IAM_AUTH": "false",
                 "DB_SECRET_ID": database.secret.secret_arn,
@@ -146,8 +148,8 @@ class Functions(Construct):
             },
         )
         database.instance.connections.allow_default_port_from(migrate_sg, "schema migrations")
-        database.secret.grant_read(self.migrate_database)
-        database.app_secret.grant_read(self.migrate_database)
+        _read_secret(self.migrate_database, database.secret)
+        _read_secret(self.migrate_database, database.app_secret)
         database.proxy.connections.allow_from(
             network.function_security_group, ec2.Port.tcp(database.port), "functions"
         )
@@ -157,13 +159,14 @@ class Functions(Construct):
         self.create_topics: lambda_.Function | None = None
         if messaging.creates_topics:
             self.create_topics = self._function(
-                _Spec("create_topics", "creates the service's Kafka topics", Duration.minutes(2))
+                _Spec("create_topics", "creates the service's Kafka topics", Duration.minutes(2)),
+                environment=self._only("KAFKA_", "PAYMENT_", "DEAD_LETTER_TOPIC", "POWERTOOLS_"),
             )
             messaging.grant_create_topics(self.create_topics, *self.topics)
             self.custom_resource_functions.append(self.create_topics)
 
         for fn in self.service_functions:
-            stripe.secret_key.grant_read(fn)
+            _read_secret(fn, stripe.secret_key)
             database.proxy.grant_connect(fn, APP_ROLE)
             # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
             fn.add_to_role_policy(
@@ -172,12 +175,16 @@ class Functions(Construct):
                 )
             )
             messaging.grant_produce(fn, kc.events_topic, kc.dead_letter_topic)
-        stripe.webhook_secret.grant_read(self.payment_api)
+        _read_secret(self.payment_api, stripe.webhook_secret)
         messaging.grant_produce(self.payment_api, kc.commands_topic)
 
         self._add_kafka_trigger(messaging)
         for fn in [*self.service_functions, *self.custom_resource_functions]:
             self._suppress_managed_and_wildcards(fn)
+
+    def _only(self, *prefixes: str) -> dict[str, str]:
+        """The shared environment's variables a deploy-time function uses, and no others."""
+        return {k: v for k, v in self.environment.items() if k.startswith(prefixes)}
 
     def _function(
         self,
@@ -207,7 +214,7 @@ class Functions(Construct):
             vpc=self._network.vpc,
             vpc_subnets=self._network.function_subnets,
             security_groups=[security_group or self._network.function_security_group],
-            environment={**self.environment, **(environment or {})},
+            environment=environment if environment is not None else self.environment,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
         )
@@ -278,6 +285,13 @@ class Functions(Construct):
                 )
             ],
         )
+
+
+def _read_secret(fn: lambda_.Function, secret: ISecret) -> None:
+    """What payments_core.secrets calls (GetSecretValue), not CDK's grant_read (+DescribeSecret)."""
+    fn.add_to_role_policy(
+        iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
+    )
 
 
 def metric_namespace(stage: str) -> str:
