@@ -8,6 +8,7 @@ from typing import Any
 
 from aws_cdk import CfnElement, CfnOutput, CustomResource, Stack, Tags
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_secretsmanager as sm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
@@ -105,7 +106,14 @@ class PaymentServiceStack(Stack):
             },
             resource_type="Custom::PaymentsSchemaMigrations",
         )
-        self.migrations.node.add_dependency(self.database.instance)
+        self.migrations.node.add_dependency(self.database.instance.node.default_child)  # not its secret
+        # Rotations start once the schema migration has run: it creates the application role
+        # (whose first rotation would otherwise fail), and it reads the master secret, which a
+        # rotation running at the same moment could change under it.
+        for secret in (self.database.secret, self.database.app_secret_attached):
+            for child in secret.node.children:
+                if isinstance(child, sm.RotationSchedule):
+                    child.node.add_dependency(self.migrations)
         self._suppress_provider(provider, functions.migrate_database)
 
     def _add_topics(self, functions: Functions, config: StageConfig) -> None:

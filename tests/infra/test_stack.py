@@ -352,11 +352,29 @@ def test_dashboard(dev: Template) -> None:
     dev.resource_count_is("AWS::CloudWatch::Dashboard", 1)
 
 
-def test_migrations_custom_resource(dev: Template) -> None:
+def test_migrations_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> None:
     dev.has_resource_properties(
         "Custom::PaymentsSchemaMigrations",
         {"ServiceToken": Match.any_value(), "Layer": {"Ref": Match.string_like_regexp("PaymentsCore")}},
     )
+    (migrations,) = resources(dev_raw, "Custom::PaymentsSchemaMigrations")
+    # no rotation before the migration has created the application role
+    for schedule in resources(dev_raw, "AWS::SecretsManager::RotationSchedule").values():
+        assert migrations in schedule.get("DependsOn", []), schedule
+
+
+def test_kafka_topics_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> None:
+    dev.has_resource_properties(
+        "Custom::PaymentsKafkaTopics",
+        {
+            "Topics": ["payment_commands.dev", "payment_events.dev", "payment_commands.dev.dlq"],
+            "Partitions": "3",
+            "ReplicationFactor": "3",
+        },
+    )
+    (topics,) = resources(dev_raw, "Custom::PaymentsKafkaTopics")
+    (esm,) = resources(dev_raw, "AWS::Lambda::EventSourceMapping").values()
+    assert topics in esm["DependsOn"]  # the mapping starts once its topic exists
 
 
 def test_outputs(dev_raw: dict[str, Any]) -> None:
