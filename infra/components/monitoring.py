@@ -197,12 +197,18 @@ class Monitoring(Construct):
             cw.Metric(
                 namespace="AWS/RDS",
                 metric_name="AvailabilityPercentage",
-                dimensions_map={"ProxyName": proxy.db_proxy_name, "TargetRole": "READ_WRITE"},
-                statistic="Minimum",
+                # the proxy's health checks of the database, averaged over its nodes
+                dimensions_map={
+                    "ProxyName": proxy.db_proxy_name,
+                    "TargetGroup": "default",
+                    "TargetRole": "READ_WRITE",
+                },
+                statistic="Average",
                 period=five,
             ),
-            100,
+            95,
             "the RDS Proxy cannot reach the database",
+            periods=2,
             below=True,
         )
         alarm(

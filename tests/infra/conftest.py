@@ -29,7 +29,7 @@ TEST_CONNECTION = (
 )
 
 
-def test_context(**api: Any) -> dict[str, Any]:
+def stand_in_context(**api: Any) -> dict[str, Any]:
     """cdk.json's service context with the stand-in account and connection (and api overrides)."""
     context = copy.deepcopy(json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY])
     context["account"] = TEST_ACCOUNT
@@ -75,7 +75,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     outdir = root / "cdk.out"
     # The cdk-nag plugin (AwsSolutionsChecks) runs during synth and fails it on any finding not
     # acknowledged in code, so getting here at all is the first cdk-nag assertion.
-    create_app(context={"layer_zip": str(layer_zip), **test_context()}, outdir=str(outdir)).synth()
+    create_app(context={"layer_zip": str(layer_zip), **stand_in_context()}, outdir=str(outdir)).synth()
     return Synth(outdir)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from infra.app import create_app
-from tests.infra.conftest import Synth, resources, stand_in_layer, test_context
+from tests.infra.conftest import Synth, resources, stand_in_context, stand_in_layer
 
 pytestmark = pytest.mark.infra
 
@@ -107,7 +107,7 @@ def test_outputs_name_both_base_urls(dev_raw: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def iam_dev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("cdk-iam")
-    context = test_context(saga_auth="iam")
+    context = stand_in_context(saga_auth="iam")
     context["payment-service"]["pipeline"]["connection_arn"] = None  # the service stack is enough
     create_app(
         context={"layer_zip": str(stand_in_layer(root)), **context}, outdir=str(root / "cdk.out")
