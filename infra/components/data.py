@@ -62,7 +62,11 @@ class Database(Construct):
         self.secret = self.instance.secret
         # Kept with a retained (prod) database: without it nobody could log in to the snapshot's
         # restore or the retained instance.
-        self.secret.apply_removal_policy(retention)
+        # (instance.secret is the attachment; the generated secret itself is the child "Secret")
+        generated = self.instance.node.find_child("Secret")
+        assert isinstance(generated, rds.DatabaseSecret)
+        for secret in (self.secret, generated):
+            secret.apply_removal_policy(retention)
         self.app_secret = rds.DatabaseSecret(self, "AppSecret", username=APP_ROLE, dbname=config.name)
         self.app_secret.apply_removal_policy(retention)
         self.app_secret_attached = self.app_secret.attach(self.instance)

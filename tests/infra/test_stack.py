@@ -268,6 +268,14 @@ def test_production_database_is_protected(synth: Synth) -> None:
     assert db["Properties"]["MultiAZ"] is True
     assert db["DeletionPolicy"] == "Retain"
     assert db["Properties"]["BackupRetentionPeriod"] >= 7
+    # Its credentials stay with it: the master and the application role's secrets are retained.
+    db_secrets = [
+        v
+        for v in resources(prod, "AWS::SecretsManager::Secret").values()
+        if "GenerateSecretString" in v["Properties"]
+    ]
+    assert len(db_secrets) == 2
+    assert all(v["DeletionPolicy"] == "Retain" for v in db_secrets)
 
 
 def test_secrets(dev: Template, dev_raw: dict[str, Any]) -> None:
