@@ -140,7 +140,7 @@ class Functions(Construct):
             _Spec("migrate_database", "applies payments_core's SQL migrations", Duration.minutes(5)),
             security_group=migrate_sg,
             environment={
-                **self._only("DB_", "POWERTOOLS_"),
+                **{k: v for k, v in self._only("DB_", "POWERTOOLS_").items() if k != "DB_USER"},
                 "DB_HOST": database.instance.db_instance_endpoint_address,
                 "DB_IAM_AUTH": "false",
                 "DB_SECRET_ID": database.secret.secret_arn,

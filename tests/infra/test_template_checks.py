@@ -248,9 +248,19 @@ def test_every_function_reaches_what_it_calls(dev_raw: dict[str, Any]) -> None:
 def test_the_database_and_kafka_admit_nobody_else(dev_raw: dict[str, Any]) -> None:
     net = Network.of(dev_raw)
     (instance,) = resources(dev_raw, "AWS::RDS::DBInstance").values()
-    for group in _group_ids(instance["Properties"]["VPCSecurityGroups"]):
-        for rule in (r for r in net.ingress if r.group == group):
+    (proxy,) = resources(dev_raw, "AWS::RDS::DBProxy").values()
+    (cluster,) = resources(dev_raw, "AWS::MSK::ServerlessCluster").values()
+    guarded = [
+        *_group_ids(instance["Properties"]["VPCSecurityGroups"]),
+        *_group_ids(proxy["Properties"]["VpcSecurityGroupIds"]),
+        *_group_ids(cluster["Properties"]["VpcConfigs"][0]["SecurityGroups"]),
+    ]
+    for group in guarded:
+        rules = [r for r in net.ingress if r.group == group]
+        assert rules, group
+        for rule in rules:
             assert rule.cidr is None and rule.peer_group, rule  # groups only, never an address range
+            assert rule.from_port == rule.to_port in (POSTGRES, MSK_IAM), rule  # one port each
 
 
 # ---- permissions ------------------------------------------------------------------------------

@@ -44,9 +44,7 @@ class Settings:
     db_ssl: bool
     db_timeout_seconds: int
     db_ca_bundle: str  # extra CAs to trust (PEM); empty: the RDS CA bundle shipped in the layer, if any
-    db_iam_auth: (
-        bool  # connect as db_user with an IAM auth token (RDS Proxy) instead of the secret's password
-    )
+    db_iam_auth: bool  # connect as db_user with an IAM token (RDS Proxy), not the secret's password
     db_user: str  # with db_iam_auth: the application role to connect as
     db_app_secret_id: str  # migrations only: the application role's secret (its password is set from it)
     # Stripe
