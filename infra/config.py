@@ -20,7 +20,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class NetworkConfig:
     vpc_id: str | None  # import this VPC (needs the subnet ids below) instead of creating one
-    vpc_cidr: str  # the created VPC's range, or the imported VPC's (endpoints admit it on 443)
+    vpc_cidr: str  # the created or imported VPC's range (the private API's endpoint admits it on 443)
     nat_gateways: int
     private_subnet_ids: list[str]  # imported VPC: subnets with egress (functions reach Stripe)
     isolated_subnet_ids: list[str]  # imported VPC: subnets for the database (may equal the private ones)

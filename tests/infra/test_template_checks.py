@@ -481,3 +481,41 @@ def test_code_actions_are_found_in_the_gateways() -> None:
 def test_every_role_grants_exactly_what_its_code_does(dev_raw: dict[str, Any]) -> None:
     assert len(_functions(dev_raw)) == 6
     assert permission_failures(dev_raw) == []
+
+
+def test_a_function_in_an_unadmitted_security_group_fails_the_synth() -> None:
+    """The one place: a function given a group that Network never admitted to the endpoints
+    cannot be synthesized, so it cannot be forgotten (defect 1 of issue 11)."""
+    from aws_cdk import App, Stack
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_lambda as lambda_
+
+    from infra.components.network import Network
+    from infra.config import NetworkConfig
+
+    app = App()
+    stack = Stack(app, "Probe")
+    config = NetworkConfig(
+        vpc_id=None,
+        vpc_cidr="10.9.0.0/16",
+        nat_gateways=1,
+        private_subnet_ids=[],
+        isolated_subnet_ids=[],
+        create_endpoints=True,
+    )
+    network = Network(
+        stack, "Network", config=config, availability_zones=["ap-southeast-1a", "ap-southeast-1b"]
+    )
+    forgotten = ec2.SecurityGroup(stack, "Forgotten", vpc=network.vpc)
+    lambda_.Function(
+        stack,
+        "NewFunction",
+        runtime=lambda_.Runtime.PYTHON_3_12,
+        handler="app.lambda_handler",
+        code=lambda_.Code.from_inline("def lambda_handler(e, c): pass"),
+        vpc=network.vpc,
+        vpc_subnets=network.function_subnets,
+        security_groups=[forgotten],
+    )
+    with pytest.raises(Exception, match="never admitted to the VPC endpoints"):
+        app.synth()
