@@ -101,7 +101,8 @@ class Functions(Construct):
         }
         self._config = config
         self._network = network
-        self.topics = [kc.commands_topic, kc.events_topic, kc.dead_letter_topic]
+        # The dead-letter topic is for local runs only: in AWS dead letters go to the SQS queue.
+        self.topics = [kc.commands_topic, kc.events_topic]
 
         self.authorize_payment = self._function(
             _Spec(
@@ -165,18 +166,25 @@ class Functions(Construct):
             messaging.grant_create_topics(self.create_topics, *self.topics)
             self.custom_resource_functions.append(self.create_topics)
 
+        # What each function's code calls (tests/infra/test_template_checks.py derives the same
+        # from payments_core and fails on any difference): the Stripe key where a module calls
+        # services.stripe, the dead-letter queue where dead_letters is imported (in AWS it is the
+        # SQS queue, never the topic), events everywhere, the database as the application role.
+        kafka_topics = {fn: [kc.events_topic] for fn in self.service_functions}
+        # The API queues release/revert commands for the authorize function (issue 10).
+        kafka_topics[self.payment_api].append(kc.commands_topic)
         for fn in self.service_functions:
-            _read_secret(fn, stripe.secret_key)
             database.proxy.grant_connect(fn, APP_ROLE)
-            # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
-            fn.add_to_role_policy(
-                iam.PolicyStatement(
-                    actions=["sqs:SendMessage"], resources=[messaging.dead_letter_queue.queue_arn]
-                )
-            )
-            messaging.grant_produce(fn, kc.events_topic, kc.dead_letter_topic)
+            messaging.grant_produce(fn, *kafka_topics[fn])
+        for fn in (self.authorize_payment, self.reconcile_payments):
+            _read_secret(fn, stripe.secret_key)
         _read_secret(self.payment_api, stripe.webhook_secret)
-        messaging.grant_produce(self.payment_api, kc.commands_topic)
+        # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
+        self.authorize_payment.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sqs:SendMessage"], resources=[messaging.dead_letter_queue.queue_arn]
+            )
+        )
 
         self._add_kafka_trigger(messaging)
         for fn in [*self.service_functions, *self.custom_resource_functions]:

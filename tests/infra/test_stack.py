@@ -375,7 +375,7 @@ def test_kafka_topics_custom_resource(dev: Template, dev_raw: dict[str, Any]) ->
     dev.has_resource_properties(
         "Custom::PaymentsKafkaTopics",
         {
-            "Topics": ["payment_commands.dev", "payment_events.dev", "payment_commands.dev.dlq"],
+            "Topics": ["payment_commands.dev", "payment_events.dev"],
             "Partitions": "3",
             "ReplicationFactor": "3",
         },

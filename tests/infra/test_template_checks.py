@@ -316,6 +316,52 @@ def code_actions() -> dict[str, set[str]]:
     return actions
 
 
+FUNCTIONS_DIR = ROOT / "functions"
+
+
+def imported_modules(function: str) -> set[str]:
+    """The payments_core modules a function's code runs: the import closure of its app.py, not
+    descending into ``services`` (the container that wires every gateway, used or not)."""
+    seen: set[str] = set()
+    todo = [FUNCTIONS_DIR / function / "app.py"]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "payments_core":
+                    names = [a.name for a in node.names]
+                elif node.module.startswith("payments_core."):
+                    names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("payments_core.")]
+            for name in names:
+                path = PAYMENTS_CORE / f"{name}.py"
+                if name not in seen and path.is_file():
+                    seen.add(name)
+                    if name != "services":
+                        todo.append(path)
+    return seen
+
+
+def capabilities(function: str) -> set[str]:
+    """Which gateways a function's code uses, read from the modules it runs."""
+    modules = imported_modules(function)
+    sources = {m: _source(m) for m in modules}
+    found = {"db", "produce"} if {"repository", "outbox"} & modules else set()
+    if any(re.search(r"\.stripe\.\w+\(", src) for m, src in sources.items() if m != "stripe_gateway"):
+        found.add("stripe")
+    if "dead_letters" in modules:
+        found.add("dead_letters")
+    if "webhooks" in modules:
+        found.add("webhook_secret")
+    if "topics" in modules:
+        found.add("admin")
+    if "migrate" in modules:
+        found.add("migrate")
+    return found
+
+
 # What the MSK event source mapping does with the function's role (AWS's documented list for IAM
 # auth), and the on-failure destination it writes to: not in our code, but needed.
 MAPPING_ACTIONS = {
@@ -382,67 +428,70 @@ def granted(raw: dict[str, Any], role: str) -> set[tuple[str, str]]:
 
 
 def _functions(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        props["Description"]: props
-        for props in (f["Properties"] for f in resources(raw, "AWS::Lambda::Function").values())
-        if props.get("Handler") == "app.lambda_handler"
-    }
+    found = {}
+    for logical, fn in resources(raw, "AWS::Lambda::Function").items():
+        props = fn["Properties"]
+        if props.get("Handler") == "app.lambda_handler":
+            found[props["Description"]] = {**props, "_logical_id": logical}
+    return found
 
 
-def expected(raw: dict[str, Any], description: str, props: dict[str, Any]) -> set[tuple[str, str]]:
+# Each function's description (infra/components/functions.py) -> its directory under functions/.
+FUNCTION_DIRS = {
+    "payment_commands consumer: authorize, release, revert": "authorize_payment",
+    "Stripe webhook and payment queries": "payment_api",
+    "publishes the outbox to payment_events": "outbox_relay",
+    "re-reads stale payments from Stripe": "reconcile_payments",
+    "applies payments_core's SQL migrations": "migrate_database",
+    "creates the service's Kafka topics": "create_topics",
+}
+
+
+def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]:
     """What a function needs: its code's actions on the resources its environment names."""
     actions = code_actions()
+    function = FUNCTION_DIRS[props["Description"]]
+    uses = capabilities(function)
     env = props["Environment"]["Variables"]
-    secrets = {
-        v["Properties"]["Name"]: k
-        for k, v in resources(raw, "AWS::SecretsManager::Secret").items()
-        if "Name" in v["Properties"]
-    }
     need: set[tuple[str, str]] = set()
 
-    def kafka(topics: list[str], *, cluster_actions: set[str], topic_actions: set[str]) -> None:
-        need.update((a, "cluster") for a in cluster_actions)
-        need.update((a, f"topic:{t}") for t in topics for a in topic_actions)
+    def secret(env_name: str) -> None:
+        need.update((a, _resource_kind(env[env_name], raw)) for a in actions["secrets"])
 
     produce = actions["kafka_gateway"]
     cluster_produce = {
         a for a in produce if a in ("kafka-cluster:Connect", "kafka-cluster:WriteDataIdempotently")
     }
-    topic_produce = produce - cluster_produce
-    if "migrations" in description:
-        for secret_env in ("DB_SECRET_ID", "DB_APP_SECRET_ID"):
-            logical = env[secret_env]["Ref"]
-            need.add(("secretsmanager:GetSecretValue", _resource_kind({"Ref": logical}, raw)))
-        return need
-    if "Kafka topics" in description:
+    if "migrate" in uses:
+        secret("DB_SECRET_ID")
+        secret("DB_APP_SECRET_ID")
+    if "admin" in uses:
         admin = actions["topics"]
-        kafka(
-            [
-                t
-                for t in (
-                    env["PAYMENT_EVENTS_TOPIC"],
-                    env["PAYMENT_COMMANDS_TOPIC"],
-                    env["DEAD_LETTER_TOPIC"],
-                )
-            ],
-            cluster_actions={"kafka-cluster:Connect"},
-            topic_actions=admin - {"kafka-cluster:Connect"},
-        )
-        return need
-    # The service functions: Stripe key, dead letters, database as the app role, events.
-    del secrets
-    need.add(("secretsmanager:GetSecretValue", _resource_kind(env["STRIPE_SECRET_KEY_SECRET_ID"], raw)))
-    need.update((a, "queue") for a in actions["dead_letters"])
-    need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
-    topics = [env["PAYMENT_EVENTS_TOPIC"], env["DEAD_LETTER_TOPIC"]]
-    if "Stripe webhook" in description:
-        need.add(("secretsmanager:GetSecretValue", _resource_kind(env["STRIPE_WEBHOOK_SECRET_ID"], raw)))
-        topics.append(env["PAYMENT_COMMANDS_TOPIC"])  # release/revert over HTTP queue commands
-    kafka(topics, cluster_actions=cluster_produce, topic_actions=topic_produce)
-    if "payment_commands consumer" in description:
-        (esm,) = resources(raw, "AWS::Lambda::EventSourceMapping").values()
-        esm_props = esm["Properties"]
-        group = esm_props["AmazonManagedKafkaEventSourceConfig"]["ConsumerGroupId"]
+        need.add(("kafka-cluster:Connect", "cluster"))
+        topics = (env["PAYMENT_COMMANDS_TOPIC"], env["PAYMENT_EVENTS_TOPIC"])
+        need.update((a, f"topic:{t}") for t in topics for a in admin - {"kafka-cluster:Connect"})
+    if "db" in uses and env.get("DB_IAM_AUTH") == "true":
+        need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
+    if "stripe" in uses:
+        secret("STRIPE_SECRET_KEY_SECRET_ID")
+    if "webhook_secret" in uses:
+        secret("STRIPE_WEBHOOK_SECRET_ID")
+    if "dead_letters" in uses:  # in AWS the queue (DEAD_LETTER_QUEUE_URL is set), never the topic
+        assert env["DEAD_LETTER_QUEUE_URL"]
+        need.update((a, "queue") for a in actions["dead_letters"])
+    if "produce" in uses:
+        topics = [env["PAYMENT_EVENTS_TOPIC"]]
+        if function == "payment_api":
+            topics.append(env["PAYMENT_COMMANDS_TOPIC"])  # release/revert over HTTP queue commands (issue 10)
+        need.update((a, "cluster") for a in cluster_produce)
+        need.update((a, f"topic:{t}") for t in topics for a in produce - cluster_produce)
+    mappings = [
+        esm["Properties"]
+        for esm in resources(raw, "AWS::Lambda::EventSourceMapping").values()
+        if esm["Properties"]["FunctionName"] == {"Ref": props["_logical_id"]}
+    ]
+    for mapping in mappings:
+        group = mapping["AmazonManagedKafkaEventSourceConfig"]["ConsumerGroupId"]
         for action in MAPPING_ACTIONS:
             if action.startswith("sqs:"):
                 need.add((action, "queue"))
@@ -451,7 +500,7 @@ def expected(raw: dict[str, Any], description: str, props: dict[str, Any]) -> se
             elif action in ("kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"):
                 need.add((action, f"group:{group}"))
             elif action in ("kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"):
-                need.update((action, f"topic:{t}") for t in esm_props["Topics"])
+                need.update((action, f"topic:{t}") for t in mapping["Topics"])
             else:
                 need.add((action, "cluster"))
     return need
@@ -462,7 +511,7 @@ def permission_failures(raw: dict[str, Any]) -> list[str]:
     for description, props in _functions(raw).items():
         role = props["Role"]["Fn::GetAtt"][0]
         have = granted(raw, role) - {(a, "*") for a in PLATFORM_ACTIONS}
-        need = expected(raw, description, props)
+        need = expected(raw, props)
         for missing in sorted(need - have):
             failures.append(f"{description!r}: missing {missing[0]} on {missing[1]}")
         for extra in sorted(have - need):
@@ -478,8 +527,15 @@ def test_code_actions_are_found_in_the_gateways() -> None:
     assert "kafka-cluster:WriteDataIdempotently" in actions["kafka_gateway"]
 
 
+def test_capabilities_are_read_from_the_code() -> None:
+    assert capabilities("authorize_payment") >= {"db", "produce", "stripe", "dead_letters"}
+    assert "stripe" not in capabilities("outbox_relay") and "dead_letters" not in capabilities("outbox_relay")
+    assert "webhook_secret" in capabilities("payment_api")
+    assert capabilities("migrate_database") == {"migrate"}
+
+
 def test_every_role_grants_exactly_what_its_code_does(dev_raw: dict[str, Any]) -> None:
-    assert len(_functions(dev_raw)) == 6
+    assert set(FUNCTION_DIRS) == set(_functions(dev_raw))
     assert permission_failures(dev_raw) == []
 
 
