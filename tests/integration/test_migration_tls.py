@@ -249,42 +249,51 @@ def rds_bundle() -> str:
     return rds_ca_bundle()
 
 
+@dataclass(frozen=True)
+class DbSecrets:
+    master_id: str
+    app_id: str
+    app_password: str
+
+
+@pytest.fixture(scope="module")
+def db_secrets(tls_postgres: TlsPostgres, local_stack: LocalSettings) -> Iterator[DbSecrets]:
+    """The master's and the application role's secrets in moto, as RDS and the stack hold them."""
+    import boto3
+
+    sm: Any = boto3.client("secretsmanager", endpoint_url=local_stack.aws_endpoint)
+    run = uuid.uuid4().hex[:10]
+    found = DbSecrets(f"tls-test/{run}/master", f"tls-test/{run}/app", secrets.token_urlsafe(18))
+    master = {
+        "username": MASTER,
+        "password": tls_postgres.password,
+        "host": "127.0.0.1",
+        "port": tls_postgres.port,
+        "dbname": "payments",
+    }
+    sm.create_secret(Name=found.master_id, SecretString=json.dumps(master))
+    sm.create_secret(
+        Name=found.app_id,
+        SecretString=json.dumps({"username": migrate.APP_ROLE, "password": found.app_password}),
+    )
+    yield found
+    for secret_id in (found.master_id, found.app_id):
+        sm.delete_secret(SecretId=secret_id, ForceDeleteWithoutRecovery=True)
+
+
 @pytest.fixture
 def migration_env(
-    tls_postgres: TlsPostgres,
-    aws_client: Callable[[str], Any],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    tls_postgres: TlsPostgres, db_secrets: DbSecrets, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[Callable[[str], None]]:
-    """Secrets in moto as RDS would hold them, and the environment the stack gives the
-    migration function; ``use(bundle_pem)`` picks the CA bundle it trusts."""
-    sm = aws_client("secretsmanager")
-    run = uuid.uuid4().hex[:10]
-    master_id = f"tls-test/{run}/master"
-    app_id = f"tls-test/{run}/app"
-    sm.create_secret(
-        Name=master_id,
-        SecretString=json.dumps(
-            {
-                "username": MASTER,
-                "password": tls_postgres.password,
-                "host": "127.0.0.1",
-                "port": tls_postgres.port,
-                "dbname": "payments",
-            }
-        ),
-    )
-    sm.create_secret(
-        Name=app_id,
-        SecretString=json.dumps({"username": migrate.APP_ROLE, "password": secrets.token_urlsafe(18)}),
-    )
+    """The environment the stack gives the migration function; ``use(bundle_pem)`` picks the CA
+    bundle it trusts."""
 
     def use(bundle: str) -> None:
         path = tmp_path / f"bundle-{uuid.uuid4().hex[:6]}.pem"
         path.write_text(bundle)
         for key, value in {
-            "DB_SECRET_ID": master_id,
-            "DB_APP_SECRET_ID": app_id,
+            "DB_SECRET_ID": db_secrets.master_id,
+            "DB_APP_SECRET_ID": db_secrets.app_id,
             "DB_HOST": "127.0.0.1",
             "DB_PORT": str(tls_postgres.port),
             "DB_NAME": "payments",
@@ -302,8 +311,6 @@ def migration_env(
     db_module._database = None
     monkeypatch.undo()
     get_settings.cache_clear()
-    for secret_id in (master_id, app_id):
-        sm.delete_secret(SecretId=secret_id, ForceDeleteWithoutRecovery=True)
 
 
 def test_migration_refuses_a_server_whose_ca_is_not_in_the_bundle(
@@ -334,20 +341,14 @@ def test_migration_connects_when_the_ca_is_in_the_bundle(
 
 
 def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
-    migration_env: Callable[[str], None],
-    rds_bundle: str,
-    tls_postgres: TlsPostgres,
-    aws_client: Callable[[str], Any],
+    migration_env: Callable[[str], None], rds_bundle: str, tls_postgres: TlsPostgres, db_secrets: DbSecrets
 ) -> None:
     migration_env(rds_bundle + tls_postgres.ca_pem.decode())
-    migrate.run()  # sets the app role's password from its secret
-    app_secret = json.loads(
-        aws_client("secretsmanager").get_secret_value(SecretId=os.environ["DB_APP_SECRET_ID"])["SecretString"]
-    )
+    migrate.run()  # the role exists with the password from its secret, set when it got LOGIN
     context = ssl.create_default_context(cadata=tls_postgres.ca_pem.decode())
     app = pg8000.native.Connection(
         user=migrate.APP_ROLE,
-        password=app_secret["password"],
+        password=db_secrets.app_password,
         host="127.0.0.1",
         port=tls_postgres.port,
         database="payments",
@@ -376,5 +377,33 @@ def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
                 ddl,
                 refused.value,
             )  # insufficient privilege
+    finally:
+        app.close()
+
+
+def test_a_later_migration_leaves_a_rotated_password_alone(
+    migration_env: Callable[[str], None], rds_bundle: str, tls_postgres: TlsPostgres
+) -> None:
+    migration_env(rds_bundle + tls_postgres.ca_pem.decode())
+    migrate.run()
+    # The rotation sets the new password in the database before it marks the new secret
+    # version current: a deploy migrating in between must not put the old one back.
+    rotated = secrets.token_urlsafe(18)
+    admin = tls_postgres.superuser("payments")
+    try:
+        admin.run(f"ALTER ROLE {migrate.APP_ROLE} PASSWORD {pg8000.native.literal(rotated)}")
+    finally:
+        admin.close()
+    migrate.run()
+    app = pg8000.native.Connection(
+        user=migrate.APP_ROLE,
+        password=rotated,
+        host="127.0.0.1",
+        port=tls_postgres.port,
+        database="payments",
+        ssl_context=ssl.create_default_context(cadata=tls_postgres.ca_pem.decode()),
+    )
+    try:
+        assert app.run("SELECT current_user") == [[migrate.APP_ROLE]]
     finally:
         app.close()

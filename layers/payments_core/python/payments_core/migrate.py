@@ -53,9 +53,12 @@ def apply_migrations(db: Database, app_password: str | None = None) -> list[str]
 
 
 def ensure_app_role(db: Database, password: str | None = None) -> None:
-    """Create (once) and grant (every run) the application role; set its password if given."""
+    """Create (once) and grant (every run) the application role. Its password is set once, when
+    it first gets LOGIN: after that the secret's rotation owns it, and a migration running in
+    the middle of a rotation must not put the previous password back."""
     role = pg8000.native.identifier(APP_ROLE)
-    if not db.query("SELECT 1 FROM pg_roles WHERE rolname = :r", r=APP_ROLE):
+    found = db.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r", r=APP_ROLE)
+    if not found:
         may_create = db.query(
             "SELECT rolsuper OR rolcreaterole AS ok FROM pg_roles WHERE rolname = current_user"
         )
@@ -64,7 +67,7 @@ def ensure_app_role(db: Database, password: str | None = None) -> None:
             # functions there connect as the owner. In AWS a password is configured, so this raises.
             return
         db.execute(f"CREATE ROLE {role} NOLOGIN")
-    if password:
+    if password and not (found and found[0]["rolcanlogin"]):
         # DDL takes no bind parameters: the password goes in as a quoted literal, never logged.
         db.execute(f"ALTER ROLE {role} WITH LOGIN PASSWORD {pg8000.native.literal(password)}")
     database = pg8000.native.identifier(db.query("SELECT current_database() AS d")[0]["d"])
