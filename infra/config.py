@@ -20,11 +20,14 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class NetworkConfig:
     vpc_id: str | None  # import this VPC (needs the subnet ids below) instead of creating one
-    vpc_cidr: str  # the created VPC's range, or the imported VPC's (endpoints admit it on 443)
+    vpc_cidr: str  # the created or imported VPC's range (the private API's endpoint admits it on 443)
     nat_gateways: int
     private_subnet_ids: list[str]  # imported VPC: subnets with egress (functions reach Stripe)
     isolated_subnet_ids: list[str]  # imported VPC: subnets for the database (may equal the private ones)
     create_endpoints: bool
+    # An existing execute-api interface endpoint of that VPC to put the private API behind (a VPC
+    # holds one with private DNS); none: the stack creates it.
+    execute_api_endpoint_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class KafkaConfig:
     events_topic: str
     dead_letter_topic: str
     consumer_group_id: str
+    partitions: int  # for the topics the stack creates (own cluster only); never changed afterwards
+    replication_factor: int
     batch_size: int
     max_batching_window_seconds: int
     starting_position: str  # TRIM_HORIZON or LATEST
@@ -71,6 +76,12 @@ class ApiConfig:
     throttle_rate_limit: int
     throttle_burst_limit: int
     webhook_max_body_kb: int  # 16, 32, 48 or 64: WAF's body inspection sizes for API Gateway
+    webhook_throttle_rate_limit: int  # the webhook's own route limit, apart from the saga's API
+    webhook_throttle_burst_limit: int
+    waf_rate_limit: int  # requests per source IP per 5 minutes on the public API
+    # "none": the private API admits any caller through its VPC endpoint (campusG's unsigned
+    # calls); "iam": every saga route needs SigV4 too (callers that can sign)
+    saga_auth: str = "none"
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    connection_arn: str
+    connection_arn: str | None  # a CodeStar/CodeConnections ARN; none: no pipeline stack
     repository: str
     branch: str
     stages: list[str] = field(default_factory=lambda: ["staging", "prod"])
@@ -115,7 +126,7 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class AppConfig:
-    account: str
+    account: str | None  # none: CDK_DEFAULT_ACCOUNT (the CLI's credentials), else environment-agnostic
     region: str
     availability_zones: list[str]
     layer_zip: str
@@ -168,7 +179,7 @@ def load(context: dict[str, Any]) -> AppConfig:
         for name, overrides in context["stages"].items()
     }
     return AppConfig(
-        account=str(context["account"]),
+        account=str(context["account"]) if context.get("account") else None,
         region=context["region"],
         availability_zones=list(context["availability_zones"]),
         layer_zip=context["layer_zip"],

@@ -15,11 +15,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-.PHONY: build synth deploy diff infra-test
+.PHONY: build synth deploy diff bootstrap infra-test
 build: $(LAYER_ZIP) ## build the shared Lambda layer (payments_core + dependencies, arm64/python3.12) into build/
 
 synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod)
 	$(CDK_ENV) $(CDK) synth --no-notices --quiet -c stage=$(STAGE)
+
+bootstrap: build node_modules/.installed ## once per account/region: cdk bootstrap for the account of your AWS credentials
+	$(CDK_ENV) $(CDK) bootstrap --no-notices
 
 diff: build node_modules/.installed ## show what `make deploy` would change (needs AWS credentials)
 	$(CDK_ENV) $(CDK) diff --no-notices -c stage=$(STAGE) payment-service-$(STAGE)
@@ -27,5 +30,5 @@ diff: build node_modules/.installed ## show what `make deploy` would change (nee
 deploy: build node_modules/.installed ## deploy one stage with cdk deploy (STAGE=dev|staging|prod; needs AWS credentials)
 	$(CDK_ENV) $(CDK) deploy --no-notices -c stage=$(STAGE) payment-service-$(STAGE) --require-approval broadening
 
-infra-test: venv ## template, cdk-nag and layer tests of the infrastructure
+infra-test: venv ## template (cfn-lint, checkov, reachability, permissions), cdk-nag and layer tests
 	$(PY) -m pytest -m infra tests/infra

@@ -1,14 +1,25 @@
-"""The REST API: the Stripe webhook (open: the Stripe signature is the check), the payment
-queries for the complete-order saga (IAM-signed), and a health check.
+"""Two REST APIs in front of the one API function.
 
-The webhook's body size is limited by a WAF web ACL: API Gateway REST has no body-size setting of
-its own (only the 10 MB hard limit), and WAF rejects the request before a function runs.
+- The **public** (regional) API carries only the Stripe webhook: open, because the Stripe
+  signature is the check; WAF (AWS managed common rules, a per-IP rate rule, a body-size limit)
+  and its own route throttle in front of it.
+- The **private** API carries the saga's routes (status, details, history, release, revert,
+  health). It is reachable only through an ``execute-api`` interface endpoint in the VPC, where
+  campusG's services run: its resource policy admits that endpoint and nothing else, so
+  campusG's unsigned calls work unmodified and nobody on the internet can reach it. The context
+  switch ``api.saga_auth=iam`` additionally requires SigV4 on every saga route.
+
+A webhook flood cannot starve the saga: the two APIs have separate stages, throttles and WAF.
+API Gateway REST has no body-size setting of its own (only the 10 MB hard limit), so WAF rejects
+oversized webhook bodies before a function runs.
 """
 
 from __future__ import annotations
 
 from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as waf
@@ -19,86 +30,175 @@ from infra.nag import Suppression, suppress
 
 WEBHOOK_PATH = "api/stripe-webhook"
 _INSPECTION_LIMITS = {16: "KB_16", 32: "KB_32", 48: "KB_48", 64: "KB_64"}
+SAGA_AUTH = {"none": apigw.AuthorizationType.NONE, "iam": apigw.AuthorizationType.IAM}
+# (path under the root, method): the saga's routes, served by payments_core.api. API Gateway
+# allows one variable name per level, so every /payment/{id}/… shares {id}; the function routes
+# on the request path.
+SAGA_ROUTES = (
+    ("payment/{id}/status", "GET"),
+    ("payment/{id}/details", "GET"),
+    ("payment/{id}/release", "POST"),
+    ("payment/{id}/revert", "POST"),
+    ("history/{user_id}", "GET"),
+    ("health", "GET"),
+)
 
 
 class PaymentApi(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, config: ApiConfig, handler: lambda_.IFunction, stage: str
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: ApiConfig,
+        handler: lambda_.IFunction,
+        stage: str,
+        vpc_endpoint: ec2.IInterfaceVpcEndpoint,
     ):
         super().__init__(scope, id)
         if config.webhook_max_body_kb not in _INSPECTION_LIMITS:
             raise ValueError(f"api.webhook_max_body_kb must be one of {sorted(_INSPECTION_LIMITS)}")
-        access_logs = logs.LogGroup(
-            self,
-            "AccessLogs",
-            retention=logs.RetentionDays.THREE_MONTHS,
-            removal_policy=RemovalPolicy.DESTROY,
-        )
+        if config.saga_auth not in SAGA_AUTH:
+            raise ValueError(f"api.saga_auth must be one of {sorted(SAGA_AUTH)}, got {config.saga_auth!r}")
+        self._stage = stage
+        integration = apigw.LambdaIntegration(handler)
+        stack_name = Stack.of(self).stack_name
+
+        webhook_route = f"/{WEBHOOK_PATH}/POST"
         self.api = apigw.RestApi(
             self,
             "Api",
-            rest_api_name=f"{Stack.of(self).stack_name}-api",
-            description="campusG payment service",
+            rest_api_name=f"{stack_name}-webhook",
+            description="campusG payment service: Stripe webhook (public)",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             # Execution logging (logging_level) needs the account-level CloudWatch role.
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
-            deploy_options=apigw.StageOptions(
-                stage_name=stage,
-                throttling_rate_limit=config.throttle_rate_limit,
-                throttling_burst_limit=config.throttle_burst_limit,
-                access_log_destination=apigw.LogGroupLogDestination(access_logs),
-                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
-                    caller=True,
-                    http_method=True,
-                    ip=True,
-                    protocol=True,
-                    request_time=True,
-                    resource_path=True,
-                    response_length=True,
-                    status=True,
-                    user=True,
-                ),
-                logging_level=apigw.MethodLoggingLevel.ERROR,
-                data_trace_enabled=False,  # bodies carry payment data; never log them
-                metrics_enabled=True,
-                tracing_enabled=True,
+            deploy_options=self._stage_options(
+                "PublicAccessLogs",
+                config.throttle_rate_limit,
+                config.throttle_burst_limit,
+                {
+                    webhook_route: apigw.MethodDeploymentOptions(
+                        throttling_rate_limit=config.webhook_throttle_rate_limit,
+                        throttling_burst_limit=config.webhook_throttle_burst_limit,
+                    )
+                },
             ),
         )
-        integration = apigw.LambdaIntegration(handler)
         validator = self.api.add_request_validator(
             "Validator", validate_request_parameters=True, validate_request_body=True
         )
-
-        api_resource = self.api.root.add_resource("api")
-        self.webhook_method = api_resource.add_resource("stripe-webhook").add_method(
-            "POST",
-            integration,
-            authorization_type=apigw.AuthorizationType.NONE,
-            # Unsigned requests are turned away by API Gateway before they cost an invocation.
-            request_parameters={"method.request.header.Stripe-Signature": True},
-            request_validator=validator,
-        )
-        # API Gateway allows one variable path part per level, so both queries share {id}: an
-        # order id for /status, a payment id for /details. The function routes on the path.
-        payment = self.api.root.add_resource("payment").add_resource("{id}")
-        self.query_methods = [
-            payment.add_resource(action).add_method(
-                "GET",
+        self.webhook_method = (
+            self.api.root.add_resource("api")
+            .add_resource("stripe-webhook")
+            .add_method(
+                "POST",
                 integration,
-                authorization_type=apigw.AuthorizationType.IAM,
-                request_parameters={"method.request.path.id": True},
+                authorization_type=apigw.AuthorizationType.NONE,
+                # Unsigned requests are turned away by API Gateway before they cost an invocation.
+                request_parameters={"method.request.header.Stripe-Signature": True},
                 request_validator=validator,
             )
-            for action in ("status", "details")
-        ]
-        self.health_method = self.api.root.add_resource("health").add_method(
-            "GET", integration, authorization_type=apigw.AuthorizationType.NONE
         )
 
+        # The saga's API: private, behind the VPC endpoint, admitted by that endpoint only.
+        saga_auth = SAGA_AUTH[config.saga_auth]
+        endpoint_id = vpc_endpoint.vpc_endpoint_id
+        self.private_api = apigw.RestApi(
+            self,
+            "SagaApi",
+            rest_api_name=f"{stack_name}-saga",
+            description="campusG payment service: the saga's routes (private, VPC endpoint only)",
+            endpoint_configuration=apigw.EndpointConfiguration(
+                types=[apigw.EndpointType.PRIVATE], vpc_endpoints=[vpc_endpoint]
+            ),
+            cloud_watch_role=False,  # the account-level role is set by the public API above
+            policy=iam.PolicyDocument(
+                statements=[
+                    iam.PolicyStatement(
+                        effect=iam.Effect.ALLOW,
+                        principals=[iam.AnyPrincipal()],
+                        actions=["execute-api:Invoke"],
+                        resources=["execute-api:/*"],
+                        conditions={"StringEquals": {"aws:SourceVpce": endpoint_id}},
+                    ),
+                    iam.PolicyStatement(
+                        effect=iam.Effect.DENY,
+                        principals=[iam.AnyPrincipal()],
+                        actions=["execute-api:Invoke"],
+                        resources=["execute-api:/*"],
+                        conditions={"StringNotEquals": {"aws:SourceVpce": endpoint_id}},
+                    ),
+                ]
+            ),
+            deploy_options=self._stage_options(
+                "SagaAccessLogs", config.throttle_rate_limit, config.throttle_burst_limit, {}
+            ),
+        )
+        self.private_api.node.add_dependency(self.api)  # after the account's CloudWatch role
+        saga_validator = self.private_api.add_request_validator(
+            "Validator", validate_request_parameters=True, validate_request_body=True
+        )
+        self.saga_methods: list[apigw.Method] = []
+        for path, http in SAGA_ROUTES:
+            resource = self.private_api.root.resource_for_path(path)
+            params = {
+                f"method.request.path.{p.strip('{}')}": True for p in path.split("/") if p.startswith("{")
+            }
+            self.saga_methods.append(
+                resource.add_method(
+                    http,
+                    integration,
+                    authorization_type=saga_auth,
+                    request_parameters=params or None,
+                    request_validator=saga_validator,
+                )
+            )
+
         self.webhook_url = self.api.url_for_path(f"/{WEBHOOK_PATH}")
+        # The base URL campusG's PAYMENT_SERVICE_URL takes (inside the VPC, private DNS), and the
+        # endpoint-specific one another VPC uses through peering or a transit gateway.
+        self.saga_url = self.private_api.url
+        self.saga_endpoint_url = (
+            f"https://{self.private_api.rest_api_id}-{endpoint_id}.execute-api."
+            f"{Stack.of(self).region}.{Stack.of(self).url_suffix}/{stage}/"
+        )
         self._add_waf(config)
         self._suppress()
+
+    def _stage_options(
+        self,
+        log_id: str,
+        rate: int,
+        burst: int,
+        method_options: dict[str, apigw.MethodDeploymentOptions],
+    ) -> apigw.StageOptions:
+        access_logs = logs.LogGroup(
+            self, log_id, retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
+        )
+        return apigw.StageOptions(
+            stage_name=self._stage,
+            throttling_rate_limit=rate,
+            throttling_burst_limit=burst,
+            method_options=method_options,
+            access_log_destination=apigw.LogGroupLogDestination(access_logs),
+            access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                caller=True,
+                http_method=True,
+                ip=True,
+                protocol=True,
+                request_time=True,
+                resource_path=True,
+                response_length=True,
+                status=True,
+                user=True,
+            ),
+            logging_level=apigw.MethodLoggingLevel.ERROR,
+            data_trace_enabled=False,  # bodies carry payment data; never log them
+            metrics_enabled=True,
+            tracing_enabled=True,
+        )
 
     def _add_waf(self, config: ApiConfig) -> None:
         limit = config.webhook_max_body_kb
@@ -136,11 +236,49 @@ class PaymentApi(Construct):
                             ],
                         )
                     ),
-                    visibility_config=waf.CfnWebACL.VisibilityConfigProperty(
-                        cloud_watch_metrics_enabled=True,
-                        metric_name="BodySizeLimit",
-                        sampled_requests_enabled=True,
+                    visibility_config=_visibility("BodySizeLimit"),
+                ),
+                waf.CfnWebACL.RuleProperty(
+                    name="RatePerIp",
+                    priority=1,
+                    action=waf.CfnWebACL.RuleActionProperty(block={}),
+                    statement=waf.CfnWebACL.StatementProperty(
+                        rate_based_statement=waf.CfnWebACL.RateBasedStatementProperty(
+                            limit=config.waf_rate_limit, aggregate_key_type="IP"
+                        )
                     ),
+                    visibility_config=_visibility("RatePerIp"),
+                ),
+                waf.CfnWebACL.RuleProperty(
+                    name="AwsCommonRules",
+                    priority=2,
+                    override_action=waf.CfnWebACL.OverrideActionProperty(none={}),
+                    statement=waf.CfnWebACL.StatementProperty(
+                        managed_rule_group_statement=waf.CfnWebACL.ManagedRuleGroupStatementProperty(
+                            vendor_name="AWS",
+                            name="AWSManagedRulesCommonRuleSet",
+                            # Its 8 KB body limit would block large Stripe events; the
+                            # BodySizeLimit rule above sets the limit instead.
+                            rule_action_overrides=[
+                                waf.CfnWebACL.RuleActionOverrideProperty(
+                                    name="SizeRestrictions_BODY",
+                                    action_to_use=waf.CfnWebACL.RuleActionProperty(count={}),
+                                )
+                            ],
+                        )
+                    ),
+                    visibility_config=_visibility("AwsCommonRules"),
+                ),
+                waf.CfnWebACL.RuleProperty(
+                    name="AwsKnownBadInputs",  # Log4Shell and other known exploit payloads
+                    priority=3,
+                    override_action=waf.CfnWebACL.OverrideActionProperty(none={}),
+                    statement=waf.CfnWebACL.StatementProperty(
+                        managed_rule_group_statement=waf.CfnWebACL.ManagedRuleGroupStatementProperty(
+                            vendor_name="AWS", name="AWSManagedRulesKnownBadInputsRuleSet"
+                        )
+                    ),
+                    visibility_config=_visibility("AwsKnownBadInputs"),
                 ),
             ],
         )
@@ -156,28 +294,35 @@ class PaymentApi(Construct):
             "Stripe cannot sign AWS requests: the webhook is open and the function verifies the "
             "Stripe-Signature HMAC (required header, checked by API Gateway first); WAF limits the body."
         )
-        for method, reason in (
-            (self.webhook_method, open_reason),
-            (self.health_method, "Health check for load balancers and uptime probes; returns no data."),
-        ):
+        suppress(
+            self.webhook_method,
+            [
+                Suppression(id="AwsSolutions-APIG4", reason=open_reason),
+                Suppression(id="AwsSolutions-COG4", reason=open_reason),
+            ],
+        )
+        private_reason = (
+            "A private API: only requests through the VPC's execute-api endpoint reach it (resource "
+            "policy on aws:SourceVpce), i.e. campusG's own services, whose unsigned calls must work "
+            "unmodified; set api.saga_auth=iam to require SigV4 as well. No end users, so no Cognito."
+        )
+        for method in self.saga_methods:
             suppress(
                 method,
                 [
-                    Suppression(id="AwsSolutions-APIG4", reason=reason),
-                    Suppression(id="AwsSolutions-COG4", reason=reason),
+                    Suppression(id="AwsSolutions-APIG4", reason=private_reason),
+                    Suppression(id="AwsSolutions-COG4", reason=private_reason),
                 ],
             )
-        for method in self.query_methods:
-            suppress(
-                method,
-                [
-                    Suppression(
-                        id="AwsSolutions-COG4",
-                        reason="The callers are AWS services (the complete-order saga), authorized with "
-                        "SigV4 IAM auth; there are no end users, so no Cognito user pool.",
-                    )
-                ],
-            )
+        suppress(
+            self.private_api,
+            [
+                Suppression(
+                    id="AwsSolutions-APIG3",
+                    reason="WAF cannot be associated with a private API; only the VPC endpoint reaches it.",
+                )
+            ],
+        )
         suppress(
             self.api,
             [
@@ -191,3 +336,9 @@ class PaymentApi(Construct):
                 )
             ],
         )
+
+
+def _visibility(name: str) -> waf.CfnWebACL.VisibilityConfigProperty:
+    return waf.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+    )

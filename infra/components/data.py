@@ -1,8 +1,12 @@
 """PostgreSQL on RDS behind an RDS Proxy, with generated credentials in Secrets Manager.
 
-The functions connect to the proxy (Lambda scales out faster than Postgres accepts
-connections); the migration custom resource connects to the instance itself, since DDL inside
-a proxied session pins the connection anyway.
+Two database users: the master (``payments_admin``) is for schema migrations only; the
+functions connect as the application role ``payments_app`` (rows only: SELECT, INSERT,
+UPDATE; no DDL), which the migration creates with the password of its own secret. The functions
+connect to the proxy (Lambda scales out faster than Postgres accepts connections) with IAM
+database authentication, so they read no password at all; the proxy logs in with the secrets.
+The migration custom resource connects to the instance itself (DDL inside a proxied session
+pins the connection anyway), verifying its certificate against the RDS CA bundle in the layer.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_rds as rds
+from aws_cdk import aws_secretsmanager as sm
 from constructs import Construct
 
 from infra.components.network import Network
@@ -17,6 +22,8 @@ from infra.config import DatabaseConfig
 from infra.nag import Suppression, suppress
 
 POSTGRES_PORT = 5432
+MASTER_USER = "payments_admin"
+APP_ROLE = "payments_app"  # payments_core.migrate.APP_ROLE creates it
 
 
 class Database(Construct):
@@ -29,12 +36,12 @@ class Database(Construct):
         self.instance = rds.DatabaseInstance(
             self,
             "Instance",
-            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16),
+            engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_9),
             instance_type=ec2.InstanceType(config.instance_type),
             vpc=network.vpc,
             vpc_subnets=network.data_subnets,
             database_name=config.name,
-            credentials=rds.Credentials.from_generated_secret("payments_admin"),
+            credentials=rds.Credentials.from_generated_secret(MASTER_USER),
             port=POSTGRES_PORT,
             storage_encrypted=True,
             allocated_storage=config.allocated_storage_gb,
@@ -51,21 +58,47 @@ class Database(Construct):
             parameters={"rds.force_ssl": "1"},
         )
         assert self.instance.secret is not None
+        retention = RemovalPolicy.RETAIN if config.retain else RemovalPolicy.DESTROY
         self.secret = self.instance.secret
+        # Kept with a retained (prod) database: without it nobody could log in to the snapshot's
+        # restore or the retained instance.
+        # (instance.secret is the attachment; the generated secret itself is the child "Secret")
+        generated = self.instance.node.find_child("Secret")
+        assert isinstance(generated, rds.DatabaseSecret)
+        for secret in (self.secret, generated):
+            secret.apply_removal_policy(retention)
+        self.app_secret = rds.DatabaseSecret(self, "AppSecret", username=APP_ROLE, dbname=config.name)
+        self.app_secret.apply_removal_policy(retention)
+        self.app_secret_attached = self.app_secret.attach(self.instance)
+        self.rotations: list[sm.SecretRotation] = []
         if config.secret_rotation_days > 0:
-            # Single-user rotation: the proxy re-reads the secret, the functions fetch it per cold start
-            # and again when authentication fails.
-            self.instance.add_rotation_single_user(
-                automatically_after=Duration.days(config.secret_rotation_days),
-                vpc_subnets=network.function_subnets,
-            )
+            # Single-user rotation of both: each user changes its own password. The proxy
+            # re-reads the secrets; the functions never see them. The rotation functions run in
+            # security groups the network admits to the Secrets Manager endpoint.
+            for ident, secret in (("MasterRotation", self.secret), ("AppRotation", self.app_secret_attached)):
+                self.rotations.append(
+                    sm.SecretRotation(
+                        self,
+                        ident,
+                        application=sm.SecretRotationApplication.POSTGRES_ROTATION_SINGLE_USER,
+                        secret=secret,
+                        target=self.instance,
+                        vpc=network.vpc,
+                        vpc_subnets=network.function_subnets,
+                        security_group=network.client_security_group(
+                            self, f"{ident}SecurityGroup", f"database secret rotation ({ident})"
+                        ),
+                        automatically_after=Duration.days(config.secret_rotation_days),
+                    )
+                )
 
         self.proxy = self.instance.add_proxy(
             "Proxy",
-            secrets=[self.secret],
+            secrets=[self.secret, self.app_secret_attached],
             vpc=network.vpc,
             vpc_subnets=network.function_subnets,
             require_tls=True,
+            iam_auth=True,
             debug_logging=False,
             idle_client_timeout=Duration.minutes(5),
         )

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from aws_cdk import Duration
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
+from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
-from infra.components.data import Database
+from infra.components.data import APP_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
 from infra.components.secrets import StripeSecrets
@@ -74,9 +76,12 @@ class Functions(Construct):
             "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "KAFKA_SASL_MECHANISM": "AWS_MSK_IAM",
             "PAYMENT_EVENTS_TOPIC": kc.events_topic,
+            "PAYMENT_COMMANDS_TOPIC": kc.commands_topic,  # the API queues release/revert commands
             "DEAD_LETTER_TOPIC": kc.dead_letter_topic,
             "DEAD_LETTER_QUEUE_URL": messaging.dead_letter_queue.queue_url,
-            "DB_SECRET_ID": database.secret.secret_arn,
+            # The application role through the proxy, with IAM auth: no database secret to read.
+            "DB_IAM_AUTH": "true",
+            "DB_USER": APP_ROLE,
             "DB_HOST": database.proxy.endpoint,
             "DB_PORT": str(database.port),
             "DB_NAME": database.config.name,
@@ -91,11 +96,13 @@ class Functions(Construct):
             "RECONCILE_AUTHORIZED_AFTER_SECONDS": str(bc.reconcile_authorized_after_seconds),
             "RECONCILE_BATCH_SIZE": str(bc.reconcile_batch_size),
             "POWERTOOLS_SERVICE_NAME": "payment-service",
-            "POWERTOOLS_METRICS_NAMESPACE": "CampusG/Payments",
+            "POWERTOOLS_METRICS_NAMESPACE": metric_namespace(config.name),
             "POWERTOOLS_LOG_LEVEL": fc.log_level,
         }
         self._config = config
         self._network = network
+        # The dead-letter topic is for local runs only: in AWS dead letters go to the SQS queue.
+        self.topics = [kc.commands_topic, kc.events_topic]
 
         self.authorize_payment = self._function(
             _Spec(
@@ -128,31 +135,64 @@ class Functions(Construct):
         ]
 
         # Schema migrations: its own security group, the only function allowed to reach the instance
-        # directly (DDL through the proxy would pin the connection anyway).
-        migrate_sg = ec2.SecurityGroup(
-            self, "MigrateSecurityGroup", vpc=network.vpc, description="schema migrations"
-        )
+        # directly (DDL through the proxy would pin the connection anyway), as the master user.
+        migrate_sg = network.client_security_group(self, "MigrateSecurityGroup", "schema migrations")
         self.migrate_database = self._function(
             _Spec("migrate_database", "applies payments_core's SQL migrations", Duration.minutes(5)),
             security_group=migrate_sg,
-            environment={"DB_HOST": database.instance.db_instance_endpoint_address},
+            environment={
+                **{k: v for k, v in self._only("DB_", "POWERTOOLS_").items() if k != "DB_USER"},
+                "DB_HOST": database.instance.db_instance_endpoint_address,
+                "DB_IAM_AUTH": "false",
+                "DB_SECRET_ID": database.secret.secret_arn,
+                "DB_APP_SECRET_ID": database.app_secret.secret_arn,
+            },
         )
         database.instance.connections.allow_default_port_from(migrate_sg, "schema migrations")
-        database.secret.grant_read(self.migrate_database)
+        _read_secret(self.migrate_database, database.secret)
+        _read_secret(self.migrate_database, database.app_secret)
         database.proxy.connections.allow_from(
             network.function_security_group, ec2.Port.tcp(database.port), "functions"
         )
+        self.custom_resource_functions = [self.migrate_database]
 
+        # Topics on a cluster of our own (MSK Serverless creates none by itself).
+        self.create_topics: lambda_.Function | None = None
+        if messaging.creates_topics:
+            self.create_topics = self._function(
+                _Spec("create_topics", "creates the service's Kafka topics", Duration.minutes(2)),
+                environment=self._only("KAFKA_", "PAYMENT_", "DEAD_LETTER_TOPIC", "POWERTOOLS_"),
+            )
+            messaging.grant_create_topics(self.create_topics, *self.topics)
+            self.custom_resource_functions.append(self.create_topics)
+
+        # What each function's code calls (tests/infra/test_template_checks.py derives the same
+        # from payments_core and fails on any difference): the Stripe key where a module calls
+        # services.stripe, the dead-letter queue where dead_letters is imported (in AWS it is the
+        # SQS queue, never the topic), events everywhere, the database as the application role.
+        kafka_topics = {fn: [kc.events_topic] for fn in self.service_functions}
+        # The API queues release/revert commands for the authorize function (issue 10).
+        kafka_topics[self.payment_api].append(kc.commands_topic)
         for fn in self.service_functions:
-            database.secret.grant_read(fn)
-            stripe.secret_key.grant_read(fn)
-            messaging.dead_letter_queue.grant_send_messages(fn)
-            messaging.grant_produce(fn, kc.events_topic, kc.dead_letter_topic)
-        stripe.webhook_secret.grant_read(self.payment_api)
+            database.proxy.grant_connect(fn, APP_ROLE)
+            messaging.grant_produce(fn, *kafka_topics[fn])
+        for fn in (self.authorize_payment, self.reconcile_payments):
+            _read_secret(fn, stripe.secret_key)
+        _read_secret(self.payment_api, stripe.webhook_secret)
+        # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
+        self.authorize_payment.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sqs:SendMessage"], resources=[messaging.dead_letter_queue.queue_arn]
+            )
+        )
 
         self._add_kafka_trigger(messaging)
-        for fn in [*self.service_functions, self.migrate_database]:
+        for fn in [*self.service_functions, *self.custom_resource_functions]:
             self._suppress_managed_and_wildcards(fn)
+
+    def _only(self, *prefixes: str) -> dict[str, str]:
+        """The shared environment's variables a deploy-time function uses, and no others."""
+        return {k: v for k, v in self.environment.items() if k.startswith(prefixes)}
 
     def _function(
         self,
@@ -182,7 +222,7 @@ class Functions(Construct):
             vpc=self._network.vpc,
             vpc_subnets=self._network.function_subnets,
             security_groups=[security_group or self._network.function_security_group],
-            environment={**self.environment, **(environment or {})},
+            environment=environment if environment is not None else self.environment,
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
         )
@@ -193,24 +233,31 @@ class Functions(Construct):
             # Lambda accepts retry limits, bisecting and partial batch responses for Kafka only in
             # provisioned mode; without them a poison command would block its partition forever.
             raise ValueError("kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode")
-        self.authorize_payment.add_event_source(
-            sources.ManagedKafkaEventSource(
-                cluster_arn=messaging.cluster_arn,
-                topic=kc.commands_topic,
-                consumer_group_id=kc.consumer_group_id,
-                starting_position=lambda_.StartingPosition[kc.starting_position],
-                batch_size=kc.batch_size,
-                max_batching_window=Duration.seconds(kc.max_batching_window_seconds),
-                report_batch_item_failures=True,
-                bisect_batch_on_error=True,
-                retry_attempts=kc.retry_attempts,
-                max_record_age=Duration.seconds(kc.max_record_age_seconds),
-                on_failure=sources.SqsDlq(messaging.dead_letter_queue),
-                provisioned_poller_config=sources.ProvisionedPollerConfig(
-                    minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
-                ),
-            )
+        self.trigger = sources.ManagedKafkaEventSource(
+            cluster_arn=messaging.cluster_arn,
+            topic=kc.commands_topic,
+            consumer_group_id=kc.consumer_group_id,
+            starting_position=lambda_.StartingPosition[kc.starting_position],
+            batch_size=kc.batch_size,
+            max_batching_window=Duration.seconds(kc.max_batching_window_seconds),
+            report_batch_item_failures=True,
+            bisect_batch_on_error=True,
+            retry_attempts=kc.retry_attempts,
+            max_record_age=Duration.seconds(kc.max_record_age_seconds),
+            on_failure=sources.SqsDlq(messaging.dead_letter_queue),
+            provisioned_poller_config=sources.ProvisionedPollerConfig(
+                minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
+            ),
+            # The mapping's own metrics (offset lag, event and error counts) for the alarms.
+            metrics_config=lambda_.MetricsConfig(
+                metrics=[
+                    lambda_.MetricType.EVENT_COUNT,
+                    lambda_.MetricType.ERROR_COUNT,
+                    lambda_.MetricType.KAFKA_METRICS,
+                ]
+            ),
         )
+        self.authorize_payment.add_event_source(self.trigger)
         messaging.grant_consume(self.authorize_payment, kc.commands_topic, kc.consumer_group_id)
 
     def _suppress_managed_and_wildcards(self, fn: lambda_.Function) -> None:
@@ -246,6 +293,18 @@ class Functions(Construct):
                 )
             ],
         )
+
+
+def _read_secret(fn: lambda_.Function, secret: ISecret) -> None:
+    """What payments_core.secrets calls (GetSecretValue), not CDK's grant_read (+DescribeSecret)."""
+    fn.add_to_role_policy(
+        iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
+    )
+
+
+def metric_namespace(stage: str) -> str:
+    """Custom metrics per stage: dev traffic never moves prod's alarms."""
+    return f"CampusG/Payments/{stage}"
 
 
 _RETENTION = {

@@ -30,6 +30,8 @@ class Messaging(Construct):
         # in the cluster's own security group (the stack outputs its id).
         self.client_security_group = network.function_security_group
 
+        # With a cluster of our own, nothing else creates the topics (MSK Serverless never does).
+        self.creates_topics = not config.cluster_arn
         if config.cluster_arn:
             if not config.bootstrap_servers:
                 raise ValueError(
@@ -44,7 +46,7 @@ class Messaging(Construct):
             cluster_sg.add_ingress_rule(self.client_security_group, ec2.Port.tcp(MSK_IAM_PORT), "functions")
             # The Lambda MSK pollers use the cluster's own security group and subnets.
             cluster_sg.add_ingress_rule(cluster_sg, ec2.Port.tcp(MSK_IAM_PORT), "Lambda MSK event pollers")
-            network.allow_endpoints_from(cluster_sg)  # the pollers call Lambda, STS and SQS
+            network.admit_client(cluster_sg)  # the pollers call Lambda, STS and SQS
             cluster = msk.CfnServerlessCluster(
                 self,
                 "Cluster",
@@ -153,12 +155,30 @@ class Messaging(Construct):
         )
 
     def grant_produce(self, grantee: iam.IGrantable, *topics: str) -> None:
+        """What an idempotent producer (payments_core.kafka_gateway: enable_idempotence) needs:
+        MSK IAM checks WriteDataIdempotently on the cluster when the producer asks for a
+        producer id, and WriteData on each topic."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kafka-cluster:Connect", "kafka-cluster:WriteDataIdempotently"],
+                resources=[self.cluster_arn],
+            )
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
+                resources=[self.topic_arn(t) for t in topics],
+            )
+        )
+
+    def grant_create_topics(self, grantee: iam.IGrantable, *topics: str) -> None:
+        """What payments_core.topics (the admin client) needs: describe, and create if missing."""
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["kafka-cluster:Connect"], resources=[self.cluster_arn])
         )
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
+                actions=["kafka-cluster:CreateTopic", "kafka-cluster:DescribeTopic"],
                 resources=[self.topic_arn(t) for t in topics],
             )
         )

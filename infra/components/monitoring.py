@@ -1,7 +1,8 @@
 """Alarms, the SNS topic they notify, and a dashboard.
 
-Custom metrics come from Powertools in the functions: namespace CampusG/Payments, dimension
-service=payment-service.
+Custom metrics come from Powertools in the functions: namespace CampusG/Payments/<stage>,
+dimension service=payment-service. Per stage, as are the alarm names, so dev traffic never
+trips prod's alarms. The alarm_email setting subscribes on-call to the topic.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from aws_cdk import Duration, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_rds as rds
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
@@ -20,13 +24,12 @@ from constructs import Construct
 
 from infra.config import MonitoringConfig
 
-NAMESPACE = "CampusG/Payments"
 SERVICE = "payment-service"
 
 
-def service_metric(name: str, statistic: str) -> cw.Metric:
+def service_metric(namespace: str, name: str, statistic: str) -> cw.Metric:
     return cw.Metric(
-        namespace=NAMESPACE,
+        namespace=namespace,
         metric_name=name,
         dimensions_map={"service": SERVICE},
         statistic=statistic,
@@ -45,13 +48,24 @@ class Monitoring(Construct):
         kafka_consumer: lambda_.Function,
         dead_letter_queue: sqs.IQueue,
         api: apigw.RestApi,
+        saga_api: apigw.RestApi,
+        namespace: str,
+        instance: rds.DatabaseInstance,
+        proxy: rds.DatabaseProxy,
+        secret_arns: list[str],
     ):
         super().__init__(scope, id)
+        stack_name = Stack.of(self).stack_name
+
+        def service_metric_(name: str, statistic: str) -> cw.Metric:
+            return service_metric(namespace, name, statistic)
+
         # CloudWatch can publish to an encrypted topic only with a customer key that allows it.
         key = kms.Key(
             self, "AlarmTopicKey", enable_key_rotation=True, description="payment service alarm topic"
         )
         key.grant_encrypt_decrypt(iam.ServicePrincipal("cloudwatch.amazonaws.com"))
+        key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
         self.topic = sns.Topic(self, "AlarmTopic", master_key=key, enforce_ssl=True)
         if config.alarm_email:
             self.topic.add_subscription(subs.EmailSubscription(config.alarm_email))
@@ -59,15 +73,23 @@ class Monitoring(Construct):
         self.alarms: list[cw.Alarm] = []
 
         def alarm(
-            ident: str, metric: cw.IMetric, threshold: float, description: str, periods: int = 1
+            ident: str,
+            metric: cw.IMetric,
+            threshold: float,
+            description: str,
+            periods: int = 1,
+            below: bool = False,
         ) -> cw.Alarm:
             created = cw.Alarm(
                 self,
                 ident,
+                alarm_name=f"{stack_name}-{ident}",
                 metric=metric,
                 threshold=threshold,
                 evaluation_periods=periods,
-                comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD
+                if below
+                else cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
                 alarm_description=description,
             )
@@ -79,6 +101,12 @@ class Monitoring(Construct):
         for name, fn in functions.items():
             ident = "".join(p.title() for p in name.split("_"))
             alarm(f"{ident}Errors", fn.metric_errors(period=Duration.minutes(5)), 0, f"{name} raised errors")
+            alarm(
+                f"{ident}Throttles",
+                fn.metric_throttles(period=Duration.minutes(5)),
+                0,
+                f"{name} was throttled",
+            )
         alarm(
             "DeadLetters",
             dead_letter_queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5)),
@@ -87,7 +115,7 @@ class Monitoring(Construct):
         )
         alarm(
             "DeadLettered",
-            service_metric("DeadLettered", "Sum"),
+            service_metric_("DeadLettered", "Sum"),
             0,
             "the service dead-lettered a command or event",
         )
@@ -112,25 +140,102 @@ class Monitoring(Construct):
         )
         alarm(
             "OutboxBacklog",
-            service_metric("OutboxBacklog", "Maximum"),
+            service_metric_("OutboxBacklog", "Maximum"),
             config.outbox_backlog_threshold,
             "events are piling up in the outbox (Kafka unreachable?)",
             periods=3,
         )
         alarm(
             "AuthorizationsNearExpiry",
-            service_metric("AuthorizationsNearExpiry", "Maximum"),
+            service_metric_("AuthorizationsNearExpiry", "Maximum"),
             0,
             "card holds are about to be released by Stripe without capture",
         )
-        alarm("TransferFailed", service_metric("TransferFailed", "Sum"), 0, "a transfer to a runner failed")
+        alarm("TransferFailed", service_metric_("TransferFailed", "Sum"), 0, "a transfer to a runner failed")
+        alarm(
+            "RevertFailed",
+            service_metric_("RevertFailed", "Sum"),
+            0,
+            "a revert failed: a hold or charge remains",
+        )
+        alarm(
+            "TransferReversalFailed",
+            service_metric_("TransferReversalFailed", "Sum"),
+            0,
+            "a runner's transfer could not be reversed",
+        )
+        alarm(
+            "SecretMisconfigured",
+            service_metric_("SecretMisconfigured", "Sum"),
+            0,
+            "a Stripe secret is empty, a placeholder or of the wrong kind: the service refuses to work",
+        )
+        five = Duration.minutes(5)
+        alarm(
+            "DatabaseCpu",
+            instance.metric_cpu_utilization(period=five),
+            80,
+            "database CPU above 80%",
+            periods=3,
+        )
+        alarm(
+            "DatabaseFreeStorage",
+            instance.metric_free_storage_space(period=five),
+            2 * 1024**3,
+            "database free storage below 2 GiB",
+            below=True,
+        )
+        alarm(
+            "DatabaseConnections",
+            instance.metric_database_connections(period=five),
+            60,
+            "database connections near the instance limit",
+            periods=3,
+        )
+        alarm(
+            "ProxyAvailability",
+            cw.Metric(
+                namespace="AWS/RDS",
+                metric_name="AvailabilityPercentage",
+                # the proxy's health checks of the database, averaged over its nodes
+                dimensions_map={
+                    "ProxyName": proxy.db_proxy_name,
+                    "TargetGroup": "default",
+                    "TargetRole": "READ_WRITE",
+                },
+                statistic="Average",
+                period=five,
+            ),
+            95,
+            "the RDS Proxy cannot reach the database",
+            periods=2,
+            below=True,
+        )
+        alarm(
+            "SagaApi5xx",
+            saga_api.metric_server_error(period=five, statistic="Sum"),
+            config.api_5xx_threshold,
+            "the saga's private API answers 5xx",
+        )
+        # Secrets Manager publishes no rotation metric; a failed rotation is an event.
+        events.Rule(
+            self,
+            "RotationFailed",
+            description="a database secret rotation failed",
+            event_pattern=events.EventPattern(
+                source=["aws.secretsmanager"],
+                detail_type=["AWS Service Event via CloudTrail"],
+                detail={"eventName": ["RotationFailed"], "additionalEventData": {"SecretId": secret_arns}},
+            ),
+            targets=[targets.SnsTopic(self.topic)],
+        )
 
         dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"{Stack.of(self).stack_name}-payments")
         dashboard.add_widgets(
             cw.GraphWidget(
                 title="Authorizations",
                 left=[
-                    service_metric(n, "Sum")
+                    service_metric_(n, "Sum")
                     for n in (
                         "PaymentAuthorized",
                         "PaymentFailed",
@@ -138,15 +243,15 @@ class Monitoring(Construct):
                         "CommandRejected",
                     )
                 ],
-                right=[service_metric("DuplicateCommand", "Sum")],
+                right=[service_metric_("DuplicateCommand", "Sum")],
             ),
             cw.GraphWidget(
                 title="Backlogs",
                 left=[
-                    service_metric("OutboxBacklog", "Maximum"),
-                    service_metric("AuthorizationsNearExpiry", "Maximum"),
+                    service_metric_("OutboxBacklog", "Maximum"),
+                    service_metric_("AuthorizationsNearExpiry", "Maximum"),
                 ],
-                right=[service_metric("DeadLettered", "Sum"), service_metric("TransferFailed", "Sum")],
+                right=[service_metric_("DeadLettered", "Sum"), service_metric_("TransferFailed", "Sum")],
             ),
             cw.GraphWidget(
                 title="Function errors",

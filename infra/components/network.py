@@ -1,11 +1,21 @@
 """The VPC: private subnets with egress for the functions (Stripe is on the internet), isolated
-subnets for the database, and interface endpoints so AWS API calls stay inside the VPC."""
+subnets for the database, and interface endpoints so AWS API calls stay inside the VPC.
+
+Reachability is decided here, in one place: every security group that a Lambda function runs in
+(ours, the custom resources', the secret rotation's, the MSK pollers') is made by or registered
+with ``client_security_group`` / ``admit_client``, which admits it to every interface endpoint on
+443. A function given any other group fails the synth (``RequireRegisteredGroups``), so a new
+function cannot be forgotten."""
 
 from __future__ import annotations
 
+import jsii
+from aws_cdk import Aspects, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from constructs import Construct
+from aws_cdk import aws_sam as sam
+from constructs import Construct, IConstruct
 
 from infra.config import NetworkConfig
 
@@ -61,12 +71,12 @@ class Network(Construct):
 
         self.function_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
         self.data_subnets = ec2.SubnetSelection(subnet_type=db_subnet_type)
-        # The functions' own group: the database proxy and the Kafka cluster admit it.
-        self.function_security_group = ec2.SecurityGroup(
-            self, "FunctionSecurityGroup", vpc=self.vpc, description="payment service functions"
-        )
-
         self.endpoints: list[ec2.InterfaceVpcEndpoint] = []
+        self._clients: list[ec2.ISecurityGroup] = []
+        # The functions' own group: the database proxy and the Kafka cluster admit it.
+        self.function_security_group = self.client_security_group(
+            self, "FunctionSecurityGroup", "payment service functions"
+        )
         if config.create_endpoints:
             # The S3 gateway endpoint is free; the interface endpoints keep secret reads, dead
             # letters and the MSK trigger's calls (Lambda, STS) off the NAT gateway. The MSK
@@ -82,9 +92,76 @@ class Network(Construct):
                     name, service=service, subnets=self.function_subnets, open=False
                 )
                 self.endpoints.append(endpoint)
-            self.allow_endpoints_from(self.function_security_group)
+                for client in self._clients:
+                    endpoint.connections.allow_default_port_from(client)
+        # The saga's private API is reached through this endpoint: campusG's services in the VPC
+        # call it on 443 (its private DNS name resolves the API's default hostname to it).
+        self.execute_api_endpoint: ec2.IInterfaceVpcEndpoint
+        if config.execute_api_endpoint_id:
+            self.execute_api_endpoint = ec2.InterfaceVpcEndpoint.from_interface_vpc_endpoint_attributes(
+                self, "ExecuteApi", vpc_endpoint_id=config.execute_api_endpoint_id, port=443
+            )
+        else:
+            endpoint = self.vpc.add_interface_endpoint(
+                "ExecuteApi",
+                service=ec2.InterfaceVpcEndpointAwsService.APIGATEWAY,
+                subnets=self.function_subnets,
+                open=False,
+                private_dns_enabled=True,
+            )
+            endpoint.connections.allow_from(
+                ec2.Peer.ipv4(config.vpc_cidr), ec2.Port.tcp(443), "campusG services in this VPC"
+            )
+            self.execute_api_endpoint = endpoint
+        Aspects.of(Stack.of(self)).add(RequireRegisteredGroups(self))
 
-    def allow_endpoints_from(self, peer: ec2.IConnectable) -> None:
-        """Admit ``peer`` to the interface endpoints (HTTPS only), rather than the whole VPC range."""
+    def client_security_group(self, scope: Construct, id: str, description: str) -> ec2.SecurityGroup:
+        """A new security group for functions, admitted to the interface endpoints."""
+        group = ec2.SecurityGroup(scope, id, vpc=self.vpc, description=description)
+        self.admit_client(group)
+        return group
+
+    def admit_client(self, group: ec2.ISecurityGroup) -> None:
+        """Admit ``group`` to every interface endpoint (HTTPS only), rather than the whole VPC range."""
+        self._clients.append(group)
         for endpoint in self.endpoints:
-            endpoint.connections.allow_default_port_from(peer)
+            endpoint.connections.allow_default_port_from(group)
+
+    def registered(self, group_id: object) -> bool:
+        stack = Stack.of(self)
+        wanted = stack.resolve(group_id)
+        return any(stack.resolve(g.security_group_id) == wanted for g in self._clients)
+
+
+@jsii.implements(IAspect)
+class RequireRegisteredGroups:
+    """Fails the synth when a function (or the rotation application) runs in a security group the
+    network has not admitted to its endpoints: that function's first AWS call would hang."""
+
+    def __init__(self, network: Network) -> None:
+        self.network = network
+
+    def visit(self, node: IConstruct) -> None:
+        if isinstance(node, lambda_.CfnFunction):
+            found = Stack.of(node).resolve(node.vpc_config)
+        elif isinstance(node, sam.CfnApplication):
+            found = (Stack.of(node).resolve(node.parameters) or {}).get("vpcSecurityGroupIds")
+        else:
+            return
+        for group in _group_refs(found):
+            if not self.network.registered(group):
+                raise ValueError(
+                    f"{node.node.path} runs in security group {group}, which Network.admit_client never "
+                    "admitted to the VPC endpoints: create it with Network.client_security_group"
+                )
+
+
+def _group_refs(value: object) -> list[object]:
+    """Every security group id ({"Fn::GetAtt": [<group>, "GroupId"]}) inside a resolved value."""
+    if isinstance(value, dict):
+        if list(value) == ["Fn::GetAtt"] and value["Fn::GetAtt"][1] == "GroupId":
+            return [value]
+        return [ref for v in value.values() for ref in _group_refs(v)]
+    if isinstance(value, list):
+        return [ref for v in value for ref in _group_refs(v)]
+    return []

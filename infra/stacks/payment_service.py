@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnElement, CfnOutput, CustomResource, Stack, Tags
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_secretsmanager as sm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from infra import checkov
 from infra.components.api import PaymentApi
 from infra.components.data import Database
-from infra.components.functions import Functions
+from infra.components.functions import Functions, metric_namespace
 from infra.components.messaging import Messaging
 from infra.components.monitoring import Monitoring
 from infra.components.network import Network
@@ -55,7 +58,14 @@ class PaymentServiceStack(Stack):
             database=database,
             stripe=stripe,
         )
-        api = PaymentApi(self, "Api", config=config.api, handler=functions.payment_api, stage=config.name)
+        api = PaymentApi(
+            self,
+            "Api",
+            config=config.api,
+            handler=functions.payment_api,
+            stage=config.name,
+            vpc_endpoint=network.execute_api_endpoint,
+        )
         schedules = Schedules(
             self, "Schedules", outbox_relay=functions.outbox_relay, reconciler=functions.reconcile_payments
         )
@@ -67,17 +77,22 @@ class PaymentServiceStack(Stack):
             kafka_consumer=functions.authorize_payment,
             dead_letter_queue=messaging.dead_letter_queue,
             api=api.api,
+            saga_api=api.private_api,
+            namespace=metric_namespace(config.name),
+            instance=database.instance,
+            proxy=database.proxy,
+            secret_arns=[database.secret.secret_arn, database.app_secret.secret_arn],
         )
         self.network, self.messaging, self.database, self.stripe = network, messaging, database, stripe
         self.functions, self.api, self.schedules, self.monitoring = functions, api, schedules, monitoring
 
         self._add_migrations(functions)
+        self._add_topics(functions, config)
         self._add_outputs()
+        checkov.acknowledge(self)  # per stack: aspects do not cross into the pipeline's stages
 
     def _add_migrations(self, functions: Functions) -> None:
         provider = cr.Provider(self, "MigrationsProvider", on_event_handler=functions.migrate_database)
-        migrate_fn = functions.migrate_database.node.default_child
-        assert isinstance(migrate_fn, CfnElement)
         # The layer carries the SQL files, so a new layer version (new code or new migrations) is
         # what makes CloudFormation send an Update, i.e. migrate, on the deploy that ships it.
         # Migrations are idempotent, so forcing a run (-c migrate_nonce=…) is always safe.
@@ -91,23 +106,57 @@ class PaymentServiceStack(Stack):
             },
             resource_type="Custom::PaymentsSchemaMigrations",
         )
-        self.migrations.node.add_dependency(self.database.instance)
+        self.migrations.node.add_dependency(self.database.instance.node.default_child)  # not its secret
+        # Rotations start once the schema migration has run: it creates the application role
+        # (whose first rotation would otherwise fail), and it reads the master secret, which a
+        # rotation running at the same moment could change under it.
+        for secret in (self.database.secret, self.database.app_secret_attached):
+            for child in secret.node.children:
+                if isinstance(child, sm.RotationSchedule):
+                    child.node.add_dependency(self.migrations)
+        self._suppress_provider(provider, functions.migrate_database)
+
+    def _add_topics(self, functions: Functions, config: StageConfig) -> None:
+        if functions.create_topics is None:
+            return
+        provider = cr.Provider(self, "TopicsProvider", on_event_handler=functions.create_topics)
+        kc = config.kafka
+        self.topics = CustomResource(
+            self,
+            "KafkaTopics",
+            service_token=provider.service_token,
+            properties={
+                "Topics": functions.topics,
+                "Partitions": str(kc.partitions),
+                "ReplicationFactor": str(kc.replication_factor),
+            },
+            resource_type="Custom::PaymentsKafkaTopics",
+        )
+        # The mapping starts polling only once its topic exists.
+        for child in functions.authorize_payment.node.children:
+            if isinstance(child, lambda_.EventSourceMapping):
+                child.node.add_dependency(self.topics)
+        self._suppress_provider(provider, functions.create_topics)
+
+    def _suppress_provider(self, provider: cr.Provider, target: Any) -> None:
+        target_fn = target.node.default_child
+        assert isinstance(target_fn, CfnElement)
         suppress(
             provider,
             [
                 Suppression(
                     id="AwsSolutions-IAM4",
                     reason="The CDK Provider framework function logs with AWSLambdaBasicExecutionRole; it "
-                    "only relays CloudFormation events to the migration function during deploys.",
+                    "only relays CloudFormation events to its handler function during deploys.",
                     applies_to=[
                         "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
                     ],
                 ),
                 Suppression(
                     id="AwsSolutions-IAM5",
-                    reason="The Provider framework may invoke any version of the migration function "
+                    reason="The Provider framework may invoke any version of its handler function "
                     "(<arn>:*), a wildcard on that one function only.",
-                    applies_to=[f"Resource::<{self.get_logical_id(migrate_fn)}.Arn>:*"],
+                    applies_to=[f"Resource::<{self.get_logical_id(target_fn)}.Arn>:*"],
                 ),
             ],
         )
@@ -115,7 +164,15 @@ class PaymentServiceStack(Stack):
     def _add_outputs(self) -> None:
         outputs: dict[str, tuple[str, str]] = {
             "WebhookUrl": (self.api.webhook_url, "paste into Stripe dashboard > Developers > Webhooks"),
-            "ApiUrl": (self.api.api.url, "base URL of the payment API (IAM-signed queries)"),
+            "PublicApiUrl": (self.api.api.url, "base URL of the public API (the Stripe webhook only)"),
+            "SagaApiUrl": (
+                self.api.saga_url,
+                "campusG's PAYMENT_SERVICE_URL: the private API, from inside the VPC (private DNS)",
+            ),
+            "SagaApiEndpointUrl": (
+                self.api.saga_endpoint_url,
+                "the private API through the VPC endpoint's own name: for callers in a peered VPC",
+            ),
             "DeadLetterQueueUrl": (self.messaging.dead_letter_queue.queue_url, "failed commands and events"),
             "DeadLetterQueueArn": (self.messaging.dead_letter_queue.queue_arn, "failed commands and events"),
             "StripeSecretKeySecretName": (

@@ -1,9 +1,11 @@
 """The CDK app synthesized once per session (it takes seconds), with a stand-in layer zip so
 these tests need neither `make build` nor the network. The layer itself is tested in
-test_layer.py."""
+test_layer.py. cdk.json names no account and no pipeline connection; the tests supply
+stand-ins for both (an AWS documentation account id), so the pipeline stack is synthesized too."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zipfile
@@ -18,7 +20,29 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "1")
 
 from aws_cdk.assertions import Template
 
-from infra.app import PIPELINE_STACK, create_app
+from infra.app import PIPELINE_STACK, ROOT, create_app
+from infra.config import CONTEXT_KEY
+
+TEST_ACCOUNT = "123456789012"
+TEST_CONNECTION = (
+    f"arn:aws:codeconnections:ap-southeast-1:{TEST_ACCOUNT}:connection/11111111-2222-3333-4444-555555555555"
+)
+
+
+def stand_in_context(**api: Any) -> dict[str, Any]:
+    """cdk.json's service context with the stand-in account and connection (and api overrides)."""
+    context = copy.deepcopy(json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY])
+    context["account"] = TEST_ACCOUNT
+    context["pipeline"]["connection_arn"] = TEST_CONNECTION
+    context["defaults"]["api"].update(api)
+    return {CONTEXT_KEY: context}
+
+
+def stand_in_layer(root: Path) -> Path:
+    layer_zip = root / "layer.zip"
+    with zipfile.ZipFile(layer_zip, "w") as zf:
+        zf.writestr("python/payments_core/__init__.py", "")
+    return layer_zip
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,10 @@ class Synth:
     def template(self, stack_name: str) -> Template:
         return Template.from_json(self.raw(stack_name))
 
+    def templates(self) -> list[Path]:
+        """Every template CloudFormation would receive: the stacks and the pipeline's stages."""
+        return sorted(self.outdir.rglob("*.template.json"))
+
     def nested(self, stage: str) -> dict[str, Any]:
         """The service template deployed by the pipeline's stage (Staging, Production)."""
         found = sorted((self.outdir / f"assembly-{PIPELINE_STACK}-{stage}").glob("*.template.json"))
@@ -43,13 +71,11 @@ class Synth:
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     root = tmp_path_factory.mktemp("cdk")
-    layer_zip = root / "layer.zip"
-    with zipfile.ZipFile(layer_zip, "w") as zf:
-        zf.writestr("python/payments_core/__init__.py", "")
+    layer_zip = stand_in_layer(root)
     outdir = root / "cdk.out"
     # The cdk-nag plugin (AwsSolutionsChecks) runs during synth and fails it on any finding not
     # acknowledged in code, so getting here at all is the first cdk-nag assertion.
-    create_app(context={"layer_zip": str(layer_zip)}, outdir=str(outdir)).synth()
+    create_app(context={"layer_zip": str(layer_zip), **stand_in_context()}, outdir=str(outdir)).synth()
     return Synth(outdir)
 
 

@@ -10,6 +10,7 @@ builds the real one. Both fetch wheels with pip (PyPI or its cache).
 from __future__ import annotations
 
 import platform
+import ssl
 import subprocess
 import sys
 import zipfile
@@ -103,6 +104,17 @@ def test_real_layer_size(
     with zipfile.ZipFile(zipped) as zf:
         names = zf.namelist()
     assert "python/payments_core/__init__.py" in names
+    # The RDS CAs, so the migration can verify the instance's certificate (test_migration_tls.py).
+    with zipfile.ZipFile(zipped) as zf:
+        bundle = zf.read("python/payments_core/rds-ca-bundle.pem").decode()
+    subjects = [
+        dict(part[0] for part in ca["subject"])
+        for ca in ssl.create_default_context(cadata=bundle).get_ca_certs()
+    ]
+    assert any(
+        s.get("commonName", "").startswith("Amazon RDS") and "Root CA" in s["commonName"] for s in subjects
+    )
+    assert len(subjects) >= 100  # every region's RDS root CAs and the RDS Proxy's Amazon roots
     assert any(n.startswith("python/pydantic_core/") and "aarch64" in n for n in names)
 
 

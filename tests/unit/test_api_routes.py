@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from payments_core import api, queries, repository, webhooks
+from payments_core import api, queries, repository, secret_checks, webhooks
 from payments_core.config import get_settings
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import TransientError
@@ -57,7 +57,7 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
         seen.append(event)
         return webhooks.WebhookOutcome("applied", "order-1")
 
-    monkeypatch.setattr(webhooks, "get_secret_string", lambda secret_id: SECRET)
+    monkeypatch.setattr(secret_checks, "read_secret_string", lambda secret_id: SECRET)
     monkeypatch.setattr(webhooks, "apply_event", fake_apply)
     set_services(Services(db=FakeDb(), stripe=None, publisher=None, settings=get_settings()))  # type: ignore[arg-type]
     yield seen

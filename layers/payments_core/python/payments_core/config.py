@@ -48,6 +48,10 @@ class Settings:
     db_ssl: bool
     db_timeout_seconds: int
     db_lock_timeout_seconds: int  # how long an order's lock is waited for (lock_timeout), not the socket
+    db_ca_bundle: str  # extra CAs to trust (PEM); empty: the RDS CA bundle shipped in the layer, if any
+    db_iam_auth: bool  # connect as db_user with an IAM token (RDS Proxy), not the secret's password
+    db_user: str  # with db_iam_auth: the application role to connect as
+    db_app_secret_id: str  # migrations only: the application role's secret (its password is set from it)
     # Stripe
     stripe_secret_key_secret_id: str
     stripe_webhook_secret_id: str
@@ -69,6 +73,7 @@ class Settings:
     reconcile_final_settle_seconds: int
     reconcile_final_window_seconds: int
     aws_region: str
+    metrics_namespace: str  # per stage in AWS, so one stage's metrics never trip another's alarms
     # The command pool (payments_core.batch): worker threads per container, each with its own
     # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
     # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
@@ -98,6 +103,10 @@ def get_settings() -> Settings:
         db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
         db_lock_timeout_seconds=_int("DB_LOCK_TIMEOUT_SECONDS", 30),
+        db_ca_bundle=_str("DB_CA_BUNDLE", ""),
+        db_iam_auth=_str("DB_IAM_AUTH", "false").lower() in ("1", "true", "yes"),
+        db_user=_str("DB_USER", ""),
+        db_app_secret_id=_str("DB_APP_SECRET_ID", ""),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
         stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
         stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),
@@ -117,4 +126,5 @@ def get_settings() -> Settings:
         command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),
         stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),
         command_start_margin_ms=max(0, _int("COMMAND_START_MARGIN_MS", 15_000)),
+        metrics_namespace=_str("POWERTOOLS_METRICS_NAMESPACE", "CampusG/Payments"),
     )

@@ -17,10 +17,12 @@ notice a dead network, is widened for the lock statement so that it does not cut
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import pg8000.native
@@ -35,6 +37,8 @@ Row = dict[str, Any]
 
 # Errors that mean "the database could not be reached or the connection broke".
 CONNECTION_ERRORS = (InterfaceError, OSError, ssl.SSLError, TimeoutError)
+# Amazon RDS's certificate authorities (PEM), put into the layer by infra/build_layer.py.
+RDS_CA_BUNDLE = "rds-ca-bundle.pem"
 
 # How long a lock wait may last: long enough to cover a holder inside a Stripe call (10 s
 # timeout, one network retry), short enough to fail cleanly well inside the authorize
@@ -123,6 +127,15 @@ class Database:
         params: dict[str, Any]
         if self._overrides:
             params = dict(self._overrides)
+        elif s.db_iam_auth:
+            # The application role through the RDS Proxy: a 15-minute token signed with the
+            # function's own credentials (no network call), so no password to read or leak.
+            import boto3
+
+            params = {"user": s.db_user, "host": s.db_host, "port": s.db_port or 5432, "database": s.db_name}
+            params["password"] = boto3.client("rds", region_name=s.aws_region).generate_db_auth_token(
+                DBHostname=s.db_host, Port=params["port"], DBUsername=s.db_user, Region=s.aws_region
+            )
         else:
             secret = get_secret_json(s.db_secret_id)
             params = {
@@ -132,8 +145,14 @@ class Database:
                 "port": s.db_port or int(secret.get("port", 5432)),
                 "database": s.db_name or secret.get("dbname", "payments"),
             }
-            if s.db_ssl:
-                params["ssl_context"] = ssl.create_default_context()
+        if s.db_ssl and not self._overrides:
+            # The proxy's certificate chains to a public root; an RDS instance's own certificate
+            # (the migration connects to it directly) to the RDS CA, trusted through the bundle
+            # shipped in the layer.
+            params["ssl_context"] = ssl.create_default_context()
+            bundle = s.db_ca_bundle or str(resources.files("payments_core") / RDS_CA_BUNDLE)
+            if s.db_ca_bundle or os.path.isfile(bundle):
+                params["ssl_context"].load_verify_locations(cafile=bundle)
         params.setdefault("timeout", s.db_timeout_seconds)
         params.setdefault("application_name", "payment-service")
         try:

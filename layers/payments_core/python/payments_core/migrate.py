@@ -1,15 +1,25 @@
 """Versioned SQL migrations: each file in migrations/ runs once, in name order, recorded in
-schema_migrations. Safe to run on every deploy and from several processes at once."""
+schema_migrations. Safe to run on every deploy and from several processes at once.
+
+Then the application role: the functions connect as ``payments_app``, which may read and write
+rows (SELECT, INSERT, UPDATE: the code deletes nothing) and nothing else: no DDL, no ownership,
+no schema_migrations. Its grants are re-applied on every run, so a table added later is
+covered; its password comes from its own secret (``DB_APP_SECRET_ID``) when one is configured."""
 
 from __future__ import annotations
 
 import sys
 from importlib import resources
 
+import pg8000.native
+
+from payments_core.config import get_settings
 from payments_core.db import Database, get_database
+from payments_core.secrets import get_secret_json
 
 # An arbitrary constant: two deploys migrating at once serialize on it.
 MIGRATION_LOCK_KEY = 727_300_001
+APP_ROLE = "payments_app"
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -18,7 +28,7 @@ def migration_files() -> list[tuple[str, str]]:
     return [(p.name.removesuffix(".sql"), p.read_text(encoding="utf-8")) for p in files]
 
 
-def apply_migrations(db: Database) -> list[str]:
+def apply_migrations(db: Database, app_password: str | None = None) -> list[str]:
     """Apply the migrations not yet applied; return the versions applied now."""
     applied_now: list[str] = []
     db.query("SELECT pg_advisory_lock(:key)", key=MIGRATION_LOCK_KEY)
@@ -36,9 +46,39 @@ def apply_migrations(db: Database) -> list[str]:
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
             applied_now.append(version)
+        ensure_app_role(db, app_password)
     finally:
         db.query("SELECT pg_advisory_unlock(:key)", key=MIGRATION_LOCK_KEY)
     return applied_now
+
+
+def ensure_app_role(db: Database, password: str | None = None) -> None:
+    """Create (once) and grant (every run) the application role. Its password is set once, when
+    it first gets LOGIN: after that the secret's rotation owns it, and a migration running in
+    the middle of a rotation must not put the previous password back."""
+    role = pg8000.native.identifier(APP_ROLE)
+    found = db.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = :r", r=APP_ROLE)
+    if not found:
+        may_create = db.query(
+            "SELECT rolsuper OR rolcreaterole AS ok FROM pg_roles WHERE rolname = current_user"
+        )
+        if not password and not (may_create and may_create[0]["ok"]):
+            # A development database whose owner may not create roles (the local stack): the
+            # functions there connect as the owner. In AWS a password is configured, so this raises.
+            return
+        db.execute(f"CREATE ROLE {role} NOLOGIN")
+    if password and not (found and found[0]["rolcanlogin"]):
+        # DDL takes no bind parameters: the password goes in as a quoted literal, never logged.
+        db.execute(f"ALTER ROLE {role} WITH LOGIN PASSWORD {pg8000.native.literal(password)}")
+    database = pg8000.native.identifier(db.query("SELECT current_database() AS d")[0]["d"])
+    for statement in (
+        f"GRANT CONNECT ON DATABASE {database} TO {role}",
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        f"REVOKE ALL ON schema_migrations FROM {role}",
+    ):
+        db.execute(statement)
 
 
 def _statements(sql: str) -> list[str]:
@@ -49,7 +89,9 @@ def _statements(sql: str) -> list[str]:
 
 def run() -> list[str]:
     """Entry point for the deploy-time custom resource and the local stack."""
-    return apply_migrations(get_database())
+    secret_id = get_settings().db_app_secret_id
+    password = str(get_secret_json(secret_id)["password"]) if secret_id else None
+    return apply_migrations(get_database(), password)
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from payments_core.config import get_settings
+
 if TYPE_CHECKING:
     from aws_lambda_powertools import Tracer
 
@@ -66,7 +68,7 @@ class LazyTracer:
 
 
 logger = Logger(service="payment-service")
-metrics = Metrics(namespace="CampusG/Payments", service="payment-service")
+metrics = Metrics(namespace=get_settings().metrics_namespace, service="payment-service")
 # X-Ray's SDK costs about as much to import as boto3: it is loaded on the first invocation
 tracer = LazyTracer(service="payment-service")
 

@@ -9,15 +9,21 @@ from typing import Any
 SECRET_MAX_AGE_SECONDS = 300
 
 
-def get_secret_string(secret_id: str) -> str:
+def read_secret_string(secret_id: str) -> str:
+    """The secret's value, stripped; possibly empty (``secret_checks`` judges what it holds)."""
     from aws_lambda_powertools.utilities import parameters
 
     value = parameters.get_secret(secret_id, max_age=SECRET_MAX_AGE_SECONDS)
     if isinstance(value, bytes):
         value = value.decode("utf-8")
-    if not isinstance(value, str) or not value.strip():
+    return value.strip() if isinstance(value, str) else ""
+
+
+def get_secret_string(secret_id: str) -> str:
+    value = read_secret_string(secret_id)
+    if not value:
         raise RuntimeError(f"secret {secret_id} is empty: fill it in Secrets Manager")
-    return value.strip()
+    return value
 
 
 def get_secret_json(secret_id: str) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from payments_core import secret_checks
 from payments_core.config import Settings, get_settings
 from payments_core.contracts import STRIPE_API_ERROR, STRIPE_CARD_ERROR
 from payments_core.errors import Rejection, TransientError
-from payments_core.secrets import get_secret_string
 
 if TYPE_CHECKING:
     from payments_core.domain import Payment
@@ -126,7 +126,7 @@ class StripeApiGateway:
     def _stripe(self) -> Any:
         import stripe  # imported on first use: keeps the handlers' cold start short
 
-        key = self._api_key or get_secret_string(self._settings.stripe_secret_key_secret_id)
+        key = self._api_key or secret_checks.api_key(self._settings.stripe_secret_key_secret_id)
         if self._client is None or key != self._client_key:  # rebuilt when the secret rotates
             self._client = stripe.StripeClient(
                 key,

@@ -11,9 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from payments_core import lifecycle, outbox, reconciliation, repository
+from payments_core import lifecycle, outbox, reconciliation, repository, secret_checks
 from payments_core.observability import count, logger
-from payments_core.secrets import get_secret_string
 from payments_core.services import Services
 from payments_core.stripe_gateway import IntentSnapshot
 
@@ -59,7 +58,8 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
         payload = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WebhookRejected("body is not UTF-8", INVALID_PAYLOAD) from exc
-    secret = get_secret_string(services.settings.stripe_webhook_secret_id)
+    # Never verify with a placeholder: refuses (log line, metric, 500) unless it is a whsec_ value.
+    secret = secret_checks.webhook_secret(services.settings.stripe_webhook_secret_id)
     try:
         stripe.WebhookSignature.verify_header(
             payload, signature_header, secret, tolerance=services.settings.webhook_tolerance_seconds
