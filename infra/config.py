@@ -65,8 +65,15 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class FunctionsConfig:
     memory_mb: int
+    # The authorize function runs a pool of command_workers threads (payments_core.batch): more
+    # CPU for them, and a timeout that covers kafka.batch_size x Stripe p99 / command_workers
+    # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
+    authorize_memory_mb: int
     authorize_timeout_seconds: int
-    authorize_reserved_concurrency: int | None
+    authorize_reserved_concurrency: int | None  # at least the partition count: one invocation per partition
+    command_workers: int
+    stripe_max_in_flight: int  # per container; x partitions / Stripe latency must stay under Stripe's limit
+    command_start_margin_ms: int
     log_level: str
     log_retention_days: int
 

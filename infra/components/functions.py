@@ -111,6 +111,13 @@ class Functions(Construct):
                 Duration.seconds(fc.authorize_timeout_seconds),
             ),
             reserved_concurrency=fc.authorize_reserved_concurrency,
+            memory_mb=fc.authorize_memory_mb,
+            environment={
+                **self.environment,
+                "COMMAND_WORKERS": str(fc.command_workers),
+                "STRIPE_MAX_IN_FLIGHT": str(fc.stripe_max_in_flight),
+                "COMMAND_START_MARGIN_MS": str(fc.command_start_margin_ms),
+            },
         )
         self.payment_api = self._function(
             _Spec(
@@ -176,7 +183,9 @@ class Functions(Construct):
         for fn in self.service_functions:
             database.proxy.grant_connect(fn, APP_ROLE)
             messaging.grant_produce(fn, *kafka_topics[fn])
-        for fn in (self.authorize_payment, self.reconcile_payments):
+        # The API function calls Stripe too: a webhook reporting a hold on a payment that is
+        # already final cancels it (reconciliation.cancel_stray_hold).
+        for fn in (self.authorize_payment, self.reconcile_payments, self.payment_api):
             _read_secret(fn, stripe.secret_key)
         _read_secret(self.payment_api, stripe.webhook_secret)
         # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
@@ -199,6 +208,7 @@ class Functions(Construct):
         spec: _Spec,
         *,
         reserved_concurrency: int | None = None,
+        memory_mb: int | None = None,
         security_group: ec2.ISecurityGroup | None = None,
         environment: dict[str, str] | None = None,
     ) -> lambda_.Function:
@@ -216,7 +226,7 @@ class Functions(Construct):
             # Only app.py: everything else the function needs is in the shared layer.
             code=lambda_.Code.from_asset(str(source), exclude=["*", "!app.py"]),
             layers=[self.layer],
-            memory_size=fc.memory_mb,
+            memory_size=memory_mb or fc.memory_mb,
             timeout=spec.timeout,
             reserved_concurrent_executions=reserved_concurrency,
             vpc=self._network.vpc,

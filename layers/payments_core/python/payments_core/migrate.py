@@ -17,8 +17,10 @@ from payments_core.config import get_settings
 from payments_core.db import Database, get_database
 from payments_core.secrets import get_secret_json
 
-# An arbitrary constant: two deploys migrating at once serialize on it.
-MIGRATION_LOCK_KEY = 727_300_001
+# Two deploys migrating at once serialize on this lock; the second waits at most this long
+# (well inside the custom resource's 300 s).
+MIGRATION_LOCK_NAME = "schema-migrations"
+MIGRATION_LOCK_WAIT_SECONDS = 120
 APP_ROLE = "payments_app"
 
 
@@ -31,8 +33,9 @@ def migration_files() -> list[tuple[str, str]]:
 def apply_migrations(db: Database, app_password: str | None = None) -> list[str]:
     """Apply the migrations not yet applied; return the versions applied now."""
     applied_now: list[str] = []
-    db.query("SELECT pg_advisory_lock(:key)", key=MIGRATION_LOCK_KEY)
-    try:
+    # Through the Database's own lock, so its wait is bounded by lock_timeout (not cut by the
+    # socket timeout) and a connection lost under it is noticed instead of silently replaced.
+    with db.order_lock(MIGRATION_LOCK_NAME, timeout_seconds=MIGRATION_LOCK_WAIT_SECONDS):
         db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -47,8 +50,6 @@ def apply_migrations(db: Database, app_password: str | None = None) -> list[str]
                 db.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
             applied_now.append(version)
         ensure_app_role(db, app_password)
-    finally:
-        db.query("SELECT pg_advisory_unlock(:key)", key=MIGRATION_LOCK_KEY)
     return applied_now
 
 
