@@ -220,9 +220,14 @@ class StripeFaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}]
+                # half the latency on the way in, half on the way out: a request the client
+                # gave up on (or died during) still reaches Stripe and acts, as it would
+                half = proxy.latency_ms / 2000
+                if half > 0:
+                    time.sleep(half)
                 answer = proxy.respond(self.command, self.path, headers, body)
-                if proxy.latency_ms > 0:
-                    time.sleep(proxy.latency_ms / 1000)
+                if half > 0:
+                    time.sleep(half)
                 self._send(*answer)
 
             def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

@@ -34,6 +34,7 @@ PARTIAL = "partial_release"  # released with amount_to_capture (Kafka only): SUC
 REVERT_BEFORE = "revert_before_release"  # cancelled while held: REVERTED, hold canceled
 REVERT_AFTER = "revert_after_release"  # released, then compensated: refund and transfer reversal
 RACE = "release_and_revert_together"  # both at once: either outcome, but a consistent one
+REVERT_EARLY = "revert_with_authorize"  # revert by order_id right behind its authorize: races the create
 DECLINED = "declined"  # the card is declined: FAILED
 DECLINED_REVERTED = "declined_then_reverted"  # the saga compensates a failed order anyway
 AUTH_3DS = "3ds_authenticated_then_release"
@@ -46,6 +47,7 @@ PLAN_WEIGHTS: list[tuple[str, int]] = [
     (REVERT_BEFORE, 14),
     (REVERT_AFTER, 18),
     (RACE, 8),
+    (REVERT_EARLY, 6),
     (DECLINED, 7),
     (DECLINED_REVERTED, 4),
     (AUTH_3DS, 8),
@@ -127,7 +129,7 @@ class Workload:
             plan = self.rng.choices(plans, weights)[0]
             kind = CARD_OF_PLAN.get(plan, "ok")
             card = cards[kind][i % len(cards[kind])]
-            order_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            order_id = str(uuid.uuid4())  # fresh per run: a replayed seed replays plans, not ids
             amount = 500 + self.rng.randrange(0, 9500)
             cmd = authorize_command(card, order_id=order_id, amount=amount, correlation_id=str(uuid.uuid4()))
             self.orders[order_id] = Order(
@@ -148,6 +150,10 @@ class Workload:
         for order in self.orders.values():
             self.produce(order.authorize)
             self.counts["authorize_sent"] += 1
+            if order.plan == REVERT_EARLY:
+                self._command(order, "revert_payment", by_order=True, reason="drill: cancelled at once")
+                self.counts["revert_kafka"] += 1
+                order.stage = "done"
             if order.duplicate:
                 pending_dups.append((time.monotonic() + self.rng.uniform(0.2, 3.0), order.authorize))
             now = time.monotonic()
@@ -160,8 +166,9 @@ class Workload:
             self.produce(raw)
             self.counts["authorize_duplicates"] += 1
 
-    def _command(self, order: Order, kind: str, **payload: Any) -> None:
-        raw = json.dumps(command(kind, payment_id=order.payment_id, **payload)).encode()
+    def _command(self, order: Order, kind: str, *, by_order: bool = False, **payload: Any) -> None:
+        ref = {"order_id": order.order_id} if by_order else {"payment_id": order.payment_id}
+        raw = json.dumps(command(kind, **ref, **payload)).encode()
         self.produce(raw)
         if self.rng.random() < 0.15:  # a redelivered copy of the same command
             self.produce(raw)
@@ -468,8 +475,11 @@ def _agrees(
     if last == "AUTHORIZED":
         return status == "requires_capture"
     if last == "SUCCEEDED":
-        runner_paid = bool(paid_out) or event["payload"].get("transfer_id") is None
-        return status == "succeeded" and refunded < captured and runner_paid
+        # the announced transfer is the one Stripe holds: none announced while Stripe paid the
+        # runner (an operator, alarmed, would pay again), or one Stripe does not hold, disagree
+        announced = event["payload"].get("transfer_id")
+        runner = [t["id"] for t in paid_out] == ([announced] if announced else [])
+        return status == "succeeded" and refunded < captured and runner
     if last == "REVERTED":
         given_back = status in (None, "canceled", "requires_payment_method") or (
             status == "succeeded" and refunded >= captured

@@ -54,7 +54,9 @@ ORDERS = int(os.environ.get("CRASH_DRILL_ORDERS", "300"))
 RELEASE_VIA = os.environ.get("CRASH_DRILL_RELEASE_VIA", "http")  # http (half of them) | kafka
 KILL_PROBABILITY = float(os.environ.get("CRASH_DRILL_KILL_PROBABILITY", "0.3"))
 SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_SETTLE_TIMEOUT_S", "150"))
+STRIPE_LATENCY_MS = float(os.environ.get("CRASH_DRILL_STRIPE_LATENCY_MS", "0"))  # e.g. 300: Stripe's distance
 ESM_GROUP = "local-esm-authorize_payment"  # the stack's: it resumes where the drill stopped
+CONCURRENCY = 3  # payment_commands' partitions: MSK invokes one batch per partition at a time
 
 
 @pytest.fixture
@@ -97,7 +99,11 @@ def test_crash_drill(
     )
     started = time.monotonic()
     cards = {kind: [new_card(CARD_NUMBERS[kind]) for _ in range(n)] for kind, n in CUSTOMERS_PER_CARD.items()}
-    strict = StrictStripe(local_env["STRIPE_API_BASE"], validator=local_env["STRIPE_MOCK_API_BASE"]).start()
+    strict = StrictStripe(
+        local_env["STRIPE_API_BASE"],
+        validator=local_env["STRIPE_MOCK_API_BASE"],
+        latency_ms=STRIPE_LATENCY_MS,
+    ).start()
     env = {
         **os.environ,
         **client_env(),
@@ -107,13 +113,18 @@ def test_crash_drill(
         "RECONCILE_AUTHORIZED_AFTER_SECONDS": "20",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
-    authorize = CrashRunner(
-        "authorize",
-        seed=seed,
-        env=env,
-        log_path=tmp_path / "authorize.log",
-        kill_probability=KILL_PROBABILITY,
-    )
+    # Like the MSK event source mapping, one concurrent invocation per partition: a poller (and
+    # a function process) per partition of payment_commands, in one consumer group.
+    authorizers = [
+        CrashRunner(
+            f"authorize-{i}",
+            seed=seed,
+            env=env,
+            log_path=tmp_path / f"authorize-{i}.log",
+            kill_probability=KILL_PROBABILITY,
+        )
+        for i in range(CONCURRENCY)
+    ]
     scheduled = CrashRunner(
         "scheduled",
         seed=seed,
@@ -121,28 +132,11 @@ def test_crash_drill(
         log_path=tmp_path / "scheduled.log",
         kill_probability=KILL_PROBABILITY / 2,
     )
-    mapping = EventSourceMapping(
-        MappingConfig(
-            function="authorize_payment",
-            group_id=ESM_GROUP,
-            bootstrap_servers=local_env["KAFKA_BOOTSTRAP_SERVERS"],
-            batch_size=10,
-            batch_window_ms=150,
-            max_retries=40,
-            retry_backoff_s=0.2,
-            retry_backoff_max_s=1.0,
-            handler_timeout_s=30,
-        ),
-        handler=authorize.handle,
-    )
+    runners = [*authorizers, scheduled]
     dead_lettered: list[str] = []
-    original_dead_letter = mapping._dead_letter
-
-    def count_dead_letter(record: Any, retry: Any) -> None:
-        dead_lettered.append(f"offset {record.offset}: {retry.last_error}")
-        original_dead_letter(record, retry)
-
-    mapping._dead_letter = count_dead_letter  # type: ignore[method-assign]
+    mappings = [
+        _mapping(runner, local_env["KAFKA_BOOTSTRAP_SERVERS"], dead_lettered) for runner in authorizers
+    ]
     stop = threading.Event()
 
     def run_scheduled() -> None:  # EventBridge, every second: the reconciler, then the relay
@@ -169,7 +163,7 @@ def test_crash_drill(
         pg=pg,
     )
     threads = [
-        threading.Thread(target=mapping.run, name="drill-esm", daemon=True),
+        *(threading.Thread(target=m.run, name=f"drill-esm-{i}", daemon=True) for i, m in enumerate(mappings)),
         threading.Thread(target=run_scheduled, name="drill-scheduler", daemon=True),
     ]
     sender = threading.Thread(target=workload.send_authorizations, name="drill-sender", daemon=True)
@@ -195,11 +189,12 @@ def test_crash_drill(
         _wait(lambda: _quiet(make_consumer, pg, workload), 15)
     finally:
         stop.set()
-        mapping.stop()
+        for m in mappings:
+            m.stop()
         for t in threads:
             t.join(30)
-        authorize.stop()
-        scheduled.stop()
+        for runner in runners:
+            runner.stop()
         strict.stop()
     elapsed = time.monotonic() - started
 
@@ -209,15 +204,17 @@ def test_crash_drill(
     rows = _rows(pg, list(orders))
     problems, counts = check_orders(orders, events, intents, strict.ledger, rows)
 
-    kills = Counter(authorize.kills) + Counter(scheduled.kills)
+    kills = sum((Counter(r.kills) for r in runners), Counter())
+    crossed = sum((Counter(r.crossings) for r in runners), Counter())
     say(
         f"[crash-drill] seed={seed} kills by phase: "
         + ", ".join(f"{phase}={kills.get(phase, 0)}" for phase in (*PHASES, "unplanned"))
-        + f" (authorize function {sum(authorize.kills.values())} of {authorize.invocations} invocations, "
+        + f" (authorize function {sum(sum(r.kills.values()) for r in authorizers)} of "
+        f"{sum(r.invocations for r in authorizers)} invocations in {CONCURRENCY} processes, "
         f"reconciler/relay {sum(scheduled.kills.values())} of {scheduled.invocations}; "
-        f"planned but not reached {authorize.planned_not_reached + scheduled.planned_not_reached}; "
-        f"cold starts {authorize.cold_starts + scheduled.cold_starts}; "
-        f"crash points crossed by surviving invocations {dict(authorize.crossings + scheduled.crossings)})"
+        f"planned but not reached {sum(r.planned_not_reached for r in runners)}; "
+        f"cold starts {sum(r.cold_starts for r in runners)}; "
+        f"crash points crossed by surviving invocations {dict(crossed)})"
     )
     say(
         "[crash-drill] counts: "
@@ -247,7 +244,15 @@ def test_crash_drill(
         f"kills {dict(kills)}; replay with CRASH_DRILL_SEED={seed}"
     ]
     if not settled:
-        message.append(f"the workload did not settle within {SETTLE_TIMEOUT_S:.0f}s")
+        moving = [
+            o
+            for o in orders.values()
+            if o.stage != "done" or (rows.get(o.order_id) or {}).get("status") == "PENDING"
+        ]
+        message.append(
+            f"the workload did not settle within {SETTLE_TIMEOUT_S:.0f}s; still moving: "
+            + "; ".join(f"{o.order_id} ({o.plan}) stage {o.stage} row {o.status}" for o in moving[:10])
+        )
     if dead_lettered:
         message.append(f"{len(dead_lettered)} command(s) dead-lettered: {dead_lettered[:3]}")
     if workload.http_failures:
@@ -259,6 +264,32 @@ def test_crash_drill(
     for line in message:
         say("[crash-drill] " + line)
     assert not problems and settled and not workload.http_failures and not dead_lettered, "\n".join(message)
+
+
+def _mapping(runner: CrashRunner, bootstrap: str, dead_lettered: list[str]) -> EventSourceMapping:
+    """A local MSK event source mapping whose function is ``runner``'s killable child."""
+    mapping = EventSourceMapping(
+        MappingConfig(
+            function="authorize_payment",
+            group_id=ESM_GROUP,
+            bootstrap_servers=bootstrap,
+            batch_size=10,
+            batch_window_ms=150,
+            max_retries=40,
+            retry_backoff_s=0.2,
+            retry_backoff_max_s=1.0,
+            handler_timeout_s=30,
+        ),
+        handler=runner.handle,
+    )
+    original_dead_letter = mapping._dead_letter
+
+    def count_dead_letter(record: Any, retry: Any) -> None:
+        dead_lettered.append(f"{record.topic}-{record.partition} offset {record.offset}: {retry.last_error}")
+        original_dead_letter(record, retry)
+
+    mapping._dead_letter = count_dead_letter  # type: ignore[method-assign]
+    return mapping
 
 
 # ---- reading the stack ----------------------------------------------------------------------------
