@@ -62,9 +62,9 @@ def _accept_real_stripe_parameters() -> None:
     original_capture = resources.Charge._capture
 
     def _capture(self: Any, amount: Any = None, on_success: Any = None) -> Any:
-        result = original_capture(self, amount, on_success)
+        # set first: the payment_intent.succeeded webhook is built during the capture
         self._amount_captured = self.amount if amount is None else int(amount)
-        return result
+        return original_capture(self, amount, on_success)
 
     resources.Charge._capture = _capture
     resources.PaymentIntent.amount_capturable = property(

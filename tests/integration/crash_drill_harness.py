@@ -389,9 +389,14 @@ def check_orders(
         pis = intents.get(oid, [])
         created = ledger.intents_by_order.get(oid, [])
         row = rows.get(oid) or {}
-        evs = events.get(oid, [])
+        # what a consumer sees: duplicates (a re-announcement repeats an earlier event_id) dropped
+        evs = _first_copies(events.get(oid, []))
         story = " -> ".join(final_state(e) for e in evs) or "no events"
-        where = f"events: {story}; row: {row.get('status')}; sent: {order.sent}"
+        where = (
+            f"events: {story}; row: {row.get('status')} captured {row.get('captured_amount_cents')} "
+            f"transfer {row.get('transfer_id')} failure {str(row.get('transfer_failure'))[:60]!r} "
+            f"refund {row.get('refund_id')} reversal {row.get('transfer_reversal_id')}; sent: {order.sent}"
+        )
         counts["intents"] += len(pis)
         if len(pis) > 1 or len(set(created)) > 1:
             fail(
@@ -488,6 +493,16 @@ def _agrees(
     if last == "FAILED":
         return status in (None, "canceled", "requires_payment_method") and not transfers
     return False
+
+
+def _first_copies(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[Any] = set()
+    out = []
+    for e in events:
+        if e.get("event_id") not in seen:
+            seen.add(e.get("event_id"))
+            out.append(e)
+    return out
 
 
 def group_events(raw: list[tuple[str, dict[str, Any]]], orders: set[str]) -> dict[str, list[dict[str, Any]]]:
