@@ -135,7 +135,7 @@ class CrashRunner:
         """Whether and where this invocation dies, from the seeded RNG."""
         if self.rng.random() >= self.kill_probability:
             return None
-        records, releases = _records_of(event) if event is not None else (3, 1)
+        records, releases, reverts = _records_of(event) if event is not None else (3, 1, 1)
         if self.rng.random() < self.timer_share:
             return {"phase": TIMER, "after_ms": self.rng.randint(5, 60 + 40 * records)}
         choices: list[tuple[str, int]] = [
@@ -144,8 +144,17 @@ class CrashRunner:
             (BEFORE_COMMIT, max(1, 2 * records)),
             (BEFORE_PUBLISH, 1),
         ]
+        # the windows where money has moved at Stripe and nothing else knows yet, aimed at
+        # directly as well (a batch has few releases and reverts among its Stripe calls)
+        targeted: list[tuple[str, int, str]] = []
         if releases:
             choices.append((CAPTURE_TO_TRANSFER, releases))
+            targeted.append((AFTER_STRIPE, releases, "transfer"))
+        if reverts:
+            targeted += [(AFTER_STRIPE, reverts, "refund"), (AFTER_STRIPE, reverts, "cancel")]
+        if targeted and self.rng.random() < 0.4:
+            phase, upto, method = self.rng.choice(targeted)
+            return {"phase": phase, "at": self.rng.randint(1, upto), "method": method}
         phase, upto = self.rng.choice(choices)
         return {"phase": phase, "at": self.rng.randint(1, upto)}
 
@@ -222,16 +231,16 @@ def _read_reply(proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, An
     return reply
 
 
-def _records_of(event: dict[str, Any]) -> tuple[int, int]:
-    """(records, release commands) of an MSK event."""
+def _records_of(event: dict[str, Any]) -> tuple[int, int, int]:
+    """(records, release commands, revert commands) of an MSK event."""
     records = [r for rs in (event.get("records") or {}).values() for r in rs]
-    releases = 0
+    kinds: Counter[str] = Counter()
     for r in records:
         try:
-            releases += json.loads(base64.b64decode(r.get("value") or "")).get("type") == "release_payment"
+            kinds[str(json.loads(base64.b64decode(r.get("value") or "")).get("type"))] += 1
         except (ValueError, AttributeError):
             continue
-    return len(records), releases
+    return len(records), kinds["release_payment"], kinds["revert_payment"]
 
 
 # ---- the child ----------------------------------------------------------------------------------
@@ -247,10 +256,13 @@ class _KillSwitch:
         self.plan = plan if plan and plan.get("phase") != TIMER else None
         self.crossings = Counter()
 
-    def cross(self, phase: str, detail: str) -> None:
+    def cross(self, phase: str, detail: str, method: str = "") -> None:
         self.crossings[phase] += 1
+        if method:
+            self.crossings[f"{phase}:{method}"] += 1
         plan = self.plan
-        if plan is not None and plan["phase"] == phase and self.crossings[phase] == plan["at"]:
+        key = f"{phase}:{plan['method']}" if plan is not None and plan.get("method") else phase
+        if plan is not None and plan["phase"] == phase and self.crossings[key] == plan["at"]:
             self.out.write(json.dumps({"killed": phase, "detail": detail}) + "\n")
             self.out.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -303,10 +315,10 @@ def _wrap_services(switch: _KillSwitch) -> Any:
                     result = method(*args, **kwargs)
                 except Exception:
                     if name in MONEY_MOVING:
-                        switch.cross(after, f"{name} {order} (refused)")
+                        switch.cross(after, f"{name} {order} (refused)", name)
                     raise
                 if name in MONEY_MOVING:
-                    switch.cross(after, f"{name} {order}")
+                    switch.cross(after, f"{name} {order}", name)
                 return result
 
             return call
