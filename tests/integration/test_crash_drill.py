@@ -33,6 +33,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -394,3 +395,132 @@ def _rows(pg: Any, orders: list[str]) -> dict[str, dict[str, Any]]:
     rows = pg.run("SELECT * FROM payments WHERE order_id = ANY(CAST(:o AS text[]))", o=orders)
     names = [c["name"] for c in pg.columns]
     return {r["order_id"]: r for r in (dict(zip(names, row, strict=True)) for row in rows)}
+
+
+# ---- single crashes, aimed: each replays one window the drill only reaches by chance ----------------
+
+
+@pytest.fixture
+def runner_via(tmp_path: Path, local_env: dict[str, str]) -> Iterator[Callable[..., CrashRunner]]:
+    """``runner_via(double, name) -> CrashRunner``: a killable authorize function (and
+    reconciler) whose Stripe is ``double``; stopped after the test."""
+    made: list[CrashRunner] = []
+
+    def make(double: StrictStripe, name: str = "fn") -> CrashRunner:
+        env = {
+            **os.environ,
+            **client_env(),
+            "STRIPE_API_BASE": double.url,
+            "RECONCILE_PENDING_AFTER_SECONDS": "0",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+        runner = CrashRunner(name, seed=0, env=env, log_path=tmp_path / f"{name}.log", kill_probability=0.0)
+        made.append(runner)
+        return runner
+
+    yield make
+    for runner in made:
+        runner.stop()
+
+
+def _batch(cmd: dict[str, Any]) -> dict[str, Any]:
+    from conftest import msk_event
+
+    return msk_event(cmd)
+
+
+def test_a_transfer_made_just_before_a_crash_is_reversed_by_the_revert(
+    runner_via: Callable[..., CrashRunner],
+    new_card: Callable[[str], Card],
+    payment_row: Callable[[str], Any],
+    local_env: dict[str, str],
+) -> None:
+    """Issue 12, defect 2: the release dies after Stripe answered its transfer, before the
+    commit; Stripe's payment_intent.succeeded webhook records SUCCEEDED (with no transfer);
+    the saga's revert then refunds the customer. The runner's transfer must be reversed too
+    (it can be found by its transfer_group), whatever the release's redelivery does later."""
+    from conftest import CARD_OK, authorize_command, command, wait_for
+
+    double = StrictStripe(local_env["STRIPE_API_BASE"], validator=local_env["STRIPE_MOCK_API_BASE"]).start()
+    try:
+        fn = runner_via(double)
+        order_id = str(uuid.uuid4())
+        fn.invoke("batch", _batch(authorize_command(new_card(CARD_OK), order_id=order_id)))
+        row = wait_for(lambda: (r := payment_row(order_id)) and r["status"] == "AUTHORIZED" and r)
+        assert row, f"not authorized: {payment_row(order_id)}"
+        release = command(
+            "release_payment",
+            payment_id=str(row["payment_id"]),
+            runner_id="user_runner",
+            runner_connect_account_id="acct_runner1",
+        )
+        with pytest.raises(ChildKilled):
+            fn.invoke("batch", _batch(release), plan={"phase": AFTER_STRIPE, "at": 1, "method": "transfer"})
+        assert wait_for(lambda: payment_row(order_id)["status"] == "SUCCEEDED"), "the webhook never came"
+        revert = command("revert_payment", payment_id=str(row["payment_id"]), reason="order cancelled")
+        fn.invoke("batch", _batch(revert))
+        fn.invoke("batch", _batch(release))  # the mapping re-delivers the crashed release
+        after = payment_row(order_id)
+        transfers = double.ledger.transfers_for(order_id)
+        refunded = double.ledger.refunded(row["payment_intent_id"])
+        assert len(transfers) == 1, f"transfers {transfers}"
+        assert not refunded or transfers[0]["reversed"], (
+            f"the customer was refunded {refunded} ({after['status']}, refund {after['refund_id']}) but the "
+            f"runner keeps transfer {transfers[0]['id']} of {transfers[0]['amount']} (reversed "
+            f"{transfers[0]['amount_reversed']}); the payment records transfer_id={after['transfer_id']}"
+        )
+    finally:
+        double.stop()
+
+
+def test_a_hold_created_after_its_revert_is_released(
+    runner_via: Callable[..., CrashRunner],
+    new_card: Callable[[str], Card],
+    payment_row: Callable[[str], Any],
+    local_env: dict[str, str],
+) -> None:
+    """Issue 12, defect 3: the authorize function dies while its create is still on the way to
+    Stripe (2 s away); the saga's revert finds no PaymentIntent and answers REVERTED; then
+    Stripe executes the create: a hold on a REVERTED payment. The webhook or the reconciler
+    must cancel it; today both refuse the transition and the card stays held for days."""
+    from conftest import CARD_OK, authorize_command, command, wait_for
+
+    far = StrictStripe(local_env["STRIPE_API_BASE"], latency_ms=2000).start()
+    near = StrictStripe(local_env["STRIPE_API_BASE"]).start()
+    try:
+        slow, fn = runner_via(far, "slow"), runner_via(near, "fn")
+        order_id = str(uuid.uuid4())
+        slow.invoke("relay")  # warm processes (imports done): the timer then lands mid-request
+        fn.invoke("relay")
+        with pytest.raises(ChildKilled):
+            slow.invoke(
+                "batch",
+                _batch(authorize_command(new_card(CARD_OK), order_id=order_id)),
+                plan={"phase": "anywhere_timer", "after_ms": 600},
+            )
+        fn.invoke("batch", _batch(command("revert_payment", order_id=order_id, reason="order cancelled")))
+        assert payment_row(order_id)["status"] == "REVERTED"
+        created = wait_for(lambda: far.ledger.intents_by_order.get(order_id), timeout=10)
+        assert created, "Stripe never executed the create that was on its way"
+        time.sleep(2)  # the webhook of the new hold arrives
+        fn.invoke("reconcile")
+        intent = stripe_state(local_env, created[0])
+        assert intent["status"] != "requires_capture", (
+            f"{created[0]} holds {intent['amount']} on the card (requires_capture) while the payment is "
+            f"{payment_row(order_id)['status']} and REVERTED was announced"
+        )
+    finally:
+        far.stop()
+        near.stop()
+
+
+def stripe_state(local_env: dict[str, str], intent_id: str) -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 - localstripe on 127.0.0.1
+        f"{local_env['STRIPE_API_BASE']}/v1/payment_intents/{intent_id}",
+        headers={"Authorization": f"Bearer {local_env['STRIPE_SECRET_KEY']}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
