@@ -480,12 +480,12 @@ def test_a_hold_created_after_its_revert_is_released(
     local_env: dict[str, str],
 ) -> None:
     """Issue 12, defect 3: the authorize function dies while its create is still on the way to
-    Stripe (2 s away); the saga's revert finds no PaymentIntent and answers REVERTED; then
+    Stripe (3 s away); the saga's revert finds no PaymentIntent and answers REVERTED; then
     Stripe executes the create: a hold on a REVERTED payment. The webhook or the reconciler
     must cancel it; today both refuse the transition and the card stays held for days."""
     from conftest import CARD_OK, authorize_command, command, wait_for
 
-    far = StrictStripe(local_env["STRIPE_API_BASE"], latency_ms=2000).start()
+    far = StrictStripe(local_env["STRIPE_API_BASE"], latency_ms=6000).start()  # 3 s each way
     near = StrictStripe(local_env["STRIPE_API_BASE"]).start()
     try:
         slow, fn = runner_via(far, "slow"), runner_via(near, "fn")
@@ -496,11 +496,13 @@ def test_a_hold_created_after_its_revert_is_released(
             slow.invoke(
                 "batch",
                 _batch(authorize_command(new_card(CARD_OK), order_id=order_id)),
-                plan={"phase": "anywhere_timer", "after_ms": 600},
+                plan={"phase": "anywhere_timer", "after_ms": 1500},
             )
         fn.invoke("batch", _batch(command("revert_payment", order_id=order_id, reason="order cancelled")))
         assert payment_row(order_id)["status"] == "REVERTED"
-        created = wait_for(lambda: far.ledger.intents_by_order.get(order_id), timeout=10)
+        # the race this test is about: the revert finished while the create was still on its way
+        assert not far.ledger.intents_by_order.get(order_id), "the create reached Stripe before the revert"
+        created = wait_for(lambda: far.ledger.intents_by_order.get(order_id), timeout=15)
         assert created, "Stripe never executed the create that was on its way"
         time.sleep(2)  # the webhook of the new hold arrives
         fn.invoke("reconcile")
