@@ -57,6 +57,25 @@ def _accept_real_stripe_parameters() -> None:
 
     resources.PaymentIntent._create_charge = _create_charge
 
+    # Real Stripe's PaymentIntents (in answers and in webhooks) say how much is held and how
+    # much was captured; localstripe's omit both, which hides a partial capture's amount.
+    original_capture = resources.Charge._capture
+
+    def _capture(self: Any, amount: Any = None, on_success: Any = None) -> Any:
+        # set first: the payment_intent.succeeded webhook is built during the capture
+        self._amount_captured = self.amount if amount is None else int(amount)
+        return original_capture(self, amount, on_success)
+
+    resources.Charge._capture = _capture
+    resources.PaymentIntent.amount_capturable = property(
+        lambda self: self.amount if self.status == "requires_capture" else 0
+    )
+    resources.PaymentIntent.amount_received = property(
+        lambda self: (
+            getattr(self.latest_charge, "_amount_captured", self.amount) if self.status == "succeeded" else 0
+        )
+    )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)

@@ -35,8 +35,8 @@ import pytest
 from conftest import CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize_command
 
 from local import stack
-from local.fault_proxy import StripeFaultProxy
 from local.settings import DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
+from local.strict_stripe import StrictStripe
 
 pytestmark = pytest.mark.integration
 
@@ -639,12 +639,15 @@ def test_stripe_answers_500_for_a_while(
     drill: Callable[[str], Drill], own_event_source: Any, local_env: dict[str, str]
 ) -> None:
     """200 commands (190 orders + 10 exact duplicates) through our own event-source mapping
-    whose Stripe is a fault proxy in front of localstripe: halfway through the stream, every
-    Stripe request is answered 500 for 8 seconds, alternately without reaching localstripe and
-    after localstripe acted (its answer lost). Commands the mapping gives up on (dead-lettered
-    with a reason) leave a PENDING payment that the scheduler's reconciler completes."""
+    whose Stripe is the strict double in front of localstripe (local/strict_stripe.py: Stripe's
+    idempotency, 500s included): halfway through the stream, every Stripe request is answered
+    500 for 8 seconds, in turn without reaching localstripe, after localstripe acted with its
+    answer lost (a retry with the key gets the true answer), and after localstripe acted with
+    the 500 saved under the key (a retry with the key gets the 500 again). Commands the mapping
+    gives up on (dead-lettered with a reason) leave a PENDING payment that the scheduler's
+    reconciler completes."""
     d = drill("stripe-500")
-    proxy = StripeFaultProxy(local_env["STRIPE_API_BASE"]).start()
+    proxy = StrictStripe(local_env["STRIPE_API_BASE"], validator=local_env["STRIPE_MOCK_API_BASE"]).start()
     try:
         _, log = own_event_source(proxy.url)
         counter = _log_counter(log)
@@ -659,6 +662,9 @@ def test_stripe_answers_500_for_a_while(
                 "stripe_500_refused": proxy.stats.refused,
                 "stripe_500_after_acting": proxy.stats.lost,
                 "stripe_idempotent_replays": proxy.stats.replayed,
+                "stripe_500_saved": proxy.strict.saved_500,
+                "stripe_saved_500_replayed": proxy.strict.replayed_500,
+                "stripe_idempotency_errors": proxy.strict.idempotency_errors,
             }
         )
         assert proxy.stats.failed > 0, "the fault window saw no Stripe request: the drill drilled nothing"

@@ -1,0 +1,373 @@
+"""Run a Lambda handler in a child process that dies by SIGKILL at chosen points, like a
+function that hits its timeout or runs out of memory at any line. For the crash drill.
+
+    runner = CrashRunner("authorize", seed=7, env=child_env, log_path=...)
+    mapping = EventSourceMapping(config, handler=runner.handle)   # the local MSK mapping
+    runner.invoke("reconcile")                                     # or a scheduled function
+
+The parent (``CrashRunner``) hands each invocation to the child over a pipe, with a kill plan
+drawn from its seeded RNG: "die at the N-th crossing of phase P", or "die after T ms wherever
+you are" (a timer SIGKILL from the parent). When the child dies the invocation raises, so the
+event source mapping re-delivers the whole batch, as AWS does after a crashed invocation, and
+a fresh child (a cold start) takes the next one.
+
+The child (``python -m local.crash_runner``) builds the service's own gateways and wraps them,
+without touching ``payments_core``:
+
+- the Stripe gateway: ``before_stripe`` (a request about to be sent), then, once a money-moving
+  request answered, ``after_stripe_before_commit`` (Stripe acted, the database does not know
+  yet), or ``between_capture_and_transfer`` for a capture's answer;
+- the database connection: ``before_db_commit`` (the transaction's COMMIT about to be sent);
+- the event publisher: ``after_commit_before_publish`` (changes and outbox rows committed, the
+  events not on Kafka yet).
+
+At the chosen crossing the child writes one line naming the phase to the parent, then sends
+itself SIGKILL: nothing after that point runs (no ``finally``, no ROLLBACK, no socket closed
+politely); PostgreSQL sees the connection drop and releases its locks, as with a dead Lambda.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from local.lambda_runtime import FakeLambdaContext
+from local.settings import REPO_ROOT
+
+log = logging.getLogger("local.crash_runner")
+
+BEFORE_STRIPE = "before_stripe"
+AFTER_STRIPE = "after_stripe_before_commit"
+CAPTURE_TO_TRANSFER = "between_capture_and_transfer"
+BEFORE_COMMIT = "before_db_commit"
+BEFORE_PUBLISH = "after_commit_before_publish"
+TIMER = "anywhere_timer"
+PHASES = (BEFORE_STRIPE, AFTER_STRIPE, BEFORE_COMMIT, BEFORE_PUBLISH, CAPTURE_TO_TRANSFER, TIMER)
+
+# Stripe requests that move money (their answer returning is a crash point); the rest only read.
+MONEY_MOVING = frozenset({"create_hold", "capture", "cancel", "refund", "transfer", "reverse_transfer"})
+FUNCTIONS = {"batch": "authorize_payment", "reconcile": "reconcile_payments", "relay": "outbox_relay"}
+
+
+class ChildKilled(RuntimeError):
+    """The invocation's process died (killed by plan, by timer, or of its own accord)."""
+
+    def __init__(self, phase: str, detail: str = "") -> None:
+        super().__init__(f"function process killed ({phase}{': ' + detail if detail else ''})")
+        self.phase = phase
+        self.detail = detail
+
+
+# ---- the parent ---------------------------------------------------------------------------------
+
+
+class CrashRunner:
+    """One function's child process, restarted after every death, and its seeded kill plans."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        seed: int,
+        env: dict[str, str],
+        log_path: Path,
+        kill_probability: float = 0.3,
+        timer_share: float = 0.15,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.rng = random.Random(f"{seed}:{name}")
+        self.env = env
+        self.log_path = log_path
+        self.kill_probability = kill_probability
+        self.timer_share = timer_share
+        self.timeout_s = timeout_s
+        self.kills: Counter[str] = Counter()  # by phase
+        self.kill_details: list[tuple[str, str]] = []
+        self.planned_not_reached = 0
+        self.invocations = 0
+        self.cold_starts = 0
+        self.crossings: Counter[str] = Counter()  # phases crossed by invocations that lived
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- process
+    def _start(self) -> subprocess.Popen[bytes]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "local.crash_runner"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            cwd=str(REPO_ROOT),
+            env=self.env,
+        )
+        out.close()
+        self.cold_starts += 1
+        return proc
+
+    def _child(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+        return self._proc
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # our own child, by its handle
+            proc.wait(10)
+
+    # -- plans
+    def plan(self, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Whether and where this invocation dies, from the seeded RNG."""
+        if self.rng.random() >= self.kill_probability:
+            return None
+        records, releases, reverts = _records_of(event) if event is not None else (3, 1, 1)
+        if self.rng.random() < self.timer_share:
+            return {"phase": TIMER, "after_ms": self.rng.randint(5, 60 + 40 * records)}
+        choices: list[tuple[str, int]] = [
+            (BEFORE_STRIPE, max(1, records)),
+            (AFTER_STRIPE, max(1, records)),
+            (BEFORE_COMMIT, max(1, 2 * records)),
+            (BEFORE_PUBLISH, 1),
+        ]
+        # the windows where money has moved at Stripe and nothing else knows yet, aimed at
+        # directly as well (a batch has few releases and reverts among its Stripe calls)
+        targeted: list[tuple[str, int, str]] = []
+        if releases:
+            choices.append((CAPTURE_TO_TRANSFER, releases))
+            targeted.append((AFTER_STRIPE, releases, "transfer"))
+        if reverts:
+            targeted += [(AFTER_STRIPE, reverts, "refund"), (AFTER_STRIPE, reverts, "cancel")]
+        if targeted and self.rng.random() < 0.4:
+            phase, upto, method = self.rng.choice(targeted)
+            return {"phase": phase, "at": self.rng.randint(1, upto), "method": method}
+        phase, upto = self.rng.choice(choices)
+        return {"phase": phase, "at": self.rng.randint(1, upto)}
+
+    # -- invocations
+    def handle(self, event: dict[str, Any], context: Any = None) -> Any:
+        """The mapping's handler: one batch in the child, under a kill plan."""
+        return self.invoke("batch", event, plan=self.plan(event))
+
+    def invoke(
+        self, kind: str, event: dict[str, Any] | None = None, *, plan: dict[str, Any] | None = None
+    ) -> Any:
+        with self._lock:
+            self.invocations += 1
+            proc = self._child()
+            request = {"kind": kind, "event": event or {}, "kill": plan}
+            timer: threading.Timer | None = None
+            if plan is not None and plan["phase"] == TIMER:
+                timer = threading.Timer(plan["after_ms"] / 1000, _sigkill, args=(proc,))
+                timer.start()
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    proc.stdin.write(json.dumps(request).encode() + b"\n")
+                    proc.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass  # already dead (timer): read the end below
+                reply = _read_reply(proc, self.timeout_s)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if reply is not None and "killed" not in reply:
+                if plan is not None:
+                    self.planned_not_reached += 1
+                self.crossings.update(reply.get("crossings") or {})
+                if not reply.get("ok"):
+                    raise RuntimeError(f"{self.name}: handler raised {reply.get('error')}")
+                return reply.get("response")
+            # the child is dead (or hung past the timeout and is killed now, as Lambda would)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            if reply is not None:
+                phase, detail = str(reply["killed"]), str(reply.get("detail") or "")
+            elif plan is not None and plan["phase"] == TIMER:
+                phase, detail = TIMER, f"after {plan['after_ms']} ms"
+            else:
+                phase, detail = "unplanned", f"exit {proc.returncode}"
+            self.kills[phase] += 1
+            self.kill_details.append((phase, detail))
+            self._proc = self._start()  # the next cold start begins now, while the mapping backs off
+            raise ChildKilled(phase, detail)
+
+
+def _sigkill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+
+
+def _read_reply(proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any] | None:
+    """The child's answer line; None when it died (or hung) without one."""
+    assert proc.stdout is not None
+    result: list[bytes] = []
+    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        proc.kill()
+        reader.join(5)
+        return None
+    line = result[0] if result else b""
+    if not line.strip():
+        return None
+    reply: dict[str, Any] = json.loads(line)
+    return reply
+
+
+def _records_of(event: dict[str, Any]) -> tuple[int, int, int]:
+    """(records, release commands, revert commands) of an MSK event."""
+    records = [r for rs in (event.get("records") or {}).values() for r in rs]
+    kinds: Counter[str] = Counter()
+    for r in records:
+        try:
+            kinds[str(json.loads(base64.b64decode(r.get("value") or "")).get("type"))] += 1
+        except (ValueError, AttributeError):
+            continue
+    return len(records), kinds["release_payment"], kinds["revert_payment"]
+
+
+# ---- the child ----------------------------------------------------------------------------------
+
+
+class _KillSwitch:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.plan: dict[str, Any] | None = None
+        self.crossings: Counter[str] = Counter()
+
+    def arm(self, plan: dict[str, Any] | None) -> None:
+        self.plan = plan if plan and plan.get("phase") != TIMER else None
+        self.crossings = Counter()
+
+    def cross(self, phase: str, detail: str, method: str = "") -> None:
+        self.crossings[phase] += 1
+        if method:
+            self.crossings[f"{phase}:{method}"] += 1
+        plan = self.plan
+        key = f"{phase}:{plan['method']}" if plan is not None and plan.get("method") else phase
+        if plan is not None and plan["phase"] == phase and self.crossings[key] == plan["at"]:
+            self.out.write(json.dumps({"killed": phase, "detail": detail}) + "\n")
+            self.out.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wrap_services(switch: _KillSwitch) -> Any:
+    from payments_core.config import get_settings
+    from payments_core.db import Database
+    from payments_core.kafka_gateway import KafkaEventPublisher
+    from payments_core.services import Services, set_services
+    from payments_core.stripe_gateway import StripeApiGateway
+
+    class Connection:
+        """A pg8000 connection whose COMMIT is a crash point."""
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def run(self, sql: str, **params: Any) -> Any:
+            if sql.strip().upper() == "COMMIT":
+                switch.cross(BEFORE_COMMIT, "COMMIT")
+            return self._inner.run(sql, **params)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    class CrashingDatabase(Database):
+        _wrapped: tuple[Any, Connection] | None = None
+
+        def connection(self) -> Any:
+            inner = super().connection()
+            if self._wrapped is None or self._wrapped[0] is not inner:
+                self._wrapped = (inner, Connection(inner))
+            return self._wrapped[1]
+
+    class CrashingStripe:
+        def __init__(self, inner: StripeApiGateway) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self._inner, name)
+            if not callable(method):
+                return method
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                order = getattr(args[0], "order_id", "") if args else ""
+                switch.cross(BEFORE_STRIPE, f"{name} {order}")
+                after = CAPTURE_TO_TRANSFER if name == "capture" else AFTER_STRIPE
+                try:
+                    result = method(*args, **kwargs)
+                except Exception:
+                    if name in MONEY_MOVING:
+                        switch.cross(after, f"{name} {order} (refused)", name)
+                    raise
+                if name in MONEY_MOVING:
+                    switch.cross(after, f"{name} {order}", name)
+                return result
+
+            return call
+
+    class CrashingPublisher:
+        def __init__(self, inner: KafkaEventPublisher) -> None:
+            self._inner = inner
+
+        def publish(self, messages: list[Any]) -> list[Exception | None]:
+            switch.cross(BEFORE_PUBLISH, f"{len(messages)} events")
+            return self._inner.publish(messages)
+
+    settings = get_settings()
+    services = Services(
+        db=CrashingDatabase(settings),
+        stripe=CrashingStripe(StripeApiGateway(settings)),  # type: ignore[arg-type]
+        publisher=CrashingPublisher(KafkaEventPublisher(settings)),
+        settings=settings,
+    )
+    set_services(services)
+    return services
+
+
+def main() -> int:
+    # Keep the pipe to the parent for replies only: whatever the function logs goes to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    switch = _KillSwitch(out)
+    _wrap_services(switch)
+    from local.lambda_runtime import load_handler
+
+    handlers: dict[str, Callable[[Any, Any], Any]] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        kind = request["kind"]
+        if kind not in handlers:
+            handlers[kind] = load_handler(FUNCTIONS[kind])
+        switch.arm(request.get("kill"))
+        context = FakeLambdaContext(function_name=FUNCTIONS[kind], timeout_seconds=60)
+        try:
+            event = request["event"] if kind == "batch" else {"source": "aws.events", "time": time.time()}
+            response = handlers[kind](event, context)
+            reply = {"ok": True, "response": response, "crossings": switch.crossings}
+        except Exception as exc:  # reported to the parent like a failed invocation
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "crossings": switch.crossings}
+        out.write(json.dumps(reply, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

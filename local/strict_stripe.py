@@ -1,0 +1,472 @@
+"""A Stripe double as strict as Stripe, in front of localstripe, for the drills.
+
+    stripe = StrictStripe(localstripe_url, validator=stripe_mock_url).start()   # 127.0.0.1, free port
+    stripe.url                     # STRIPE_API_BASE for the service
+    stripe.fail_next(1, "error", match=r"^POST /v1/transfers$")   # Stripe's own 500, saved
+    stripe.ledger.transfers_for(order_id)                         # what was paid out
+    stripe.stop()
+
+Where localstripe is kinder than Stripe, this double is not:
+
+- **Idempotency as Stripe does it.** The first answer per ``Idempotency-Key`` is saved once the
+  endpoint began executing, *500 errors included*, and replayed (``Idempotent-Replayed: true``)
+  for the life of the proxy (Stripe keeps keys at least 24 h; a drill is shorter). The same key
+  on another endpoint or with other parameters answers ``400`` with ``type: idempotency_error``;
+  a second request while the first is executing answers ``409 idempotency_key_in_use``. Answers
+  that never began executing are not saved: a refused request, a validation error, a 409, a 429.
+- **Faults on demand** (``fail_next`` / ``fail_for``, optionally only for routes matching a
+  regex), each a different thing Stripe does:
+  ``refuse`` (500, nothing happened, nothing saved: Stripe unreachable),
+  ``lose`` (forwarded and executed, the true answer saved, 500 returned: the answer was lost on
+  the way back, a retry with the key gets the true answer),
+  ``error`` (forwarded and executed, then *the 500 is what Stripe saved*: every retry with that
+  key gets the 500 again, so only a lookup and a new key recover),
+  ``error_before_effect`` (500 saved, nothing executed: a key poisoned for a day).
+- **Money rules localstripe does not check**: a refund never exceeds what was captured less
+  what was refunded (``charge_already_refunded`` once all is refunded); PaymentIntents carry
+  ``amount_capturable`` and ``amount_received`` (localstripe omits them), from the captures seen.
+- **What localstripe lacks**: Transfers (``POST /v1/transfers``, ``GET /v1/transfers`` with
+  ``transfer_group`` / ``destination``, ``GET /v1/transfers/{id}``, reversals), shaped like
+  stripe-mock's answers.
+- **Request shapes checked against stripe-mock** (``validator``): a request Stripe's OpenAPI
+  rejects (an unknown parameter, a missing one, e.g. ``GET /v1/refunds?metadata[...]``, which
+  Stripe does not offer) gets stripe-mock's 400, before anything executes. localstripe's own
+  routes (``/_authenticate``, ``/_config``) are not checked.
+
+Everything that moved money is in ``ledger`` (PaymentIntents created per order, captures,
+refunds, transfers and reversals), for the drills' checks against Stripe's own state.
+Binds to and forwards to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from local.fault_proxy import Answer, StripeFaultProxy, _header, proxy_error, simulated_500
+
+_JSON = [("Content-Type", "application/json")]
+_NOT_SAVED = frozenset({409, 429})  # Stripe saves nothing for a conflict or a rate limit
+_UNCHECKED_SUFFIXES = ("/_authenticate", "/_config")  # localstripe's own test routes
+
+
+def stripe_error(status: int, message: str, *, type_: str = "invalid_request_error", **extra: Any) -> Answer:
+    body = {"error": {"message": message, "type": type_, **{k: v for k, v in extra.items() if v is not None}}}
+    return status, list(_JSON), json.dumps(body).encode()
+
+
+def idempotency_error(key: str, *, endpoint: tuple[str, str] | None = None) -> Answer:
+    """Stripe's answer to a key reused with other parameters (or on another endpoint)."""
+    if endpoint is not None:
+        message = (
+            f"Keys for idempotent requests can only be used for the same endpoint they were first "
+            f"used for ('{endpoint[0]}' vs '{endpoint[1]}'). Try using a key other than '{key}' if "
+            f"you meant to execute a different request."
+        )
+    else:
+        message = (
+            f"Keys for idempotent requests can only be used with the same parameters they were first "
+            f"used with. Try using a key other than '{key}' if you meant to execute a different request."
+        )
+    return stripe_error(400, message, type_="idempotency_error")
+
+
+def form_params(body: bytes) -> list[tuple[str, str]]:
+    return sorted(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def nested(params: list[tuple[str, str]], name: str) -> dict[str, str]:
+    """``metadata[order_id]=x`` pairs as ``{"order_id": "x"}``."""
+    prefix = name + "["
+    return {k[len(prefix) : -1]: v for k, v in params if k.startswith(prefix) and k.endswith("]")}
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(8)
+
+
+@dataclass
+class _Saved:
+    method: str
+    route: str
+    params: list[tuple[str, str]]
+    answer: Answer | None = None  # None while the first request executes
+
+
+@dataclass
+class Ledger:
+    """What Stripe did, as seen by the double (the checks' second source besides localstripe)."""
+
+    intents_by_order: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    captures: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # pi -> amounts
+    refunds: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # pi -> refunds
+    transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> transfer object
+
+    def transfers_for(self, transfer_group: str) -> list[dict[str, Any]]:
+        return [t for t in self.transfers.values() if t.get("transfer_group") == transfer_group]
+
+    def captured(self, pi: str) -> int | None:
+        return self.captures[pi][0] if self.captures.get(pi) else None
+
+    def refunded(self, pi: str) -> int:
+        return sum(int(r["amount"]) for r in self.refunds.get(pi, []))
+
+
+@dataclass
+class StrictStats:
+    saved_500: int = 0  # 500s saved under a key (error / error_before_effect)
+    replayed_500: int = 0  # saved 500s answered again
+    idempotency_errors: int = 0
+    keys_in_use: int = 0
+    validation_errors: int = 0  # rejected by stripe-mock's schema
+    refunds_refused: int = 0  # over the refundable amount
+
+
+class StrictStripe(StripeFaultProxy):
+    MODES = ("refuse", "lose", "error", "error_before_effect")
+    MIXED = ("refuse", "lose", "error")
+
+    def __init__(
+        self,
+        upstream: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        validator: str | None = None,
+        latency_ms: float = 0.0,
+    ) -> None:
+        super().__init__(upstream, host, port, latency_ms=latency_ms)
+        self.validator: tuple[str, int] | None = None
+        if validator:
+            parsed = urllib.parse.urlsplit(validator)
+            if parsed.hostname not in ("127.0.0.1", "localhost"):
+                raise ValueError(f"the strict double only talks to 127.0.0.1, not {validator}")
+            self.validator = ("127.0.0.1", parsed.port or 80)
+        self.ledger = Ledger()
+        self.strict = StrictStats()
+        self._saved: dict[str, _Saved] = {}
+        self._ledger_lock = threading.RLock()  # refunds check-then-act, transfers
+
+    # -- the request path
+    def respond(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        route = self.count_route(method, path)
+        url = urllib.parse.urlsplit(path)
+        params = form_params(body) if method == "POST" else sorted(urllib.parse.parse_qsl(url.query))
+        key = _header(headers, "Idempotency-Key") if method == "POST" else None
+        decision = self._decide(route)
+        if decision == "refuse":
+            with self._lock:
+                self.stats.refused += 1
+            return simulated_500()
+        if key is None:
+            plain = self._execute(method, path, url.path, params, headers, body)
+            if decision in ("lose", "error", "error_before_effect"):
+                with self._lock:
+                    self.stats.lost += 1
+                return simulated_500()
+            return plain
+
+        with self._lock:
+            saved = self._saved.get(key)
+            if saved is None:
+                self._saved[key] = mine = _Saved(method, url.path, params)
+        if saved is not None:
+            return self._replay(key, saved, method, url.path, params, decision)
+
+        if decision == "error_before_effect":
+            answer = simulated_500()
+        else:
+            answer = self._execute(method, path, url.path, params, headers, body)
+            if decision == "error":
+                answer = simulated_500()
+        with self._lock:
+            if answer[0] in _NOT_SAVED or _validation_refusal(answer):
+                del self._saved[key]  # the endpoint never began executing
+            else:
+                mine.answer = answer
+            if decision in ("error", "error_before_effect"):
+                self.stats.lost += 1
+                self.strict.saved_500 += 1
+            elif decision == "lose":
+                self.stats.lost += 1
+        return simulated_500() if decision == "lose" else answer
+
+    def _replay(
+        self,
+        key: str,
+        saved: _Saved,
+        method: str,
+        route: str,
+        params: list[tuple[str, str]],
+        decision: str | None,
+    ) -> Answer:
+        with self._lock:
+            if (saved.method, saved.route) != (method, route):
+                self.strict.idempotency_errors += 1
+                return idempotency_error(key, endpoint=(saved.route, route))
+            if saved.params != params:
+                self.strict.idempotency_errors += 1
+                return idempotency_error(key)
+            if saved.answer is None:
+                self.strict.keys_in_use += 1
+                return stripe_error(
+                    409,
+                    "There is currently another in-progress request using this Idempotent Key "
+                    "(that probably means you submitted twice, and the other request is still going "
+                    f"through): {key}. Please try again later.",
+                    code="idempotency_key_in_use",
+                )
+            self.stats.replayed += 1
+            if saved.answer[0] >= 500:
+                self.strict.replayed_500 += 1
+            status, headers, body = saved.answer
+            if decision in ("lose", "error", "error_before_effect"):
+                self.stats.lost += 1
+                return simulated_500()
+        return status, [*headers, ("Idempotent-Replayed", "true")], body
+
+    def _execute(
+        self,
+        method: str,
+        path: str,
+        route: str,
+        params: list[tuple[str, str]],
+        headers: list[tuple[str, str]],
+        body: bytes,
+    ) -> Answer:
+        try:
+            refused = self._validate(method, path, route, headers, body)
+            if refused is not None:
+                return refused
+            if route == "/v1/transfers" or route.startswith("/v1/transfers/"):
+                return self._transfers(method, route, params)
+            if method == "POST" and route == "/v1/refunds":
+                return self._refund(path, params, headers, body)
+            answer = self._forward(method, path, headers, body)
+        except OSError as exc:
+            return proxy_error(exc)
+        with self._lock:
+            self.stats.forwarded += 1
+        return self._record_and_complete(method, route, params, answer)
+
+    # -- stripe-mock as the schema
+    def _validate(
+        self, method: str, path: str, route: str, headers: list[tuple[str, str]], body: bytes
+    ) -> Answer | None:
+        if self.validator is None or route.endswith(_UNCHECKED_SUFFIXES):
+            return None
+        conn = http.client.HTTPConnection(*self.validator, timeout=10)
+        try:
+            sent = {k: v for k, v in headers if k.lower() != "idempotency-key"}
+            conn.request(method, path, body=body or None, headers=sent)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        if resp.status == 400 and b"Request validation error" in data:
+            with self._lock:
+                self.strict.validation_errors += 1
+            return 400, list(_JSON), data
+        return None
+
+    # -- what localstripe omits or gets wrong
+    def _record_and_complete(
+        self, method: str, route: str, params: list[tuple[str, str]], answer: Answer
+    ) -> Answer:
+        status, headers, body = answer
+        if not route.startswith("/v1/payment_intents") or not 200 <= status < 300:
+            return answer
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return answer
+        with self._ledger_lock:
+            if method == "POST" and route == "/v1/payment_intents":
+                order_id = nested(params, "metadata").get("order_id", "")
+                self.ledger.intents_by_order[order_id].append(str(data.get("id")))
+            elif method == "POST" and route.endswith("/capture"):
+                to_capture = dict(params).get("amount_to_capture")
+                self.ledger.captures[str(data.get("id"))].append(
+                    int(to_capture) if to_capture else int(data.get("amount") or 0)
+                )
+            for obj in data.get("data", []) if data.get("object") == "list" else [data]:
+                if isinstance(obj, dict) and obj.get("object") == "payment_intent":
+                    self._complete_intent(obj)
+        return status, headers, json.dumps(data).encode()
+
+    def _complete_intent(self, obj: dict[str, Any]) -> None:
+        amount = int(obj.get("amount") or 0)
+        status = obj.get("status")
+        obj["amount_capturable"] = amount if status == "requires_capture" else 0
+        captured = self.ledger.captured(str(obj.get("id")))
+        obj["amount_received"] = (
+            (captured if captured is not None else amount) if status == "succeeded" else 0
+        )
+
+    def _refund(
+        self, path: str, params: list[tuple[str, str]], headers: list[tuple[str, str]], body: bytes
+    ) -> Answer:
+        values = dict(params)
+        pi = values.get("payment_intent")
+        if not pi:
+            return self._forward("POST", path, headers, body)
+        with self._ledger_lock:  # check and refund as one step, as Stripe's charge lock does
+            status, _, raw = self._forward(
+                "GET", f"/v1/payment_intents/{urllib.parse.quote(pi)}", headers, b""
+            )
+            if status != 200:
+                return status, list(_JSON), raw
+            intent = json.loads(raw)
+            if intent.get("status") == "succeeded":
+                captured = self.ledger.captured(pi)
+                captured = captured if captured is not None else int(intent.get("amount") or 0)
+                remaining = captured - self.ledger.refunded(pi)
+                wanted = int(values.get("amount") or remaining)
+                charge = intent.get("latest_charge")
+                charge_id = charge.get("id") if isinstance(charge, dict) else charge
+                if remaining <= 0:
+                    self.strict.refunds_refused += 1
+                    return stripe_error(
+                        400, f"Charge {charge_id} has already been refunded.", code="charge_already_refunded"
+                    )
+                if wanted > remaining:
+                    self.strict.refunds_refused += 1
+                    return stripe_error(
+                        400,
+                        f"Refund amount ({wanted}) is greater than unrefunded amount on charge ({remaining})",
+                        param="amount",
+                    )
+            answer = self._forward("POST", path, headers, body)
+            with self._lock:
+                self.stats.forwarded += 1
+            if 200 <= answer[0] < 300:
+                refund = json.loads(answer[2])
+                self.ledger.refunds[pi].append(
+                    {
+                        "id": refund.get("id"),
+                        "amount": int(refund.get("amount") or 0),
+                        "metadata": nested(params, "metadata"),
+                    }
+                )
+            return answer
+
+    # -- Transfers, which localstripe lacks
+    def _transfers(self, method: str, route: str, params: list[tuple[str, str]]) -> Answer:
+        parts = route.strip("/").split("/")  # v1, transfers[, id[, reversals]]
+        values = dict(params)
+        with self._ledger_lock:
+            if len(parts) == 2 and method == "POST":
+                return self._create_transfer(values, nested(params, "metadata"))
+            if len(parts) == 2 and method == "GET":
+                found = [
+                    t
+                    for t in self.ledger.transfers.values()
+                    if all(values.get(f) in (None, t.get(f)) for f in ("transfer_group", "destination"))
+                ]
+                return _ok(_page(found[::-1], "/v1/transfers", values))
+            transfer = self.ledger.transfers.get(parts[2])
+            if transfer is None:
+                return stripe_error(
+                    404, f"No such transfer: '{parts[2]}'", code="resource_missing", param="id"
+                )
+            if len(parts) == 3 and method == "GET":
+                return _ok(transfer)
+            if len(parts) == 4 and parts[3] == "reversals" and method == "POST":
+                return self._reverse(transfer, values, nested(params, "metadata"))
+            if len(parts) == 4 and parts[3] == "reversals" and method == "GET":
+                return _ok(_page(transfer["reversals"]["data"], transfer["reversals"]["url"], values))
+        return stripe_error(404, f"Unrecognized request URL ({method}: {route}).")
+
+    def _create_transfer(self, values: dict[str, str], metadata: dict[str, str]) -> Answer:
+        try:
+            amount = int(values["amount"])
+        except (KeyError, ValueError):
+            return stripe_error(400, "Invalid integer: amount", param="amount")
+        destination = values.get("destination", "")
+        if amount <= 0:
+            return stripe_error(400, "Amount must be at least 1 cent", param="amount")
+        if not destination.startswith("acct_"):
+            return stripe_error(400, f"No such destination: '{destination}'", param="destination")
+        tid = _new_id("tr_")
+        transfer = {
+            "id": tid,
+            "object": "transfer",
+            "amount": amount,
+            "amount_reversed": 0,
+            "balance_transaction": _new_id("txn_"),
+            "created": int(time.time()),
+            "currency": values.get("currency", "").lower(),
+            "description": values.get("description"),
+            "destination": destination,
+            "destination_payment": _new_id("py_"),
+            "livemode": False,
+            "metadata": metadata,
+            "reversals": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "url": f"/v1/transfers/{tid}/reversals",
+            },
+            "reversed": False,
+            "source_transaction": values.get("source_transaction"),
+            "source_type": "card",
+            "transfer_group": values.get("transfer_group"),
+        }
+        self.ledger.transfers[tid] = transfer
+        return _ok(transfer)
+
+    def _reverse(self, transfer: dict[str, Any], values: dict[str, str], metadata: dict[str, str]) -> Answer:
+        remaining = int(transfer["amount"]) - int(transfer["amount_reversed"])
+        amount = int(values.get("amount") or remaining)
+        if remaining <= 0:
+            return stripe_error(400, f"Transfer {transfer['id']} has already been fully reversed.")
+        if amount <= 0 or amount > remaining:
+            return stripe_error(
+                400,
+                f"Amount ({amount}) is greater than the amount remaining to be reversed ({remaining})",
+                param="amount",
+            )
+        reversal = {
+            "id": _new_id("trr_"),
+            "object": "transfer_reversal",
+            "amount": amount,
+            "balance_transaction": _new_id("txn_"),
+            "created": int(time.time()),
+            "currency": transfer["currency"],
+            "destination_payment_refund": _new_id("pyr_"),
+            "metadata": metadata,
+            "source_refund": None,
+            "transfer": transfer["id"],
+        }
+        transfer["amount_reversed"] = int(transfer["amount_reversed"]) + amount
+        transfer["reversed"] = transfer["amount_reversed"] >= int(transfer["amount"])
+        transfer["reversals"]["data"].insert(0, reversal)
+        return _ok(reversal)
+
+
+def _validation_refusal(answer: Answer) -> bool:
+    return answer[0] == 400 and b"Request validation error" in answer[2]
+
+
+def _ok(obj: dict[str, Any]) -> Answer:
+    return 200, list(_JSON), json.dumps(obj).encode()
+
+
+def _page(objects: list[dict[str, Any]], url: str, values: dict[str, str]) -> dict[str, Any]:
+    """One page of a Stripe list (``objects`` newest first), with ``limit`` and ``starting_after``."""
+    ordered = list(objects)
+    after = values.get("starting_after")
+    if after:
+        ids = [o["id"] for o in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    limit = max(1, min(100, int(values.get("limit") or 10)))
+    return {"object": "list", "data": ordered[:limit], "has_more": len(ordered) > limit, "url": url}
