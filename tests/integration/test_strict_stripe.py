@@ -309,13 +309,14 @@ def test_release_recovers_after_stripe_saved_a_500_for_its_transfer(
 def test_release_with_another_runner_account_finds_the_earlier_transfer(
     service_via_double: Any, new_card: Callable[[str], Card], double: StrictStripe, payment_row: Any
 ) -> None:
-    """The transfer's answer was lost; the redelivered release names another connected account
-    (the saga corrected it). The old key with other parameters is Stripe's idempotency_error:
-    the service must look the transfer up by transfer_group, not record a failed transfer while
-    Stripe holds one."""
+    """The transfer's answer was lost (Stripe made it, then answered 500 and saved that); a
+    release naming another connected account follows (the saga corrected it). The service
+    must look the transfer up by transfer_group, never record a failed transfer while Stripe
+    holds one, and never pay a second account."""
     row = _authorized(service_via_double, new_card(CARD_OK), payment_row)
     double.fail_next(1, "lose", match=r"^POST /v1/transfers$")
-    assert service_via_double(_release(row, "acct_runner1")).get("batchItemFailures")
+    # The saved 500 is followed by the lookup, which finds the transfer within the delivery.
+    assert _until_handled(service_via_double, _release(row, "acct_runner1")) == 1
     _until_handled(service_via_double, _release(row, "acct_runner2"))
     after = payment_row(row["order_id"])
     transfers = double.ledger.transfers_for(row["order_id"])
