@@ -69,7 +69,7 @@ def test_kafka_trigger(dev: Template, dev_raw: dict[str, Any]) -> None:
             "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "payment-service-authorize-dev"},
             "MetricsConfig": {"Metrics": Match.array_with(["KafkaMetrics"])},
             "StartingPosition": "TRIM_HORIZON",
-            "BatchSize": 10,
+            "BatchSize": 100,  # fills the pool of 16 workers (README, Sizing)
             "MaximumBatchingWindowInSeconds": 1,
             "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 2},
         },
