@@ -28,9 +28,7 @@ function is written.
 
 from __future__ import annotations
 
-import base64
 import logging
-import multiprocessing
 import os
 import queue
 import signal
@@ -41,15 +39,20 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
+from local.lambda_runtime import (
+    Container,
+    ContainerStartError,
+    FakeLambdaContext,
+    Handler,
+    function_name_of,
+    handler_path,
+)
+from local.msk_events import build_event, failed_offsets, partition_key
 from local.settings import AWS_ACCOUNT_ID, AWS_REGION, DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, client_env
 
 log = logging.getLogger("local.event_source")
-
-TIMESTAMP_TYPES = {0: "CREATE_TIME", 1: "LOG_APPEND_TIME"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -98,65 +101,6 @@ class MappingConfig:
         )
 
 
-def partition_key(topic: str, partition: int) -> str:
-    return f"{topic}-{partition}"
-
-
-def record_to_msk(record: Any) -> dict[str, Any]:
-    """One kafka-python ConsumerRecord in the shape the MSK event source delivers it."""
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "timestampType": TIMESTAMP_TYPES.get(record.timestamp_type, "CREATE_TIME"),
-        "key": base64.b64encode(record.key).decode() if record.key is not None else None,
-        "value": base64.b64encode(record.value or b"").decode(),
-        "headers": [{name: list(value or b"")} for name, value in (record.headers or [])],
-    }
-
-
-def build_event(batch: dict[Any, list[Any]], bootstrap_servers: str, cluster_arn: str) -> dict[str, Any]:
-    return {
-        "eventSource": "aws:kafka",
-        "eventSourceArn": cluster_arn,
-        "bootstrapServers": bootstrap_servers,
-        "records": {
-            partition_key(tp.topic, tp.partition): [record_to_msk(r) for r in records]
-            for tp, records in batch.items()
-        },
-    }
-
-
-def failed_offsets(response: Any, keys: set[str]) -> dict[str, int] | None:
-    """Lowest failed offset per partition key from a partial batch response.
-
-    ``{}`` means full success; ``None`` means the response is unreadable, which AWS treats as
-    a failure of the whole batch.
-    """
-    if response is None or not isinstance(response, dict) or "batchItemFailures" not in response:
-        return {}
-    items = response.get("batchItemFailures")
-    if items is None:
-        return {}
-    if not isinstance(items, list):
-        return None
-    lowest: dict[str, int] = {}
-    for item in items:
-        ident = item.get("itemIdentifier") if isinstance(item, dict) else None
-        if not isinstance(ident, dict):
-            return None
-        key, offset = ident.get("partition"), ident.get("offset")
-        try:
-            offset = int(offset)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return None
-        if key not in keys:
-            return None
-        lowest[key] = min(offset, lowest.get(str(key), offset))
-    return lowest
-
-
 @dataclass
 class _Retry:
     offset: int
@@ -176,117 +120,6 @@ class _Result:
     response: Any = None
     error: str = ""  # empty when the handler returned
     not_invoked: bool = False  # the container could not start (the handler does not import)
-
-
-class ContainerStartError(RuntimeError):
-    """The handler could not be imported: nothing was invoked."""
-
-
-class Container:
-    """A warm Lambda execution environment: a child process that imports the handler once and
-    then runs one invocation at a time, like a container of the deployed function (its own
-    module state, database connections and worker pool). Replaced when it dies or times out."""
-
-    def __init__(self, path: Path, function_name: str, start_timeout_s: float = 60.0) -> None:
-        self.path = path
-        self.function_name = function_name
-        self.start_timeout_s = start_timeout_s
-        self._process: Any = None
-        self._conn: Any = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def _start(self) -> None:
-        spawn = multiprocessing.get_context("spawn")  # no fork of a process with Kafka threads
-        parent, child = spawn.Pipe()
-        self._process = spawn.Process(
-            target=_container_main,
-            args=(child, str(self.path), self.function_name),
-            name=f"lambda-{self.function_name}",
-            daemon=True,
-        )
-        self._process.start()
-        child.close()
-        self._conn = parent
-        try:
-            if not parent.poll(self.start_timeout_s):
-                raise ContainerStartError(f"handler not imported within {self.start_timeout_s:.0f} s")
-            kind, detail = parent.recv()
-        except (EOFError, OSError) as exc:
-            self.stop()
-            raise ContainerStartError(f"container exited while importing the handler: {exc!r}") from exc
-        except ContainerStartError:
-            self.stop()
-            raise
-        if kind != "ready":
-            self.stop()
-            raise ContainerStartError(f"importing {self.path} failed:\n{detail}")
-
-    def invoke(self, event: dict[str, Any], timeout_s: float) -> Any:
-        """The handler's response. Raises RuntimeError when the handler raised, ran out of time
-        (the container is then stopped, as Lambda does) or the container died."""
-        if self._process is None or not self._process.is_alive():
-            self.stop()
-            self._start()
-        try:
-            self._conn.send((event, timeout_s))
-            if not self._conn.poll(timeout_s + 1):
-                self.stop()
-                raise RuntimeError(f"Task timed out after {timeout_s:.0f} seconds (container stopped)")
-            kind, value = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            code = self._process.exitcode if self._process is not None else None
-            self.stop()
-            raise RuntimeError(f"container died during the invocation (exit code {code}): {exc!r}") from exc
-        if kind == "error":
-            raise RuntimeError(value)
-        return value
-
-    def stop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                log.debug("closing a container's pipe failed", exc_info=True)
-            self._conn = None
-        if self._process is not None:
-            if self._process.is_alive():
-                self._process.kill()
-            self._process.join(5)
-            self._process = None
-
-
-def _container_main(conn: Any, path: str, function_name: str) -> None:
-    """The child process of a ``Container``: import once, then serve invocations."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the mapping decides when containers stop
-    logging.basicConfig(
-        level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {function_name}[{os.getpid()}] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        handler = load_handler(Path(path))
-    except Exception:
-        conn.send(("import-failed", traceback.format_exc()))
-        return
-    conn.send(("ready", None))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the mapping went away
-        if message is None:
-            return
-        event, timeout_s = message
-        context = FakeLambdaContext(function_name=function_name, timeout_seconds=timeout_s)
-        try:
-            response = handler(event, context)
-        except Exception as exc:
-            conn.send(("error", f"handler raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-            continue
-        conn.send(("ok", response))
 
 
 @dataclass
