@@ -78,6 +78,10 @@ class MappingConfig:
     dead_letter_topic: str = DEAD_LETTER_TOPIC
     handler_timeout_s: float = 60.0
     handler_missing_retry_s: float = 5.0
+    # the function's own environment in its containers, as the deployment would set it: locally
+    # Stripe is localstripe (one core, about 15 requests/s) in test mode (25/s), so few Stripe
+    # requests in flight per container (STRIPE_MAX_IN_FLIGHT; the service's default is 16)
+    function_env: dict[str, str] = field(default_factory=lambda: {"STRIPE_MAX_IN_FLIGHT": "3"})
     cluster_arn: str = f"arn:aws:kafka:{AWS_REGION}:{AWS_ACCOUNT_ID}:cluster/campusg-local/00000000-0000-0000-0000-000000000000-1"
 
     @classmethod
@@ -95,6 +99,7 @@ class MappingConfig:
             retry_backoff_max_s=_env_float("LOCAL_ESM_RETRY_BACKOFF_MAX_S", 10.0),
             dead_letter_topic=os.environ.get("DEAD_LETTER_TOPIC") or DEAD_LETTER_TOPIC,
             handler_timeout_s=_env_float("LOCAL_ESM_HANDLER_TIMEOUT_S", 60.0),
+            function_env={"STRIPE_MAX_IN_FLIGHT": os.environ.get("STRIPE_MAX_IN_FLIGHT") or "3"},
         )
 
 
@@ -187,9 +192,16 @@ class Container:
     then runs one invocation at a time, like a container of the deployed function (its own
     module state, database connections and worker pool). Replaced when it dies or times out."""
 
-    def __init__(self, path: Path, function_name: str, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        function_name: str,
+        start_timeout_s: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.function_name = function_name
+        self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
         self._process: Any = None
         self._conn: Any = None
@@ -203,7 +215,7 @@ class Container:
         parent, child = spawn.Pipe()
         self._process = spawn.Process(
             target=_container_main,
-            args=(child, str(self.path), self.function_name),
+            args=(child, str(self.path), self.function_name, self.env),
             name=f"lambda-{self.function_name}",
             daemon=True,
         )
@@ -258,9 +270,10 @@ class Container:
             self._process = None
 
 
-def _container_main(conn: Any, path: str, function_name: str) -> None:
+def _container_main(conn: Any, path: str, function_name: str, env: dict[str, str]) -> None:
     """The child process of a ``Container``: import once, then serve invocations."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the mapping decides when containers stop
+    os.environ.update(env)
     logging.basicConfig(
         level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {function_name}[{os.getpid()}] %(levelname)s %(message)s",
@@ -482,7 +495,9 @@ class EventSourceMapping:
                 container = self._containers.get(tp)
                 if container is None:
                     container = self._containers[tp] = Container(
-                        handler_path(self.config.function), function_name_of(self.config.function)
+                        handler_path(self.config.function),
+                        function_name_of(self.config.function),
+                        env=self.config.function_env,
                     )
                 result.response = container.invoke(event, self.config.handler_timeout_s)
         except ContainerStartError as exc:
