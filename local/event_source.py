@@ -81,6 +81,10 @@ class MappingConfig:
     dead_letter_topic: str = DEAD_LETTER_TOPIC
     handler_timeout_s: float = 60.0
     handler_missing_retry_s: float = 5.0
+    # the function's own environment in its containers, as the deployment would set it: locally
+    # Stripe is localstripe (one core, about 15 requests/s) in test mode (25/s), so few Stripe
+    # requests in flight per container (STRIPE_MAX_IN_FLIGHT; the service's default is 16)
+    function_env: dict[str, str] = field(default_factory=lambda: {"STRIPE_MAX_IN_FLIGHT": "3"})
     cluster_arn: str = f"arn:aws:kafka:{AWS_REGION}:{AWS_ACCOUNT_ID}:cluster/campusg-local/00000000-0000-0000-0000-000000000000-1"
 
     @classmethod
@@ -98,6 +102,7 @@ class MappingConfig:
             retry_backoff_max_s=_env_float("LOCAL_ESM_RETRY_BACKOFF_MAX_S", 10.0),
             dead_letter_topic=os.environ.get("DEAD_LETTER_TOPIC") or DEAD_LETTER_TOPIC,
             handler_timeout_s=_env_float("LOCAL_ESM_HANDLER_TIMEOUT_S", 60.0),
+            function_env={"STRIPE_MAX_IN_FLIGHT": os.environ.get("STRIPE_MAX_IN_FLIGHT") or "3"},
         )
 
 
@@ -315,7 +320,9 @@ class EventSourceMapping:
                 container = self._containers.get(tp)
                 if container is None:
                     container = self._containers[tp] = Container(
-                        handler_path(self.config.function), function_name_of(self.config.function)
+                        handler_path(self.config.function),
+                        function_name_of(self.config.function),
+                        env=self.config.function_env,
                     )
                 result.response = container.invoke(event, self.config.handler_timeout_s)
         except ContainerStartError as exc:

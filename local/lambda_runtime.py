@@ -112,9 +112,16 @@ class Container:
     then runs one invocation at a time, like a container of the deployed function (its own
     module state, database connections and worker pool). Replaced when it dies or times out."""
 
-    def __init__(self, path: Path, function_name: str, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        function_name: str,
+        start_timeout_s: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.function_name = function_name
+        self.env = dict(env or {})  # the function's own environment, as its deployment sets it
         self.start_timeout_s = start_timeout_s
         self._process: Any = None
         self._conn: Any = None
@@ -128,7 +135,7 @@ class Container:
         parent, child = spawn.Pipe()
         self._process = spawn.Process(
             target=_container_main,
-            args=(child, str(self.path), self.function_name),
+            args=(child, str(self.path), self.function_name, self.env),
             name=f"lambda-{self.function_name}",
             daemon=True,
         )
@@ -183,9 +190,10 @@ class Container:
             self._process = None
 
 
-def _container_main(conn: Any, path: str, function_name: str) -> None:
+def _container_main(conn: Any, path: str, function_name: str, env: dict[str, str]) -> None:
     """The child process of a ``Container``: import once, then serve invocations."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the mapping decides when containers stop
+    os.environ.update(env)
     logging.basicConfig(
         level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {function_name}[{os.getpid()}] %(levelname)s %(message)s",

@@ -687,13 +687,18 @@ class _Mapping:
     """A local event source mapping in its own process, on its own topic and consumer group,
     with the service's environment changed for this run (Stripe base, pool size)."""
 
-    def __init__(self, topic: str, stripe_base: str, workers: int, log_path: Path) -> None:
+    def __init__(
+        self, topic: str, stripe_base: str, workers: int, log_path: Path, stripe_in_flight: int | None
+    ) -> None:
         env = {
             **os.environ,
             "LOCAL_ESM_TOPIC": topic,
             "LOCAL_ESM_GROUP_ID": f"bench-esm-{uuid.uuid4().hex[:8]}",
             "STRIPE_API_BASE": stripe_base,
             "COMMAND_WORKERS": str(workers),
+            # the double stands for live Stripe (the service's default cap); localstripe keeps
+            # the local mapping's test-mode cap
+            **({"STRIPE_MAX_IN_FLIGHT": str(stripe_in_flight)} if stripe_in_flight else {}),
             "POWERTOOLS_LOG_LEVEL": "WARNING",  # the REPORT lines are the mapping's own, at INFO
         }
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -755,6 +760,7 @@ def run_through_mapping(
     card: tuple[str, str],
     creates: Any,
     log_path: Path,
+    stripe_in_flight: int | None = None,
 ) -> ThroughputRun:
     import random
 
@@ -762,7 +768,7 @@ def run_through_mapping(
 
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     topic = _new_topic(partitions)
-    mapping = _Mapping(topic, stripe_base, workers, log_path)
+    mapping = _Mapping(topic, stripe_base, workers, log_path, stripe_in_flight)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     try:
@@ -890,7 +896,15 @@ def bench_throughput(
                 pool = "one at a time" if workers == 1 else f"pool of {workers}"
                 _status(f"(g) {total} commands, {label}, {pool} ...")
                 run = run_through_mapping(
-                    base, partitions, workers, orders, copies, card, creates, out / f"mapping-{workers}.log"
+                    base,
+                    partitions,
+                    workers,
+                    orders,
+                    copies,
+                    card,
+                    creates,
+                    out / f"mapping-{workers}.log",
+                    stripe_in_flight=workers if name.startswith("double") else None,
                 )
                 key = f"throughput_{label.split(',')[0].replace(' ', '_').replace('+', '')}_{partitions}p_{workers}w"
                 key = key.replace("__", "_")

@@ -5,9 +5,11 @@ one batch and across partitions."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -333,3 +335,58 @@ def test_one_at_a_time_a_partition_stops_at_its_first_failure(new_card, make_ser
     }
     assert payment_row(second["payload"]["order_id"]) is None, "nothing ran after the failure"
     assert payment_row(other["payload"]["order_id"])["status"] == "AUTHORIZED", "other partitions go on"
+
+
+def test_local_mapping_invokes_partitions_in_parallel_each_one_at_a_time_in_order(
+    local_settings, make_topic, make_producer
+):
+    """The local mapping, like AWS's: one invocation in flight per partition, the partitions'
+    invocations at the same time (all three meet at a barrier), offsets in order."""
+    from local.event_source import EventSourceMapping, MappingConfig
+
+    topic, dlq = make_topic(3), make_topic(1, prefix="dlq")
+    producer = make_producer()
+    for i in range(30):
+        producer.send(topic, value=f"m{i}".encode(), partition=i % 3)
+    producer.flush(timeout=10)
+    barrier = threading.Barrier(3, timeout=15)
+    lock = threading.Lock()
+    spans: list[tuple[str, float, float, list[int]]] = []
+    seen: set[str] = set()
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        ((key, records),) = event["records"].items()  # one partition per invocation
+        started = time.monotonic()
+        with lock:
+            first = key not in seen
+            seen.add(key)
+        if first:
+            barrier.wait()  # each partition's first invocation: breaks unless all three run at once
+        with lock:
+            spans.append((key, started, time.monotonic(), [r["offset"] for r in records]))
+        return {"batchItemFailures": []}
+
+    config = MappingConfig(
+        function="stand_in",
+        topic=topic,
+        group_id=f"test-esm-{uuid.uuid4().hex[:8]}",
+        bootstrap_servers=local_settings.kafka_bootstrap,
+        batch_size=4,
+        batch_window_ms=200,
+        dead_letter_topic=dlq,
+    )
+    mapping = EventSourceMapping(config, handler=handler)
+    runner = threading.Thread(target=mapping.run, daemon=True)
+    runner.start()
+    try:
+        assert wait_for(lambda: sum(len(s[3]) for s in spans) >= 30, timeout=60)
+    finally:
+        mapping.stop()
+        runner.join(timeout=15)
+    assert not barrier.broken, "the three partitions' first invocations ran at the same time"
+    for key in {s[0] for s in spans}:
+        mine = sorted((s for s in spans if s[0] == key), key=lambda s: s[1])
+        for before, after in itertools.pairwise(mine):
+            assert before[2] <= after[1], f"{key}: two invocations in flight at once"
+        offsets = [o for s in mine for o in s[3]]
+        assert offsets == sorted(offsets) == list(range(10)), f"{key}: {offsets}"

@@ -376,3 +376,25 @@ def test_handler_import_defers_xray_and_stripe(function: str) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_timeout_halves_the_cap_without_a_retry() -> None:
+    class APIConnectionError(Exception):
+        pass
+
+    def timed_out() -> TransientError:
+        try:
+            raise APIConnectionError("Read timed out")
+        except APIConnectionError as cause:
+            try:
+                raise TransientError("stripe unavailable: APIConnectionError") from cause
+            except TransientError as exc:
+                return exc
+
+    throttle = StripeThrottle(8)
+    stripe = FlakyStripe([timed_out(), "pi_ok"])
+    with pytest.raises(TransientError):
+        ThrottledStripe(stripe, throttle).retrieve("pi_1")  # type: ignore[arg-type]
+    assert stripe.calls == 1 and throttle.limit == 4 and throttle.overloaded == 1
+    assert ThrottledStripe(stripe, throttle).retrieve("pi_1") == "pi_ok"  # type: ignore[arg-type]
+    assert throttle.limit == 5

@@ -7,7 +7,8 @@ it is safe to send again with the same idempotency key. ``ThrottledStripe`` wrap
 ``StripeGateway``:
 - at most ``limit`` calls at once, shared by every worker of the container (``StripeThrottle``);
 - on a 429 the limit is halved (down to 1) and every caller waits out a backoff (exponential,
-  with jitter); each success then raises the limit by one again, up to its ceiling;
+  with jitter); a timeout or dropped connection halves it too (not retried here); each success
+  then raises the limit by one again, up to its ceiling;
 - the call is retried while the invocation's remaining time allows another Stripe call;
   otherwise the ``TransientError`` goes up and the record is delivered again later.
 Each call's latency is counted for the calling thread (``take_stripe_seconds``), so the
@@ -54,6 +55,18 @@ def is_rate_limited(exc: BaseException) -> bool:
     return False
 
 
+def is_overloaded(exc: BaseException) -> bool:
+    """A timeout or a dropped connection (stripe's APIConnectionError under the TransientError)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("APIConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout"):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class StripeThrottle:
     """The container-wide limiter shared by every worker's ``ThrottledStripe``."""
 
@@ -75,6 +88,7 @@ class StripeThrottle:
         self.in_flight = 0
         self.most_in_flight = 0
         self.rate_limited = 0  # 429s seen
+        self.overloaded = 0  # timeouts and dropped connections seen
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.call_budget_s = call_budget_s  # time one more Stripe call may take (its timeout)
@@ -99,12 +113,15 @@ class StripeThrottle:
                     return
                 self._cond.wait(timeout=wait if wait > 0 else None)
 
-    def _release(self, *, rate_limited: bool, attempt: int) -> float:
+    def _release(self, *, rate_limited: bool, attempt: int, overloaded: bool = False) -> float:
         """Give the slot back; after a 429 returns how long to back off."""
         with self._cond:
             self.in_flight -= 1
             backoff = 0.0
-            if rate_limited:
+            if overloaded:
+                self.overloaded += 1
+                self.limit = max(1, self.limit // 2)
+            elif rate_limited:
                 self.rate_limited += 1
                 self.limit = max(1, self.limit // 2)
                 backoff = min(self.backoff_max_s, self.backoff_s * 2**attempt)
@@ -125,7 +142,9 @@ class StripeThrottle:
             except TransientError as exc:
                 _spent.seconds = getattr(_spent, "seconds", 0.0) + self._clock() - started
                 if not is_rate_limited(exc):
-                    self._release(rate_limited=False, attempt=attempt)
+                    # a timeout or dropped connection: Stripe (or the way to it) is struggling,
+                    # so fewer requests at once for a while; the record itself is retried later
+                    self._release(rate_limited=False, attempt=attempt, overloaded=is_overloaded(exc))
                     raise
                 backoff = self._release(rate_limited=True, attempt=attempt)
                 out_of_time = (
