@@ -89,6 +89,22 @@ def authorize_command(
     }
 
 
+def authorized_payment(
+    new_card: Callable[..., Card],
+    authorize_handler: Callable[[dict], dict],
+    payment_row: Callable[[str], dict[str, Any] | None],
+    card_number: str = CARD_OK,
+    expect: str = "AUTHORIZED",
+) -> dict[str, Any]:
+    """Authorize a 12.99 order for a fresh customer through the authorize function and return
+    its row, checked to have the expected status."""
+    cmd = authorize_command(new_card(card_number), amount=1299)
+    assert authorize_handler(msk_event(cmd)) == {"batchItemFailures": []}
+    row = payment_row(cmd["payload"]["order_id"])
+    assert row is not None and row["status"] == expect, row
+    return row
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
     """Poll until ``predicate()`` is truthy or the timeout passes; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -22,6 +22,7 @@ from conftest import (
     RecordingStripe,
     TransfersElsewhere,
     authorize_command,
+    authorized_payment,
     command,
     msk_event,
 )
@@ -111,16 +112,6 @@ def stripe_mock_proxy(local_env: dict[str, str]) -> Iterator[RecordingProxy]:
     server.server_close()
 
 
-def _authorized(new_card: Callable[..., Any], authorize_handler: Callable, payment_row: Callable) -> dict:
-    card = new_card()
-    cmd = authorize_command(card, amount=1299)
-    order_id = cmd["payload"]["order_id"]
-    assert authorize_handler(msk_event(cmd)) == NO_FAILURES
-    row = payment_row(order_id)
-    assert row["status"] == "AUTHORIZED"
-    return row
-
-
 def _events(published_events: Callable, order_id: str, event_type: str, at_least: int = 1) -> list[dict]:
     return [e for e in published_events(order_id, at_least=at_least) if e["type"] == event_type]
 
@@ -135,7 +126,7 @@ def _outbox_types(outbox_rows: Callable, order_id: str) -> list[str]:
 def test_release_delivered_three_times_captures_once_and_announces_one_event(
     new_card, authorize_handler, make_services, payment_row, published_events, outbox_rows, localstripe_client
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
     stripe = RecordingStripe(StripeApiGateway(get_settings()))
     services = make_services(stripe=stripe)
@@ -196,7 +187,7 @@ def test_release_of_a_payment_that_holds_nothing_is_refused_and_changes_nothing(
 def test_release_after_the_hold_lapsed_reports_it_and_a_revert_then_completes(
     new_card, authorize_handler, make_services, payment_row, published_events, localstripe_client
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     localstripe_client.v1.payment_intents.cancel(row["payment_intent_id"])  # Stripe let the hold lapse
     stripe = RecordingStripe(StripeApiGateway(get_settings()))
@@ -287,7 +278,7 @@ def test_transfer_redelivered_after_a_lost_answer_carries_the_same_idempotency_k
     stripe_mock_gateway,
     localstripe_client,
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
     stripe = TransfersElsewhere(
         StripeApiGateway(get_settings()),
@@ -334,7 +325,7 @@ def test_runner_is_paid_when_the_webhook_records_the_capture_before_the_redelive
     """The transfer's answer is lost after the capture; before the release is redelivered,
     payment_intent.succeeded (sent on capture) moves the row to SUCCEEDED. The redelivered
     release must still pay the runner, not just re-announce."""
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
     stripe = TransfersElsewhere(
         StripeApiGateway(get_settings()), stripe_mock_gateway(stripe_mock_proxy.base), lose_transfer_answers=1
@@ -369,7 +360,7 @@ def test_runner_is_paid_when_the_webhook_records_the_capture_before_the_redelive
 def test_transfer_refused_for_good_still_releases_and_keeps_the_reason(
     new_card, authorize_handler, make_services, payment_row, published_events
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     stripe = RefusedTransfer(StripeApiGateway(get_settings()))
     release = command(
@@ -399,7 +390,7 @@ def test_transfer_refused_for_good_still_releases_and_keeps_the_reason(
 def test_revert_of_an_authorized_payment_cancels_the_hold_once(
     new_card, authorize_handler, make_services, payment_row, published_events, localstripe_client
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     stripe = RecordingStripe(StripeApiGateway(get_settings()))
     revert = command("revert_payment", payment_id=str(row["payment_id"]), reason="order cancelled")
@@ -423,7 +414,7 @@ def test_revert_of_an_authorized_payment_cancels_the_hold_once(
 def test_revert_of_a_captured_payment_refunds_it_once(
     new_card, authorize_handler, make_services, payment_row, published_events, localstripe_client
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     release = command("release_payment", order_id=order_id, runner_id="user_runner")
     assert authorize_handler(msk_event(release)) == NO_FAILURES
@@ -456,7 +447,7 @@ def test_revert_after_a_transfer_reverses_it_then_refunds(
     stripe_mock_proxy,
     stripe_mock_gateway,
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
     stripe = TransfersElsewhere(StripeApiGateway(get_settings()), stripe_mock_gateway(stripe_mock_proxy.base))
     release = command(

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import authorize_command, command, msk_event
+from conftest import authorize_command, authorized_payment, command, msk_event
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
 from payments_core.contracts import STRIPE_API_ERROR
 from payments_core.errors import Rejection
 from payments_core.stripe_gateway import StripeApiGateway
-from test_escrow import NO_FAILURES, RecordingStripe, _authorized
+from test_escrow import NO_FAILURES, RecordingStripe
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ class RefusedRefund(RecordingStripe):
 
 
 def _released(new_card, authorize_handler, payment_row) -> dict:
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     release = command("release_payment", order_id=row["order_id"], runner_id="user_runner")
     assert authorize_handler(msk_event(release)) == NO_FAILURES
     assert payment_row(row["order_id"])["status"] == "SUCCEEDED"
@@ -66,7 +66,7 @@ def test_refund_already_made_counts_as_refunded(new_card, authorize_handler, mak
 def test_partial_capture_above_the_hold_is_refused_before_stripe(
     new_card, authorize_handler, make_services, payment_row, published_events
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     stripe = RecordingStripe(StripeApiGateway(get_settings()))
     release = command("release_payment", order_id=order_id, runner_id="user_runner", amount_to_capture=5000)
@@ -77,29 +77,13 @@ def test_partial_capture_above_the_hold_is_refused_before_stripe(
     assert [e["payload"]["error"] for e in failed] == ["INVALID_AMOUNT"]
 
 
-def test_revert_that_overtakes_its_authorize_leaves_no_hold(
-    new_card, authorize_handler, payment_row, published_events, intents_for_order
-):
-    card = new_card()
-    authorize = authorize_command(card)
-    order_id = authorize["payload"]["order_id"]
-    revert = command("revert_payment", order_id=order_id, reason="saga timed out")
-    assert authorize_handler(msk_event(revert)) == NO_FAILURES
-    assert authorize_handler(msk_event(authorize, first_offset=1)) == NO_FAILURES
-
-    assert payment_row(order_id) is None
-    assert intents_for_order(card, order_id) == [], "no hold for an order already reverted"
-    answers = [
-        (e["type"], e["payload"].get("error") or e["payload"]["status"])
-        for e in published_events(order_id, at_least=2)
-    ]
-    assert answers == [("payment.released", "REVERTED"), ("payment.failed", "ORDER_REVERTED")]
+# (a revert that overtakes its authorize: test_saga_http.test_revert_before_authorize_…)
 
 
 def test_invalid_copy_of_a_command_does_not_contradict_the_payment(
     new_card, authorize_handler, payment_row, published_events
 ):
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     broken = authorize_command(new_card(), order_id=order_id, amount=10)
     assert authorize_handler(msk_event(broken)) == NO_FAILURES

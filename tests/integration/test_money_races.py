@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import RecordingStripe, authorize_command, command, msk_event
+from conftest import RecordingStripe, authorized_payment, command, msk_event
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
 from payments_core.domain import Payment
@@ -25,21 +25,13 @@ pytestmark = pytest.mark.integration
 NO_FAILURES = {"batchItemFailures": []}
 
 
-def _authorized(new_card, authorize_handler, payment_row) -> dict[str, Any]:
-    cmd = authorize_command(new_card(), amount=1299)
-    assert authorize_handler(msk_event(cmd)) == NO_FAILURES
-    row = payment_row(cmd["payload"]["order_id"])
-    assert row["status"] == "AUTHORIZED"
-    return row
-
-
 def test_a_release_never_overwrites_a_status_that_changed_under_it(
     new_card, authorize_handler, payment_row, make_services, make_pg_connection, outbox_rows
 ):
     """Defect 1: the release read AUTHORIZED; while it was at Stripe, a revert that did not hold
     the order's lock (it had been lost with a dropped connection) completed. The release must
     not write SUCCEEDED over REVERTED."""
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     other = make_pg_connection()
 
@@ -168,7 +160,7 @@ def test_a_transfer_made_just_before_a_crash_is_found_not_repeated_and_reversed_
     must take the transfer back, refunding what was captured."""
     from conftest import TransfersElsewhere
 
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     dying = TransfersElsewhere(StripeApiGateway(get_settings()), ledger.gateway, lose_transfer_answers=1)
     release = command(
@@ -208,7 +200,7 @@ def test_a_crash_after_capture_before_any_row_names_the_runner_still_reverses_by
     SUCCEEDED): a revert still finds the transfer by the order's transfer_group."""
     from conftest import TransfersElsewhere
 
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     stripe = TransfersElsewhere(StripeApiGateway(get_settings()), ledger.gateway)
     release = command(
@@ -235,7 +227,7 @@ def test_a_hold_that_appears_on_a_final_payment_is_canceled(
     from payments_core import webhooks
     from webhook_helpers import payment_intent_event
 
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     make_pg_connection().run(
         "UPDATE payments SET status = 'REVERTED', revert_reason = 'raced' WHERE order_id = :o",
         o=row["order_id"],
@@ -255,7 +247,7 @@ def test_the_reconciler_cancels_holds_left_on_recently_final_payments(
     that became final recently and cancels any hold still on them."""
     from payments_core import reconciliation
 
-    row = _authorized(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     make_pg_connection().run(
         "UPDATE payments SET status = 'FAILED', failure_code = 'STRIPE_UNEXPECTED_STATUS',"
         " updated_at = now() - interval '10 minutes' WHERE order_id = :o",

@@ -22,6 +22,7 @@ from conftest import (
     CARD_DECLINED_ON_CHARGE,
     TransfersElsewhere,
     authorize_command,
+    authorized_payment,
     command,
     msk_event,
     wait_for,
@@ -82,15 +83,6 @@ def call_in_process(
     return response["statusCode"], json.loads(response["body"])
 
 
-def _authorize(
-    new_card: Callable, authorize_handler: Callable, payment_row: Callable, card_number: str | None = None
-) -> dict:
-    card = new_card(card_number) if card_number else new_card()
-    cmd = authorize_command(card, amount=1299)
-    assert authorize_handler(msk_event(cmd)) == NO_FAILURES
-    return payment_row(cmd["payload"]["order_id"])
-
-
 def _wait_event(published_events: Callable, order_id: str, predicate: Callable[[dict], bool]) -> list[dict]:
     return wait_for(lambda: [e for e in published_events(order_id, settle=0.3) if predicate(e)], timeout=40)
 
@@ -101,7 +93,7 @@ def _wait_event(published_events: Callable, order_id: str, predicate: Callable[[
 def test_release_over_http_is_queued_and_announced_then_revert_gives_it_back(
     new_card, authorize_handler, payment_row, published_events, localstripe_client, over_http
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
 
     code, answer = over_http("POST", f"/payment/{payment_id}/release", RUNNER)
@@ -149,7 +141,7 @@ def test_release_over_http_is_queued_and_announced_then_revert_gives_it_back(
 def test_revert_over_http_of_an_authorized_payment_cancels_the_hold(
     new_card, authorize_handler, payment_row, published_events, localstripe_client, over_http
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id = row["order_id"]
     code, answer = over_http("POST", f"/payment/{row['payment_id']}/revert")  # no body: allowed
     assert code == 202, answer
@@ -176,7 +168,7 @@ def test_release_three_times_over_http_and_twice_over_kafka_moves_money_once(
     stripe_mock_gateway,
     local_env,
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     order_id, payment_id = row["order_id"], str(row["payment_id"])
     topic = make_topic(partitions=1, prefix="http-commands")
     settings = dataclasses.replace(get_settings(), payment_commands_topic=topic)
@@ -240,7 +232,7 @@ def test_release_three_times_over_http_and_twice_over_kafka_moves_money_once(
 def test_bad_requests_get_a_reason_and_change_nothing(
     new_card, authorize_handler, payment_row, outbox_rows, over_http
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     payment_id, order_id = str(row["payment_id"]), row["order_id"]
     before = (payment_row(order_id), len(outbox_rows(order_id)))
 
@@ -275,8 +267,9 @@ def test_bad_requests_get_a_reason_and_change_nothing(
 def test_release_of_a_failed_payment_is_a_conflict_and_revert_has_nothing_to_do(
     new_card, authorize_handler, payment_row, outbox_rows, over_http
 ):
-    row = _authorize(new_card, authorize_handler, payment_row, CARD_DECLINED_ON_CHARGE)
-    assert row["status"] == "FAILED"
+    row = authorized_payment(
+        new_card, authorize_handler, payment_row, CARD_DECLINED_ON_CHARGE, expect="FAILED"
+    )
     before = (payment_row(row["order_id"]), len(outbox_rows(row["order_id"])))
     code, answer = over_http("POST", f"/payment/{row['payment_id']}/release", RUNNER)
     assert code == 409
@@ -397,7 +390,7 @@ def test_revert_of_an_unknown_payment_id_is_answered_reverted(authorize_handler,
 def test_a_long_revert_reason_is_cut_not_refused(
     new_card, authorize_handler, payment_row, published_events, localstripe_client
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
     revert = command("revert_payment", order_id=row["order_id"], reason="r" * 5000)
     assert authorize_handler(msk_event(revert, first_offset=1)) == NO_FAILURES
     assert payment_row(row["order_id"])["status"] == "REVERTED"
@@ -410,7 +403,7 @@ def test_a_long_revert_reason_is_cut_not_refused(
 def test_release_of_an_intent_that_cannot_be_captured_yet_is_answered(
     stripe_status, new_card, authorize_handler, payment_row, make_services, published_events
 ):
-    row = _authorize(new_card, authorize_handler, payment_row)
+    row = authorized_payment(new_card, authorize_handler, payment_row)
 
     class StripeSays(TransfersElsewhere):
         def retrieve(self, payment_intent_id: str) -> Any:
