@@ -1,15 +1,16 @@
-"""Reconciler: run every 5 minutes by EventBridge; re-reads from Stripe the payments that are
-not final (lost webhooks, interrupted calls, lapsed holds)."""
+"""Reconciler and settlement audit: run every 5 minutes by EventBridge; re-reads from Stripe the
+payments that are not final (lost webhooks, interrupted calls, lapsed holds) and the uncertain
+ones, until its invocation nears its end."""
 
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from payments_core.observability import logger, metrics, tracer
-from payments_core.reconciliation import reconcile
+from payments_core.reconciliation import invocation_deadline, reconcile
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    return reconcile()
+    return reconcile(deadline=invocation_deadline(context.get_remaining_time_in_millis))

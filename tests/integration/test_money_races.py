@@ -240,17 +240,18 @@ def test_a_hold_that_appears_on_a_final_payment_is_canceled(
     assert payment_row(row["order_id"])["status"] == "REVERTED"
 
 
-def test_the_reconciler_cancels_holds_left_on_recently_final_payments(
+def test_the_audit_cancels_holds_left_on_final_payments(
     new_card, authorize_handler, payment_row, make_services, localstripe_client, make_pg_connection
 ):
-    """Defect 3, the sweep: no webhook came (or it was lost); the reconciler looks at payments
-    that became final recently and cancels any hold still on them."""
+    """Defect 3, the sweep: no webhook came (or it was lost); the settlement audit looks at
+    payments due for a check (one became final: it was scheduled then) and cancels any hold
+    still on them."""
     from payments_core import reconciliation
 
     row = authorized_payment(new_card, authorize_handler, payment_row)
     make_pg_connection().run(
         "UPDATE payments SET status = 'FAILED', failure_code = 'STRIPE_UNEXPECTED_STATUS',"
-        " updated_at = now() - interval '10 minutes' WHERE order_id = :o",
+        " audit_due_at = now() WHERE order_id = :o",
         o=row["order_id"],
     )
     reconciliation.reconcile(make_services())

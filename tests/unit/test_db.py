@@ -1,6 +1,6 @@
-"""Database's connection rules with a fake pg8000 connection (issue 12, defects 1 and 6): what
-may be retried on a new connection, what must abort because a lock or a transaction was lost,
-and how lock waits are bounded. The real PostgreSQL cases are in
+"""Database's connection rules with a fake pg8000 connection (issue 12 defect 6, issue 16): what
+may be retried on a new connection, what must abort because a transaction was lost, and the
+lease fence. The real PostgreSQL cases are in
 tests/integration/test_db_connection.py."""
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class FakeConnection:
         self.log = log
         self.dead = False
         self.errors: dict[str, Exception] = {}
-        self.lock_held_on_server = True
         self.columns: list[dict[str, str]] | None = None
         self.row_count = -1
         self._usock = FakeSocket(5)
@@ -50,12 +49,6 @@ class FakeConnection:
             if fragment in sql:
                 raise error
         self.columns, self.row_count = None, 1
-        if "pg_try_advisory_lock" in sql:
-            self.columns = [{"name": "locked"}]
-            return [[True]]
-        if "pg_locks" in sql:
-            self.columns = [{"name": "held"}]
-            return [[self.lock_held_on_server]]
         if sql.startswith("SELECT 1"):
             self.columns = [{"name": "one"}]
             return [[1]]
@@ -85,76 +78,46 @@ def drop(db: FakeDatabase) -> None:
     db.opened[-1].dead = True
 
 
-# --- defect 1: never continue under a lock that may be lost ---------------------------------
+# --- the fence: every transaction of a lease holder starts by checking its lease ----------------
 
 
-def test_a_transaction_begun_under_a_lost_lock_aborts_instead_of_reconnecting() -> None:
+def test_a_fenced_transaction_runs_the_fence_first_and_writes_nothing_when_it_refuses() -> None:
     db = FakeDatabase()
-    with pytest.raises(TransientError, match="lock"), db.order_lock(ORDER):
-        drop(db)
-        with db.transaction():
-            db.execute("UPDATE payments SET status = 'SUCCEEDED'")
-    assert len(db.opened) == 1, "no connection was opened while the lock was held"
-    assert db.statements("UPDATE") == []
+    calls: list[str] = []
+
+    def refuse(database: Database) -> None:
+        calls.append("fence")
+        raise TransientError("lease taken over")
+
+    db.fence = refuse
+    with pytest.raises(TransientError, match="taken over"), db.transaction():
+        db.execute("INSERT INTO outbox VALUES (1)")
+    assert calls == ["fence"]
+    assert db.statements("INSERT") == [], "nothing ran after the fence refused"
+    assert db.statements("ROLLBACK") == [1]
 
 
-def test_every_statement_after_a_lost_lock_aborts_until_the_lock_is_left() -> None:
+def test_a_connection_lost_outside_a_transaction_is_replaced_even_while_a_lease_is_held() -> None:
+    """A lease is a row, not the session's: losing the connection loses nothing of it."""
     db = FakeDatabase()
-    with db.order_lock(ORDER):
-        drop(db)
-        for _ in range(3):  # the caller swallowed the first error: later ones still abort
-            with pytest.raises(TransientError, match=f"lock on order {ORDER}"):
-                db.query("SELECT * FROM payments")
-        with pytest.raises(TransientError, match="lock"):
-            db.assert_lock_held(ORDER)
-        with pytest.raises(TransientError, match="lock"):
-            db.connection()
-    assert len(db.opened) == 1
-    assert db.statements("pg_advisory_unlock") == [], "no unlock sent on a session that never held it"
-    assert db.query("SELECT 1") == [{"one": 1}], "after the lock, the next use case reconnects"
-    assert len(db.opened) == 2
-
-
-def test_a_try_lock_lost_with_its_connection_is_forgotten_on_release() -> None:
-    db = FakeDatabase()
-    assert db.try_order_lock(ORDER)
+    db.fence = lambda database: None
+    db.query("SELECT 1")
     drop(db)
-    with pytest.raises(TransientError, match="lock"):
-        db.execute("UPDATE payments SET reconciled_at = now()")
-    db.release_order_lock(ORDER)  # the reconciler's finally
-    assert db.statements("pg_advisory_unlock") == []
-    assert db.query("SELECT 1") == [{"one": 1}] and len(db.opened) == 2
-
-
-def test_assert_lock_held_asks_the_server_on_the_locking_session() -> None:
-    db = FakeDatabase()
-    with pytest.raises(TransientError, match="not held"):
-        db.assert_lock_held(ORDER)
-    with db.order_lock(ORDER):
-        db.assert_lock_held(ORDER)
-        assert db.statements("pg_locks") == [1]
-        db.opened[0].lock_held_on_server = False  # e.g. someone unlocked it by hand
-        with pytest.raises(TransientError, match="lock"):
-            db.assert_lock_held(ORDER)
-
-
-def test_a_nested_lock_of_the_same_order_is_released_once_per_level() -> None:
-    db = FakeDatabase()
-    with db.order_lock(ORDER):
-        with db.order_lock(ORDER):
-            pass
-        db.assert_lock_held(ORDER)
-    assert db.statements("pg_advisory_unlock") == [1, 1]
-    with pytest.raises(TransientError):
-        db.assert_lock_held(ORDER)
-
-
-def test_close_forgets_every_lock_and_transaction() -> None:
-    db = FakeDatabase()
-    assert db.try_order_lock(ORDER)
-    db.close()
     assert db.query("SELECT 1") == [{"one": 1}]
     assert len(db.opened) == 2
+
+
+def test_the_database_sends_nothing_that_lives_in_the_session() -> None:
+    """Session advisory locks, SET and set_config pin an RDS Proxy connection until the client
+    disconnects: the Database itself never sends one (the use cases' statements are checked
+    on the real stack in tests/integration/test_leases.py)."""
+    db = FakeDatabase()
+    with db.transaction():
+        db.execute("INSERT INTO outbox VALUES (1)")
+    db.query("SELECT 1")
+    sent = " ".join(sql for _, sql, _, _ in db.log).lower()
+    for pinning in ("pg_advisory_lock", "pg_try_advisory_lock(", "set_config", "set "):
+        assert pinning not in sent
 
 
 # --- defect 6: one transparent retry, only where it is safe ------------------------------------
@@ -207,15 +170,6 @@ def test_nothing_is_retried_inside_a_transaction() -> None:
     assert db.statements("INSERT") == [1], "the second insert never ran, on any connection"
 
 
-def test_nothing_is_retried_while_a_lock_is_held() -> None:
-    db = FakeDatabase()
-    with db.order_lock(ORDER):
-        drop(db)
-        with pytest.raises(TransientError):
-            db.query("SELECT 1")
-    assert len(db.opened) == 1
-
-
 def test_a_lost_commit_is_not_retried() -> None:
     db = FakeDatabase()
     with pytest.raises(TransientError, match="commit"), db.transaction():
@@ -232,51 +186,6 @@ def test_a_transaction_on_a_stale_connection_begins_on_a_new_one() -> None:
     with db.transaction():
         db.execute("INSERT INTO outbox VALUES (1)")
     assert db.statements("INSERT") == [2] and db.statements("COMMIT") == [2]
-
-
-# --- defect 6: lock waits bounded by lock_timeout, not by the socket timeout -------------------
-
-
-def test_the_lock_statement_carries_lock_timeout_and_outlasts_the_socket_timeout() -> None:
-    db = FakeDatabase(lock_timeout_seconds=60)
-    with db.order_lock(ORDER):
-        db.query("SELECT 1")
-    with db.transaction():
-        db.lock_order_for_transaction(ORDER)
-    # the webhook's transaction lock waits less by default: it answers HTTP within 20 s
-    for fragment, wait in (("pg_advisory_lock", 60), ("pg_advisory_xact_lock", 10)):
-        [(_, sql, params, socket_timeout)] = [e for e in db.log if fragment in e[1]]
-        assert "lock_timeout" in sql and params["lock_timeout"] == f"{wait * 1000}ms"
-        assert socket_timeout is not None and socket_timeout > wait, "the socket waits longer than the lock"
-    others = [timeout for _, sql, _, timeout in db.log if "advisory" not in sql]
-    assert others and set(others) == {5}, "every other statement keeps the 5 s socket timeout"
-
-
-def test_the_lock_timeout_defaults_to_a_generous_value() -> None:
-    assert FakeDatabase().lock_timeout_seconds >= 30
-
-
-def test_a_caller_with_less_time_passes_its_own_lock_wait() -> None:
-    db = FakeDatabase(lock_timeout_seconds=60)
-    with db.transaction():
-        db.lock_order_for_transaction(ORDER, timeout_seconds=8)
-    [(_, _, params, socket_timeout)] = [e for e in db.log if "pg_advisory_xact_lock" in e[1]]
-    assert params["lock_timeout"] == "8000ms" and socket_timeout == 13
-    with pytest.raises(ValueError, match="bounded"):
-        db.lock_order_for_transaction(ORDER, timeout_seconds=0)
-
-
-def test_a_lock_timeout_is_transient_with_a_clear_message_and_keeps_the_connection() -> None:
-    db = FakeDatabase(lock_timeout_seconds=2)
-    db.query("SELECT 1")
-    db.opened[0].errors["pg_advisory_lock"] = DatabaseError(
-        {"S": "ERROR", "C": "55P03", "M": "canceling statement due to lock timeout"}
-    )
-    expected = rf"lock on order {ORDER} not obtained within 2 s"
-    with pytest.raises(TransientError, match=expected), db.order_lock(ORDER):
-        pytest.fail("ran without the lock")
-    assert db.statements("pg_advisory_unlock") == [], "nothing to release"
-    assert not db.opened[0].closed and db.query("SELECT 1") == [{"one": 1}]
 
 
 def test_other_database_errors_are_not_masked() -> None:

@@ -1,7 +1,7 @@
 """authorize_payment: one Stripe hold (manual-capture PaymentIntent) per order.
 
-Concurrency and redelivery: every copy of a command for one order takes the order's lock
-(database advisory lock) for the whole use case, Stripe call included. The PENDING row is
+Concurrency and redelivery: every copy of a command for one order takes the order's lease
+(``leases``) for the whole use case, Stripe call included. The PENDING row is
 committed before Stripe is called, with the attempt counted, so a copy that finds a PENDING
 row knows an earlier attempt may have reached Stripe and looks for its PaymentIntent first;
 Stripe itself returns the first answer for the order's idempotency key. A copy that finds any
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from payments_core import lifecycle, repository
+from payments_core import leases, lifecycle, repository
 from payments_core.contracts import ORDER_REVERTED, STRIPE_UNEXPECTED_STATUS, AuthorizePayment, Command
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import Rejection, TransientError
@@ -41,7 +41,8 @@ def authorize(services: Services, command: Command) -> str:
         description=body.order.description,
         return_url=body.return_url,
     )
-    with db.order_lock(body.order_id):
+    with leases.hold_order(services, body.order_id) as services:
+        db = services.db
         with db.transaction():
             created = repository.insert_pending(db, proposed)
             payment = proposed if created else repository.get_by_order_id(db, body.order_id)
@@ -70,7 +71,7 @@ def authorize(services: Services, command: Command) -> str:
 def authorize_pending(
     services: Services, payment: Payment, *, correlation_id: str | None, just_written: bool = False
 ) -> None:
-    """Take a PENDING payment to its Stripe outcome. Caller holds the order's lock.
+    """Take a PENDING payment to its Stripe outcome. Caller holds the order's lease.
     ``just_written``: the caller wrote the row (its create attempt already counted), so no
     earlier attempt can have reached Stripe."""
     db = services.db
@@ -83,7 +84,6 @@ def authorize_pending(
                 repository.count_create_attempt(db, payment.payment_id)
             payment.stripe_create_attempts += 1
     if intent is None:
-        db.assert_lock_held(payment.order_id)  # never place a hold under a lock lost with its connection
         try:
             intent = services.stripe.create_hold(payment)
         except Rejection as refused:  # a decline (CardDeclined) or a request Stripe rejects

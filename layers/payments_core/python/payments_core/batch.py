@@ -11,18 +11,22 @@ The rules (the event source mapping's, kept whatever the pool size):
 - after a record of a partition fails, no further record of that partition is started;
 - no record is started when the invocation's remaining time cannot cover one more
   (``can_start``): it is reported instead, and delivered again;
+- a record that answers "not yet" (``defer_of`` gives a delay: its order is leased by another
+  container) is set aside without holding a worker, and started again after that delay; later
+  records of its key keep waiting behind it;
 - per partition, the lowest offset that did not finish is reported, and so is every record
   after it (finished or not): the mapping re-delivers from that offset, so finished ones run
   again, which the use cases make harmless.
 
 Each worker slot is a thread that owns its resource (the use cases' ``Services``, with its own
-database connection: session advisory locks belong to a connection, so no connection is ever
-used by two threads). Threads and resources are kept between warm invocations. A pool of size 1
+database connection: a pg8000 connection is not shared between threads). Threads and resources are kept between warm invocations. A pool of size 1
 runs every record on the calling thread, in event order: exactly one at a time.
 """
 
 from __future__ import annotations
 
+import functools
+import heapq
 import queue
 import threading
 import time
@@ -155,14 +159,18 @@ class WorkerPool(Generic[R]):
         key_of: Callable[[Item], str],
         can_start: Callable[[], bool] = lambda: True,
         on_failure: Callable[[Finished], None] | None = None,
+        defer_of: Callable[[BaseException], float | None] = lambda _exc: None,
+        max_deferral_s: float = 120.0,
     ) -> BatchOutcome:
         """Process ``items`` under the rules in this module's docstring. ``handle`` raising
-        means the record failed (it is delivered again). ``key_of`` runs on the calling
-        thread, before a record is started; raising fails that record without running it."""
+        means the record failed (it is delivered again), unless ``defer_of`` turns the error into
+        a delay: the record is then started again after it, for at most ``max_deferral_s`` in
+        all. ``key_of`` runs on the calling thread, before a record is started; raising fails
+        that record without running it."""
         with self._lock:
             if self.size == 1:
-                return self._run_inline(items, handle, can_start, on_failure)
-            return self._run_pooled(items, handle, key_of, can_start, on_failure)
+                return self._run_inline(items, handle, can_start, on_failure, defer_of, max_deferral_s)
+            return self._run_pooled(items, handle, key_of, can_start, on_failure, defer_of, max_deferral_s)
 
     # -- one at a time, on the calling thread
     def _run_inline(
@@ -171,6 +179,8 @@ class WorkerPool(Generic[R]):
         handle: Callable[[R, Item], Any],
         can_start: Callable[[], bool],
         on_failure: Callable[[Finished], None] | None,
+        defer_of: Callable[[BaseException], float | None],
+        max_deferral_s: float,
     ) -> BatchOutcome:
         if not self._inline:
             self._inline.append(self.make_resource(0))
@@ -189,7 +199,9 @@ class WorkerPool(Generic[R]):
             outcome.most_in_flight = 1
             started = time.monotonic()
             try:
-                result = handle(resource, item)
+                result = self._until_not_deferred(
+                    functools.partial(handle, resource, item), can_start, defer_of, started + max_deferral_s
+                )
             except Exception as exc:
                 done = Finished(item, False, None, exc, started, time.monotonic())
                 failed_partitions.add(item.partition)
@@ -202,6 +214,25 @@ class WorkerPool(Generic[R]):
         outcome.reported = to_report(items, ok)
         return outcome
 
+    @staticmethod
+    def _until_not_deferred(
+        run: Callable[[], Any],
+        can_start: Callable[[], bool],
+        defer_of: Callable[[BaseException], float | None],
+        give_up_at: float,
+    ) -> Any:
+        """One at a time there is nothing else to run: wait out a deferral here."""
+        while True:
+            try:
+                return run()
+            except Exception as exc:
+                delay = defer_of(exc)
+                if delay is None or time.monotonic() + delay > give_up_at:
+                    raise
+                time.sleep(delay)
+                if not can_start():
+                    raise
+
     # -- concurrently, on the workers
     def _run_pooled(
         self,
@@ -210,6 +241,8 @@ class WorkerPool(Generic[R]):
         key_of: Callable[[Item], str],
         can_start: Callable[[], bool],
         on_failure: Callable[[Finished], None] | None,
+        defer_of: Callable[[BaseException], float | None],
+        max_deferral_s: float,
     ) -> BatchOutcome:
         outcome = BatchOutcome(reported=[], finished=[])
         done: queue.SimpleQueue[tuple[int, Finished]] = queue.SimpleQueue()
@@ -218,7 +251,9 @@ class WorkerPool(Generic[R]):
         ok: set[int] = set()
         failed_partitions: set[str] = set()
         running: dict[int, _Worker] = {}  # index -> worker
-        running_keys: set[str] = set()
+        running_keys: set[str] = set()  # keys started or set aside: their later records wait
+        deferred: list[tuple[float, int]] = []  # (when to start again, index): a heap
+        first_tried: dict[int, float] = {}
         idle: list[_Worker] = [w for w in self._workers if w.is_alive()]
         self._workers = list(idle)
 
@@ -228,7 +263,21 @@ class WorkerPool(Generic[R]):
             if on_failure is not None:
                 on_failure(finished)
 
+        def start(index: int) -> None:
+            worker = idle.pop() if idle else self._new_worker()
+            running[index] = worker
+            worker.inbox.put((handle, index, items[index], done))
+
         while True:
+            # set-aside records whose time has come go first (their key is still reserved)
+            while deferred and deferred[0][0] <= time.monotonic() and len(running) < self.size:
+                _, index = heapq.heappop(deferred)
+                if items[index].partition in failed_partitions or not can_start():
+                    outcome.out_of_time = outcome.out_of_time or not can_start()
+                    running_keys.discard(keys[index])
+                    outcome.not_started += 1
+                    continue
+                start(index)
             # start what may start: the earliest pending record of each key not running,
             # skipping partitions that failed, while a slot is free and time remains
             waiting_keys: set[str] = set()
@@ -257,16 +306,26 @@ class WorkerPool(Generic[R]):
                     outcome.out_of_time = True
                     outcome.not_started += 1
                     continue
-                worker = idle.pop() if idle else self._new_worker()
-                running[index] = worker
                 running_keys.add(key)
-                worker.inbox.put((handle, index, item, done))
+                start(index)
             pending = still_pending
             outcome.most_in_flight = max(outcome.most_in_flight, len(running))
-            if not running:
+            if not running and not deferred:
                 break
-            index, finished = done.get()
+            if not running:  # only set-aside records, none due yet
+                time.sleep(max(0.0, deferred[0][0] - time.monotonic()))
+                continue
+            wait = max(0.0, deferred[0][0] - time.monotonic()) if deferred else None
+            try:
+                index, finished = done.get(timeout=wait)
+            except queue.Empty:
+                continue
             idle.append(running.pop(index))
+            delay = None if finished.ok or finished.error is None else defer_of(finished.error)
+            first = first_tried.setdefault(index, finished.started)
+            if delay is not None and time.monotonic() + delay - first <= max_deferral_s:
+                heapq.heappush(deferred, (time.monotonic() + delay, index))
+                continue
             running_keys.discard(keys[index])
             if finished.ok:
                 ok.add(index)

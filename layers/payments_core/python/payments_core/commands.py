@@ -29,6 +29,7 @@ from payments_core.dead_letters import send_dead_letter
 from payments_core.domain import event_id_for_rejection
 from payments_core.errors import Rejection, TransientError
 from payments_core.kafka_gateway import EventPublisher, OutgoingMessage
+from payments_core.leases import LeaseBusy, lease_ttl_seconds
 from payments_core.observability import add_metric, count, logger
 from payments_core.services import Services, get_services
 from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, take_stripe_seconds
@@ -69,6 +70,10 @@ def handle_command_batch(
         key_of=lambda item: order_key(main, item),
         can_start=can_start,
         on_failure=_log_failure,
+        # An order leased elsewhere (its other command on another partition, a webhook, the
+        # audit) is set aside and retried, not waited for on a worker.
+        defer_of=lambda exc: exc.retry_after_s if isinstance(exc, LeaseBusy) else None,
+        max_deferral_s=2 * lease_ttl_seconds(main.settings),
     )
     if outcome.not_started:
         logger.warning(

@@ -26,7 +26,21 @@ def _str(name: str, default: str) -> str:
     return value if value else default
 
 
+def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be comma-separated whole seconds, got {raw!r}") from exc
+    if not values or min(values) < 0:
+        raise ValueError(f"{name} must be comma-separated whole seconds, got {raw!r}")
+    return values
+
+
 COMMAND_WORKERS_CEILING = 32
+DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,6 @@ class Settings:
     db_name: str
     db_ssl: bool
     db_timeout_seconds: int
-    db_lock_timeout_seconds: int  # how long an order's lock is waited for (lock_timeout), not the socket
     db_ca_bundle: str  # extra CAs to trust (PEM); empty: the RDS CA bundle shipped in the layer, if any
     db_iam_auth: bool  # connect as db_user with an IAM token (RDS Proxy), not the secret's password
     db_user: str  # with db_iam_auth: the application role to connect as
@@ -67,13 +80,17 @@ class Settings:
     reconcile_pending_after_seconds: int
     reconcile_requires_action_after_seconds: int
     reconcile_authorized_after_seconds: int
-    reconcile_batch_size: int
-    # Final payments are checked once for a hold that appeared after they became final (a
-    # create still executing at Stripe when the revert ran): after settling, within a window.
-    reconcile_final_settle_seconds: int
-    reconcile_final_window_seconds: int
+    reconcile_batch_size: int  # payments read per query; a run loops until its deadline
     aws_region: str
     metrics_namespace: str  # per stage in AWS, so one stage's metrics never trip another's alarms
+    # The settlement audit (reconciliation): an uncertain payment is re-checked against Stripe
+    # after each of these delays in turn (the last repeats) until Stripe and the row agree. The
+    # first also lets anything still in flight at Stripe land before the first look.
+    audit_backoff_seconds: tuple[int, ...] = DEFAULT_AUDIT_BACKOFF_SECONDS
+    # The audit's share of the account's Stripe read budget (live mode allows 100 reads/s).
+    audit_stripe_reads_per_second: float = 10.0
+    # How long a webhook waits for an order's lease before answering 500 (Stripe retries).
+    webhook_lease_wait_seconds: float = 8.0
     # The command pool (payments_core.batch): worker threads per container, each with its own
     # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
     # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
@@ -102,7 +119,6 @@ def get_settings() -> Settings:
         db_name=_str("DB_NAME", ""),
         db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
-        db_lock_timeout_seconds=_int("DB_LOCK_TIMEOUT_SECONDS", 30),
         db_ca_bundle=_str("DB_CA_BUNDLE", ""),
         db_iam_auth=_str("DB_IAM_AUTH", "false").lower() in ("1", "true", "yes"),
         db_user=_str("DB_USER", ""),
@@ -120,8 +136,9 @@ def get_settings() -> Settings:
         reconcile_requires_action_after_seconds=_int("RECONCILE_REQUIRES_ACTION_AFTER_SECONDS", 3600),
         reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
-        reconcile_final_settle_seconds=_int("RECONCILE_FINAL_SETTLE_SECONDS", 60),
-        reconcile_final_window_seconds=_int("RECONCILE_FINAL_WINDOW_SECONDS", 86400),
+        audit_backoff_seconds=_ints("AUDIT_BACKOFF_SECONDS", DEFAULT_AUDIT_BACKOFF_SECONDS),
+        audit_stripe_reads_per_second=float(_str("AUDIT_STRIPE_READS_PER_SECOND", "10")),
+        webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "8")),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
         command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),
         stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),

@@ -1,12 +1,14 @@
 """release_payment (capture, then pay the runner) and revert_payment (cancel or refund).
 
-Each Stripe side effect has its own idempotency key derived from the payment, and every step
-first checks what Stripe already did, so a redelivery or a retry after a crash between Stripe
-and the database converges on one capture, one transfer, one refund."""
+Each runs holding the order's lease (``leases``), Stripe calls included. Each Stripe side effect
+has its own idempotency key derived from the payment, and every step first checks what Stripe
+already did, so a redelivery or a retry after a crash between Stripe and the database converges
+on one capture, one transfer, one refund; what a dead holder's request did after its lease ran
+out is the settlement audit's to find."""
 
 from __future__ import annotations
 
-from payments_core import lifecycle, outbox, repository
+from payments_core import leases, lifecycle, outbox, repository
 from payments_core.contracts import (
     INVALID_AMOUNT,
     PAYMENT_NOT_CAPTURABLE,
@@ -33,9 +35,9 @@ S = PaymentStatus
 def release(services: Services, command: Command) -> str:
     body = command.body
     assert isinstance(body, ReleasePayment)
-    db = services.db
     order_id = _resolve_order(services, body.order_id, body.payment_id)
-    with db.order_lock(order_id):
+    with leases.hold_order(services, order_id) as services:
+        db = services.db
         payment = repository.get_by_order_id(db, order_id)
         if payment is None:
             raise _not_found(body.order_id, body.payment_id, command.correlation_id)
@@ -59,7 +61,6 @@ def release(services: Services, command: Command) -> str:
         _record_runner(db, payment, body)
         intent = services.stripe.retrieve(payment.payment_intent_id or "")
         if intent.status == "requires_capture":
-            db.assert_lock_held(order_id)  # never move money under a lock lost with its connection
             try:
                 intent = services.stripe.capture(payment, body.amount_to_capture)
             except Rejection as exc:
@@ -158,17 +159,17 @@ def _complete_release(services: Services, payment: Payment, body: ReleasePayment
 def revert(services: Services, command: Command) -> str:
     body = command.body
     assert isinstance(body, RevertPayment)
-    db = services.db
     cid = command.correlation_id
     reason = body.reason or "payment reverted"
-    order_id = repository.find_order_id(db, order_id=body.order_id, payment_id=body.payment_id)
+    order_id = repository.find_order_id(services.db, order_id=body.order_id, payment_id=body.payment_id)
     if order_id is None:
         # A payment id we never issued: nothing is held under it, and the saga's compensation
         # waits for REVERTED, so that is the answer (PAYMENT_NOT_FOUND would leave it stuck).
-        with db.transaction():
-            _announce_nothing_held(db, None, body.payment_id, reason, cid)
+        with services.db.transaction():
+            _announce_nothing_held(services.db, None, body.payment_id, reason, cid)
         return body.payment_id or ""
-    with db.order_lock(order_id):
+    with leases.hold_order(services, order_id) as services:
+        db = services.db
         payment = repository.get_by_order_id(db, order_id)
         if payment is None:
             # The revert overtook its own authorize (or the order never got one): remember it,
@@ -197,7 +198,6 @@ def revert(services: Services, command: Command) -> str:
             return order_id
 
         columns: dict[str, object] = {"revert_reason": reason}
-        db.assert_lock_held(order_id)
         try:
             if payment.status is S.SUCCEEDED:
                 columns.update(_give_back_capture(services, payment))
@@ -269,7 +269,6 @@ def _pay_runner(services: Services, payment: Payment, captured: int) -> tuple[st
     """Transfer the runner's share when a connected account is recorded: (transfer_id, failure)."""
     if not payment.runner_connect_account_id:
         return None, None
-    services.db.assert_lock_held(payment.order_id)
     try:
         transfer_id = services.stripe.transfer(
             payment, _transferred(services, captured), payment.runner_connect_account_id

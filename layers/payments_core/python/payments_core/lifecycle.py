@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from payments_core import outbox, repository
+from payments_core.config import get_settings
 from payments_core.contracts import (
     PaymentAuthorized,
     PaymentFailed,
@@ -106,6 +107,13 @@ def change_status(
         setattr(payment, name, value)
     payment.status = target
     announce(db, payment, correlation_id=correlation_id)
+    if target.is_final and (payment.payment_intent_id or payment.stripe_create_attempts):
+        # We now say nothing is held. Something may still land at Stripe (a create, capture or
+        # transfer still executing when this ran): the audit checks once it could have landed,
+        # and again until Stripe agrees.
+        repository.schedule_audit(
+            db, payment.order_id, get_settings().audit_backoff_seconds[0], f"became {target.value}"
+        )
     return True
 
 

@@ -9,12 +9,14 @@ covered; its password comes from its own secret (``DB_APP_SECRET_ID``) when one 
 from __future__ import annotations
 
 import sys
+import time
 from importlib import resources
 
 import pg8000.native
 
 from payments_core.config import get_settings
 from payments_core.db import Database, get_database
+from payments_core.errors import TransientError
 from payments_core.secrets import get_secret_json
 
 # Two deploys migrating at once serialize on this lock; the second waits at most this long
@@ -33,9 +35,11 @@ def migration_files() -> list[tuple[str, str]]:
 def apply_migrations(db: Database, app_password: str | None = None) -> list[str]:
     """Apply the migrations not yet applied; return the versions applied now."""
     applied_now: list[str] = []
-    # Through the Database's own lock, so its wait is bounded by lock_timeout (not cut by the
-    # socket timeout) and a connection lost under it is noticed instead of silently replaced.
-    with db.order_lock(MIGRATION_LOCK_NAME, timeout_seconds=MIGRATION_LOCK_WAIT_SECONDS):
+    # One transaction holding a transaction-level advisory lock: it ends with the transaction
+    # (or the connection) and leaves nothing in the session. DDL is transactional in
+    # PostgreSQL, so a deploy that dies half-way applies nothing.
+    with db.transaction():
+        _wait_for_migration_lock(db)
         db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -44,13 +48,25 @@ def apply_migrations(db: Database, app_password: str | None = None) -> list[str]
         for version, sql in migration_files():
             if version in done:
                 continue
-            with db.transaction():
-                for statement in _statements(sql):
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
+            for statement in _statements(sql):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
             applied_now.append(version)
         ensure_app_role(db, app_password)
     return applied_now
+
+
+def _wait_for_migration_lock(db: Database) -> None:
+    """Polled with a try-lock, so the wait is bounded here, not by a socket timeout or a SET."""
+    give_up = time.monotonic() + MIGRATION_LOCK_WAIT_SECONDS
+    while not db.query(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(:name, 0)) AS locked", name=MIGRATION_LOCK_NAME
+    )[0]["locked"]:
+        if time.monotonic() > give_up:
+            raise TransientError(
+                f"another migration held the lock for {MIGRATION_LOCK_WAIT_SECONDS} s; retry the deploy"
+            )
+        time.sleep(0.5)
 
 
 def ensure_app_role(db: Database, password: str | None = None) -> None:

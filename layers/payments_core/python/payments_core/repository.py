@@ -126,42 +126,115 @@ def count_create_attempt(db: Database, payment_id: str) -> None:
     )
 
 
-def stale_order_ids(db: Database, status: PaymentStatus, older_than_seconds: int, limit: int) -> list[str]:
+def stale_order_ids(
+    db: Database, status: PaymentStatus, older_than_seconds: int, limit: int, exclude: list[str]
+) -> list[str]:
     rows = db.query(
         """
         SELECT order_id FROM payments
         WHERE status = :status AND updated_at < now() - make_interval(secs => :age)
+          AND NOT (order_id = ANY(CAST(:exclude AS text[])))
         ORDER BY reconciled_at NULLS FIRST, updated_at LIMIT :limit
         """,
         status=status.value,
         age=older_than_seconds,
         limit=limit,
-    )
-    return [str(r["order_id"]) for r in rows]
-
-
-def recently_final_order_ids(db: Database, settle_seconds: int, window_seconds: int, limit: int) -> list[str]:
-    """FAILED or REVERTED payments that may have met Stripe, final for at least
-    ``settle_seconds`` and at most ``window_seconds``, not looked at since they settled."""
-    rows = db.query(
-        """
-        SELECT order_id FROM payments
-        WHERE status IN ('FAILED', 'REVERTED')
-          AND (payment_intent_id IS NOT NULL OR stripe_create_attempts > 0)
-          AND updated_at < now() - make_interval(secs => :settle)
-          AND updated_at > now() - make_interval(secs => :window)
-          AND (reconciled_at IS NULL OR reconciled_at < updated_at + make_interval(secs => :settle))
-        ORDER BY updated_at LIMIT :limit
-        """,
-        settle=settle_seconds,
-        window=window_seconds,
-        limit=limit,
+        exclude=exclude,
     )
     return [str(r["order_id"]) for r in rows]
 
 
 def mark_reconciled(db: Database, order_id: str) -> None:
     db.execute("UPDATE payments SET reconciled_at = now() WHERE order_id = :o", o=order_id)
+
+
+# ---- the settlement audit's schedule (see reconciliation) ----------------------------------
+
+
+def schedule_audit(db: Database, order_id: str, delay_seconds: float, reason: str) -> None:
+    """Make the payment uncertain: due for a check against Stripe within ``delay_seconds`` (an
+    earlier due time stands). The first reason stands until the payment is settled."""
+    db.execute(
+        """
+        UPDATE payments
+        SET audit_due_at = least(coalesce(audit_due_at, 'infinity'), now() + make_interval(secs => :delay)),
+            audit_reason = coalesce(audit_reason, :reason)
+        WHERE order_id = :o
+        """,
+        o=order_id,
+        delay=float(delay_seconds),
+        reason=reason[:200],
+    )
+
+
+def due_audits(db: Database, limit: int, exclude: list[str]) -> list[str]:
+    rows = db.query(
+        """
+        SELECT order_id FROM payments
+        WHERE audit_due_at <= now() AND NOT (order_id = ANY(CAST(:exclude AS text[])))
+        ORDER BY audit_due_at LIMIT :limit
+        """,
+        limit=limit,
+        exclude=exclude,
+    )
+    return [str(r["order_id"]) for r in rows]
+
+
+def audit_again_later(db: Database, order_id: str, backoff_seconds: tuple[int, ...]) -> None:
+    """A check that failed or had to fix something: the next one after the next delay (the
+    last delay repeats), never "done"."""
+    db.execute(
+        """
+        UPDATE payments
+        SET audit_attempts = audit_attempts + 1, reconciled_at = now(),
+            audit_due_at = now() + make_interval(
+                secs => (CAST(:backoff AS int[]))[least(audit_attempts + 2, cardinality(CAST(:backoff AS int[])))])
+        WHERE order_id = :o
+        """,
+        o=order_id,
+        backoff=list(backoff_seconds),
+    )
+
+
+def audit_settled(db: Database, order_id: str) -> None:
+    """Stripe and the row agree and nothing can still land: no longer uncertain."""
+    db.execute(
+        "UPDATE payments SET audit_due_at = NULL, audit_attempts = 0, audit_reason = NULL,"
+        " reconciled_at = now() WHERE order_id = :o",
+        o=order_id,
+    )
+
+
+def flag_unfinished_money_calls(db: Database, older_than_seconds: float) -> int:
+    """Money calls whose outcome was never written although their lease has run out (their
+    holder died): their payments become due for the audit now. Returns how many calls."""
+    rows = db.query(
+        """
+        WITH lost AS (
+            UPDATE stripe_money_calls SET finished_at = now(), outcome = 'lost'
+            WHERE finished_at IS NULL AND started_at < now() - make_interval(secs => :age)
+            RETURNING order_id, action
+        ), flagged AS (
+            UPDATE payments p
+            SET audit_due_at = least(coalesce(p.audit_due_at, 'infinity'), now()),
+                audit_reason = coalesce(p.audit_reason, 'a Stripe call has no recorded outcome')
+            WHERE p.order_id IN (SELECT order_id FROM lost)
+            RETURNING 1
+        )
+        SELECT count(*) AS calls FROM lost
+        """,
+        age=float(older_than_seconds),
+    )
+    return int(rows[0]["calls"]) if rows else 0
+
+
+def audit_backlog(db: Database) -> tuple[int, float]:
+    """Uncertain payments due now, and the age in seconds of the oldest due time."""
+    rows = db.query(
+        "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(audit_due_at)), 0)::float8 AS age"
+        " FROM payments WHERE audit_due_at <= now()"
+    )
+    return int(rows[0]["n"]), float(rows[0]["age"])
 
 
 def record_stripe_event(

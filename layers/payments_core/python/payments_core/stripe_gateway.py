@@ -11,7 +11,12 @@ Errors are translated into the service's two kinds: ``TransientError`` (retry) a
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from payments_core import secret_checks
@@ -38,6 +43,7 @@ class IntentSnapshot:
     failure_message: str | None = None
     next_action_url: str | None = None
     latest_charge: str | None = None
+    created: int = 0
 
     @classmethod
     def from_stripe(cls, obj: Any) -> IntentSnapshot:
@@ -60,6 +66,7 @@ class IntentSnapshot:
             failure_message=error.get("message"),
             next_action_url=redirect.get("url"),
             latest_charge=charge,
+            created=int(data.get("created") or 0),
         )
 
 
@@ -89,12 +96,45 @@ class CardDeclined(Rejection):
 MAX_KEY_ATTEMPTS = 4
 
 
+# Stripe refuses idempotency keys longer than this.
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# How far before the payment row a PaymentIntent of its order may have been created (clocks).
+CREATED_BOUND_SLACK = timedelta(hours=1)
+
+
 def idempotency_key(action: str, payment: Payment, attempt: int = 0) -> str:
     # Keyed by the order for the create (one hold per order, whatever the payment row), and by
-    # the payment for every later step. Attempt 0 keeps the historical form.
+    # the payment for every later step. Attempt 0 keeps the historical form. An order id too
+    # long for Stripe's 255 characters is replaced by its digest (stable, so still one key).
     subject = payment.order_id if action == "authorize" else payment.payment_id
     base = f"campusg-payments:{action}:{subject}"
+    key = base if attempt == 0 else f"{base}:{attempt}"
+    if len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+        return key
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
+    base = f"campusg-payments:{action}:sha256:{digest}"
     return base if attempt == 0 else f"{base}:{attempt}"
+
+
+# Called on this thread before every request to Stripe (an order's lease renews itself here, so
+# a holder that dies mid-request keeps the order until that request has ended).
+_hooks = threading.local()
+
+
+@contextmanager
+def before_each_request(hook: Callable[[], None]) -> Iterator[None]:
+    previous = getattr(_hooks, "before", None)
+    _hooks.before = hook
+    try:
+        yield
+    finally:
+        _hooks.before = previous
+
+
+def _before_request() -> None:
+    hook = getattr(_hooks, "before", None)
+    if hook is not None:
+        hook()
 
 
 class _AnswerSaved(TransientError):
@@ -108,10 +148,15 @@ class StripeGateway(Protocol):
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot: ...
     def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot: ...
     def cancel(self, payment: Payment) -> IntentSnapshot: ...
-    def refund(self, payment: Payment, amount_cents: int | None = None) -> str: ...
+    def refund(self, payment: Payment, amount_cents: int | None = None, *, redo: int = 0) -> str: ...
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str: ...
     def find_transfer(self, payment: Payment) -> str | None: ...
-    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str: ...
+    def reverse_transfer(
+        self, payment: Payment, amount_cents: int | None = None, *, transfer_id: str | None = None
+    ) -> str: ...
+    def order_intents(self, payment: Payment) -> list[IntentSnapshot]: ...
+    def order_transfers(self, payment: Payment) -> list[dict[str, Any]]: ...
+    def intent_refunds(self, payment_intent_id: str) -> list[dict[str, Any]]: ...
 
 
 class StripeApiGateway:
@@ -140,6 +185,7 @@ class StripeApiGateway:
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         import stripe
 
+        _before_request()
         try:
             return fn(*args, **kwargs)
         except stripe.CardError as exc:
@@ -223,20 +269,33 @@ class StripeApiGateway:
         return self._find_hold_by_metadata(payment)
 
     def _find_hold_by_metadata(self, payment: Payment) -> IntentSnapshot | None:
+        """The order's PaymentIntent that holds or held money, preferring a live one."""
+        intents = self.order_intents(payment)
+        rank = {"requires_capture": 0, "succeeded": 1, "requires_action": 2, "processing": 3}
+        return min(intents, key=lambda i: (rank.get(i.status, 9), -i.created), default=None)
+
+    def order_intents(self, payment: Payment) -> list[IntentSnapshot]:
+        """Every PaymentIntent of the order (its metadata names it), newest first: the
+        customer's, listed from shortly before the payment row was written (not Search, which
+        lags by up to an hour). TransientError when there are too many to rule any out."""
         if not payment.stripe_customer_id:
-            return None
+            return []
         params: dict[str, Any] = {"customer": payment.stripe_customer_id, "limit": 100}
+        if isinstance(payment.created_at, datetime):
+            params["created"] = {"gte": int((payment.created_at - CREATED_BOUND_SLACK).timestamp())}
+        found: list[IntentSnapshot] = []
         for _ in range(FIND_HOLD_MAX_PAGES):
             page = self._call(self._stripe().payment_intents.list, params=params)
             for intent in page.data:
                 snapshot = IntentSnapshot.from_stripe(intent)
                 if snapshot.metadata.get("order_id") == payment.order_id:
-                    return snapshot
+                    found.append(snapshot)
             if not page.has_more or not page.data:
-                return None
+                return found
             params["starting_after"] = page.data[-1].id
         raise TransientError(
-            f"customer has more than {FIND_HOLD_MAX_PAGES * 100} PaymentIntents: cannot rule out an earlier hold"
+            f"customer has more than {FIND_HOLD_MAX_PAGES * 100} PaymentIntents since the order: "
+            "cannot rule out an earlier hold"
         )
 
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
@@ -263,8 +322,10 @@ class StripeApiGateway:
 
     def cancel(self, payment: Payment) -> IntentSnapshot:
         intent_id = _require_intent(payment)
+        # Keyed by the PaymentIntent too: an order may have a second (stray) one to cancel, and
+        # the first one's key would replay the first cancel.
         return self._keyed(
-            "cancel",
+            f"cancel:{intent_id}",
             payment,
             send=lambda key: IntentSnapshot.from_stripe(
                 self._call(self._stripe().payment_intents.cancel, intent_id, options={"idempotency_key": key})
@@ -277,10 +338,12 @@ class StripeApiGateway:
         intent = self.retrieve(intent_id)
         return intent if intent.status in done else None
 
-    def refund(self, payment: Payment, amount_cents: int | None = None) -> str:
+    def refund(self, payment: Payment, amount_cents: int | None = None, *, redo: int = 0) -> str:
         """Refund the payment's charge: by default all that was captured and is not refunded yet
         (Stripe's own arithmetic: never more than was captured). An earlier refund of this
-        payment, by an attempt whose answer was lost even days ago, is found first."""
+        payment, by an attempt whose answer was lost even days ago, is found first. ``redo``:
+        how many refunds of it Stripe canceled or failed; each redo has keys of its own (the
+        first keys would replay the refund that was canceled)."""
         params: dict[str, Any] = {
             "payment_intent": _require_intent(payment),
             "metadata": {"order_id": payment.order_id, "payment_id": payment.payment_id},
@@ -289,7 +352,7 @@ class StripeApiGateway:
             params["amount"] = amount_cents
         return str(
             self._keyed(
-                "refund",
+                "refund" if not redo else f"refund-redo-{redo}",
                 payment,
                 send=lambda key: (
                     self._call(
@@ -307,11 +370,19 @@ class StripeApiGateway:
         )
         for refund in page.data:
             data = refund.to_dict()
+            # A failed or canceled refund gave nothing back: it is not "the refund".
             if (data.get("metadata") or {}).get("payment_id") == payment.payment_id and data.get(
                 "status"
-            ) != "failed":
+            ) not in ("failed", "canceled"):
                 return str(data["id"])
         return None
+
+    def intent_refunds(self, payment_intent_id: str) -> list[dict[str, Any]]:
+        """Every refund of the PaymentIntent: id, status, amount, metadata."""
+        page = self._call(
+            self._stripe().refunds.list, params={"payment_intent": payment_intent_id, "limit": 100}
+        )
+        return [refund.to_dict() for refund in page.data]
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         """Pay the runner, once: a transfer made by an earlier attempt (its answer lost to a
@@ -339,27 +410,36 @@ class StripeApiGateway:
 
     def find_transfer(self, payment: Payment) -> str | None:
         """This payment's transfer, if one was made (by its group and metadata)."""
+        transfers = self.order_transfers(payment)
+        return str(transfers[0]["id"]) if transfers else None
+
+    def order_transfers(self, payment: Payment) -> list[dict[str, Any]]:
+        """Every transfer of this payment (by the order's transfer_group and our metadata)."""
         page = self._call(
             self._stripe().transfers.list, params={"transfer_group": payment.order_id, "limit": 100}
         )
-        for transfer in page.data:
-            data = transfer.to_dict()
-            if (
-                data.get("transfer_group") == payment.order_id
-                and (data.get("metadata") or {}).get("payment_id") == payment.payment_id
-            ):
-                return str(data["id"])
-        return None
+        return [
+            data
+            for data in (transfer.to_dict() for transfer in page.data)
+            if data.get("transfer_group") == payment.order_id
+            and (data.get("metadata") or {}).get("payment_id") == payment.payment_id
+        ]
 
-    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str:
-        """Take the runner's transfer back: by default all of it."""
-        transfer_id = payment.transfer_id
+    def reverse_transfer(
+        self, payment: Payment, amount_cents: int | None = None, *, transfer_id: str | None = None
+    ) -> str:
+        """Take a transfer of the payment back (by default the recorded one): all of it."""
+        transfer_id = transfer_id or payment.transfer_id
         if not transfer_id:
             raise ValueError("payment has no transfer to reverse")
         params = {"amount": amount_cents} if amount_cents is not None else {}
+        # Another transfer than the recorded one (a second one the audit found) has keys of its own.
+        action = (
+            "reverse-transfer" if transfer_id == payment.transfer_id else f"reverse-transfer:{transfer_id}"
+        )
         return str(
             self._keyed(
-                "reverse-transfer",
+                action,
                 payment,
                 send=lambda key: (
                     self._call(

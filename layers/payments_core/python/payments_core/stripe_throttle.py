@@ -186,8 +186,8 @@ class ThrottledStripe:
     def cancel(self, payment: Payment) -> IntentSnapshot:
         return self.throttle.call(self.inner.cancel, payment)
 
-    def refund(self, payment: Payment, amount_cents: int | None = None) -> str:
-        return self.throttle.call(self.inner.refund, payment, amount_cents)
+    def refund(self, payment: Payment, amount_cents: int | None = None, *, redo: int = 0) -> str:
+        return self.throttle.call(functools.partial(self.inner.refund, redo=redo), payment, amount_cents)
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         return self.throttle.call(self.inner.transfer, payment, amount_cents, destination)
@@ -195,8 +195,12 @@ class ThrottledStripe:
     def find_transfer(self, payment: Payment) -> str | None:
         return self.throttle.call(self.inner.find_transfer, payment)
 
-    def reverse_transfer(self, payment: Payment, amount_cents: int | None = None) -> str:
-        return self.throttle.call(self.inner.reverse_transfer, payment, amount_cents)
+    def reverse_transfer(
+        self, payment: Payment, amount_cents: int | None = None, *, transfer_id: str | None = None
+    ) -> str:
+        return self.throttle.call(
+            functools.partial(self.inner.reverse_transfer, transfer_id=transfer_id), payment, amount_cents
+        )
 
     def __getattr__(self, name: str) -> Any:
         # calls the gateway may gain (e.g. lookups by transfer_group) are throttled too

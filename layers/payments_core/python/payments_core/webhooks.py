@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from payments_core import lifecycle, outbox, reconciliation, repository, secret_checks
+from payments_core import leases, lifecycle, outbox, reconciliation, repository, secret_checks
+from payments_core.errors import TransientError
 from payments_core.observability import count, logger
 from payments_core.services import Services
 from payments_core.stripe_gateway import IntentSnapshot
@@ -44,7 +45,7 @@ class WebhookRejected(Exception):
 
 @dataclass(frozen=True)
 class WebhookOutcome:
-    result: str  # applied | unchanged | duplicate | ignored | unknown_payment
+    result: str  # applied | unchanged | duplicate | ignored | unknown_payment | audit_scheduled
     order_id: str | None = None
 
 
@@ -79,12 +80,35 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     return event
 
 
+# Stripe objects other than PaymentIntents that feed the settlement audit: a transfer or a
+# refund of ours changed (reversed, failed, canceled: refund updates can come days later).
+AUDITED_EVENT_TYPES = frozenset(
+    {
+        "transfer.created",
+        "transfer.reversed",
+        "transfer.updated",
+        "refund.created",
+        "refund.updated",
+        "refund.failed",
+        "charge.refund.updated",
+        "charge.refunded",
+    }
+)
+# An event we did not expect asks the audit to look soon, not at its usual first delay.
+_AUDIT_SOON_SECONDS = 0
+
+
 def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
-    """Apply a verified Stripe event. Idempotent per Stripe event id."""
+    """Apply a verified Stripe event. Idempotent per Stripe event id. The event is recorded as
+    handled in the same transaction as its effect on the payment, or as the audit's due time
+    for an effect on Stripe (a stray hold to cancel): that effect is tried now, and if it
+    fails the audit does it, so an error here never loses it."""
     event_type = event["type"]
+    obj = (event.get("data") or {}).get("object") or {}
+    if event_type in AUDITED_EVENT_TYPES:
+        return _audit_soon(services, event, obj)
     if event_type not in HANDLED_EVENT_TYPES:
         return WebhookOutcome("ignored")
-    obj = (event.get("data") or {}).get("object") or {}
     if obj.get("object") not in (None, "payment_intent") or not isinstance(obj.get("id"), str):
         return WebhookOutcome("ignored")
     intent = IntentSnapshot.from_stripe(obj)
@@ -98,30 +122,55 @@ def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
     if not order_id:
         logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
         return WebhookOutcome("unknown_payment")
-    with db.transaction():
-        db.lock_order_for_transaction(order_id)
-        payment = repository.get_by_order_id(db, order_id, for_update=True)
-        # Another PaymentIntent than the payment's: ours only if its metadata names the order
-        # (then it is a second hold, canceled below); it never moves the payment's status.
-        foreign = payment is not None and payment.payment_intent_id not in (None, intent.id)
-        if payment is None or (foreign and intent.metadata.get("order_id") != order_id):
-            logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
-            return WebhookOutcome("unknown_payment", order_id)
-        if not repository.record_stripe_event(db, event["id"], event_type, intent.id):
-            count("DuplicateWebhook")
-            return WebhookOutcome("duplicate", order_id)
-        # A hold on a payment that holds nothing (already final, or a second PaymentIntent for
-        # the order): the state machine rightly refuses it, so it is canceled below instead.
-        stray = intent.status == "requires_capture" and (payment.status.is_final or foreign)
-        changed = not (stray or foreign) and lifecycle.apply_intent(
-            db,
-            payment,
-            intent,
-            correlation_id=payment.correlation_id,
-            attempt_failed=event_type == "payment_intent.payment_failed",
-        )
-    if stray:
-        reconciliation.cancel_stray_hold(services, payment, intent.id)
+    with leases.hold_order(services, order_id, wait_s=services.settings.webhook_lease_wait_seconds) as held:
+        with db.transaction():
+            payment = repository.get_by_order_id(db, order_id, for_update=True)
+            # Another PaymentIntent than the payment's: ours only if its metadata names the order
+            # (then it is a second hold, canceled below); it never moves the payment's status.
+            foreign = payment is not None and payment.payment_intent_id not in (None, intent.id)
+            if payment is None or (foreign and intent.metadata.get("order_id") != order_id):
+                logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
+                return WebhookOutcome("unknown_payment", order_id)
+            if not repository.record_stripe_event(db, event["id"], event_type, intent.id):
+                count("DuplicateWebhook")
+                return WebhookOutcome("duplicate", order_id)
+            # A hold on a payment that holds nothing (already final, or a second PaymentIntent
+            # for the order): the state machine rightly refuses it, so it is canceled below, and
+            # the audit is told in this transaction in case that cancel fails.
+            stray = intent.status == "requires_capture" and (payment.status.is_final or foreign)
+            if stray or foreign:
+                repository.schedule_audit(db, order_id, _AUDIT_SOON_SECONDS, f"unexpected {event_type}")
+            changed = not (stray or foreign) and lifecycle.apply_intent(
+                db,
+                payment,
+                intent,
+                correlation_id=payment.correlation_id,
+                attempt_failed=event_type == "payment_intent.payment_failed",
+            )
+        if stray:
+            try:
+                reconciliation.cancel_stray_hold(held, payment, intent.id)
+            except TransientError as exc:
+                logger.warning(
+                    "stray hold cancel failed; the audit retries it",
+                    extra={"order_id": order_id, "reason": str(exc)},
+                )
     if changed:
         outbox.publish_best_effort(db, services.publisher, [order_id])
     return WebhookOutcome("applied" if changed else "unchanged", order_id)
+
+
+def _audit_soon(services: Services, event: dict[str, Any], obj: dict[str, Any]) -> WebhookOutcome:
+    """A transfer or refund of one of our payments changed: the audit checks the order now."""
+    order_id = (obj.get("metadata") or {}).get("order_id")
+    if not isinstance(order_id, str) or not order_id:
+        return WebhookOutcome("ignored")
+    db = services.db
+    with db.transaction():
+        if repository.get_by_order_id(db, order_id) is None:
+            return WebhookOutcome("unknown_payment", order_id)
+        if not repository.record_stripe_event(db, event["id"], event["type"], None):
+            count("DuplicateWebhook")
+            return WebhookOutcome("duplicate", order_id)
+        repository.schedule_audit(db, order_id, _AUDIT_SOON_SECONDS, str(event["type"]))
+    return WebhookOutcome("audit_scheduled", order_id)

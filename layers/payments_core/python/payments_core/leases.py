@@ -1,0 +1,264 @@
+"""Per-order leases: one writer per order at a time, across containers, Stripe calls included.
+
+Why not a PostgreSQL session lock: it dies with its connection at once, while the Stripe request
+it protects is still running (a dropped connection, a Lambda timeout), and another container then
+acts on the order as if nothing were in flight; through RDS Proxy it also pins a backend per
+worker. A lease is a row (order_leases) taken and given back in single statements, never held by
+a session or a transaction, and valid until ``expires_at`` on the database's clock:
+
+- its time to live covers one Stripe request with all of stripe-python's retries (see
+  ``lease_ttl_seconds``), and the holder renews it before every Stripe request, so a holder that
+  dies mid-request keeps the order until that request has ended, whatever happened to it;
+- every acquisition increments the order's token; every transaction of the holder is fenced by
+  it (``Database.fence``: an UPDATE of the lease row that both renews and checks it, so a take-
+  over waits for that transaction and then finds the lease renewed), so a holder that was taken
+  over writes nothing more and stops before its next Stripe request (``LeaseLost``);
+- every money-moving Stripe call writes its intent before it is sent and its outcome after
+  (stripe_money_calls); a call left without an outcome, and an order whose lease was taken over,
+  are checked against Stripe by the settlement audit: a fence cannot stop a request already at
+  Stripe.
+
+A waiter never sleeps through someone else's lease: ``acquire`` answers ``LeaseBusy`` with the
+time left, and the caller decides (the command pool sets the record aside and runs others, the
+webhook waits a few seconds then lets Stripe retry, the audit skips the order)."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from payments_core import stripe_gateway
+from payments_core.config import Settings
+from payments_core.db import Database
+from payments_core.errors import Rejection, TransientError
+from payments_core.observability import count, logger
+from payments_core.services import Services
+
+# stripe-python's longest sleep between two network retries (HTTPClient.MAX_DELAY).
+STRIPE_RETRY_MAX_DELAY_SECONDS = 5.0
+# A renewal closer than this to the previous one is skipped (a Stripe request right after the
+# renewal of its money call, say): the TTL's margin covers it.
+RENEW_EVERY_SECONDS = 1.0
+# The Stripe methods that move money: their intent and outcome are recorded.
+MONEY_ACTIONS = frozenset({"create_hold", "capture", "cancel", "refund", "transfer", "reverse_transfer"})
+
+
+class LeaseBusy(TransientError):
+    """Another holder has the order's lease; ``retry_after_s``: when it may be free."""
+
+    def __init__(self, order_id: str, retry_after_s: float) -> None:
+        super().__init__(f"order {order_id} is being worked on elsewhere; retry in {retry_after_s:.1f} s")
+        self.order_id = order_id
+        self.retry_after_s = retry_after_s
+
+
+class LeaseLost(TransientError):
+    """The lease was taken over (it expired while this holder was stalled): stop, write nothing."""
+
+
+def lease_ttl_seconds(settings: Settings) -> float:
+    """How long a lease lasts after its last renewal: one Stripe request with every network
+    retry stripe-python makes ((retries + 1) x timeout, plus up to 5 s of backoff before each
+    retry), plus the database statements between two renewals (each bounded by the socket
+    timeout; two of them) and a 5 s margin. Defaults: 2 x 10 + 5 + 2 x 5 + 5 = 40 s."""
+    retries = max(0, settings.stripe_max_network_retries)
+    stripe = (retries + 1) * settings.stripe_timeout_seconds + retries * STRIPE_RETRY_MAX_DELAY_SECONDS
+    return float(stripe + 2 * settings.db_timeout_seconds + 5)
+
+
+def _holder_name() -> str:
+    where = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or os.uname().nodename
+    return f"{where[-60:]}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:12]}"
+
+
+_ACQUIRE_SQL = """
+WITH previous AS (SELECT holder FROM order_leases WHERE order_id = :order_id)
+INSERT INTO order_leases AS l (order_id, holder, token, expires_at)
+VALUES (:order_id, :holder, 1, now() + make_interval(secs => :ttl))
+ON CONFLICT (order_id) DO UPDATE
+    SET holder = EXCLUDED.holder, token = l.token + 1, expires_at = EXCLUDED.expires_at, acquired_at = now()
+    WHERE l.holder IS NULL OR l.expires_at <= now()
+RETURNING l.token, (SELECT holder FROM previous) AS previous_holder
+"""
+_REMAINING_SQL = (
+    "SELECT greatest(0, extract(epoch FROM expires_at - now()))::float8 AS remaining"
+    " FROM order_leases WHERE order_id = :order_id"
+)
+# Renews and checks in one statement; inside a transaction its row lock also makes a takeover
+# wait for the transaction's end (and then find the lease renewed).
+_RENEW_SQL = (
+    "UPDATE order_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => :ttl))"
+    " WHERE order_id = :order_id AND token = :token RETURNING token"
+)
+_RELEASE_SQL = (
+    "UPDATE order_leases SET holder = NULL, expires_at = now() WHERE order_id = :order_id AND token = :token"
+)
+_MONEY_CALL_SQL = """
+WITH renewed AS (
+    UPDATE order_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => :ttl))
+    WHERE order_id = :order_id AND token = :token RETURNING token
+)
+INSERT INTO stripe_money_calls (order_id, action, lease_token)
+SELECT :order_id, :action, token FROM renewed RETURNING id
+"""
+# An outcome we do not know (a timeout, a 5xx) makes the payment uncertain at once.
+_MONEY_OUTCOME_SQL = """
+WITH call AS (
+    UPDATE stripe_money_calls SET finished_at = now(), outcome = :outcome WHERE id = :id RETURNING order_id
+)
+UPDATE payments SET audit_due_at = least(coalesce(audit_due_at, 'infinity'), now() + make_interval(secs => :delay)),
+                    audit_reason = coalesce(audit_reason, :reason)
+WHERE :uncertain AND order_id = (SELECT order_id FROM call)
+"""
+
+
+@dataclass
+class Lease:
+    db: Database
+    order_id: str
+    holder: str
+    token: int
+    ttl_s: float
+    taken_over: bool  # the previous holder's lease expired unreleased (it died, or stalled)
+    audit_delay_s: float = 120.0
+    _renewed_at: float = field(default_factory=time.monotonic)
+
+    def renew(self) -> None:
+        """Extend the lease before a Stripe request; LeaseLost if it was taken over."""
+        if not self.db.query(_RENEW_SQL, order_id=self.order_id, token=self.token, ttl=self.ttl_s):
+            raise LeaseLost(f"the lease on order {self.order_id} was taken over: stopping here")
+        self._renewed_at = time.monotonic()
+
+    def renew_if_due(self) -> None:
+        if time.monotonic() - self._renewed_at >= RENEW_EVERY_SECONDS:
+            self.renew()
+
+    def fence(self, db: Database) -> None:
+        """First statement of each of the holder's transactions (see Database.fence)."""
+        if not db.query(_RENEW_SQL, order_id=self.order_id, token=self.token, ttl=self.ttl_s):
+            raise LeaseLost(f"the lease on order {self.order_id} was taken over: nothing written")
+        self._renewed_at = time.monotonic()
+
+    @contextmanager
+    def money_call(self, action: str) -> Iterator[None]:
+        """Record the intent of a money-moving Stripe call (renewing the lease), then its outcome:
+        ok, refused (Stripe said no: nothing moved) or unknown (the payment becomes uncertain)."""
+        rows = self.db.query(
+            _MONEY_CALL_SQL, order_id=self.order_id, token=self.token, ttl=self.ttl_s, action=action
+        )
+        if not rows:
+            raise LeaseLost(f"the lease on order {self.order_id} was taken over: {action} not sent")
+        self._renewed_at = time.monotonic()
+        call_id = rows[0]["id"]
+        outcome = "unknown"
+        try:
+            yield
+            outcome = "ok"
+        except Rejection:
+            outcome = "refused"
+            raise
+        finally:
+            # Left unrecorded if the database is gone too: the audit finds the open call.
+            with suppress(TransientError):
+                self.db.execute(
+                    _MONEY_OUTCOME_SQL,
+                    id=call_id,
+                    outcome=outcome,
+                    uncertain=outcome == "unknown",
+                    delay=self.audit_delay_s,
+                    reason=f"{action} outcome unknown",
+                )
+
+
+def acquire(
+    db: Database, order_id: str, *, ttl_s: float, wait_s: float = 0.0, audit_delay_s: float = 120.0
+) -> Lease:
+    """Take the order's lease, waiting up to ``wait_s`` (backing off), else LeaseBusy."""
+    holder = _holder_name()
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        rows = db.query(_ACQUIRE_SQL, order_id=order_id, holder=holder, ttl=ttl_s)
+        if rows:
+            previous = rows[0]["previous_holder"]
+            lease = Lease(db, order_id, holder, int(rows[0]["token"]), ttl_s, previous is not None)
+            lease.audit_delay_s = audit_delay_s
+            if lease.taken_over:
+                count("LeaseTakenOver")
+                logger.warning(
+                    "order lease taken over from a holder that did not release it",
+                    extra={"order_id": order_id, "previous_holder": previous},
+                )
+            return lease
+        found = db.query(_REMAINING_SQL, order_id=order_id)
+        remaining = float(found[0]["remaining"]) if found else 0.0
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LeaseBusy(order_id, max(0.05, min(remaining, 2.0)))
+        time.sleep(min(left, max(0.01, min(remaining, pause)) * random.uniform(0.8, 1.2)))
+        pause = min(pause * 2, 1.0)
+
+
+def release(lease: Lease) -> None:
+    """Give the lease back (best effort: if the database is gone, it expires by itself)."""
+    with suppress(TransientError):
+        lease.db.execute(_RELEASE_SQL, order_id=lease.order_id, token=lease.token)
+
+
+@contextmanager
+def hold(db: Database, order_id: str, settings: Settings, *, wait_s: float = 0.0) -> Iterator[Lease]:
+    """Hold the order's lease for the block: every transaction on ``db`` is fenced by it and
+    every Stripe request on this thread renews it first. Raises LeaseBusy (after ``wait_s``)."""
+    if db.fence is not None:
+        raise RuntimeError("a lease is already held on this connection: one order at a time")
+    lease = acquire(
+        db,
+        order_id,
+        ttl_s=lease_ttl_seconds(settings),
+        wait_s=wait_s,
+        audit_delay_s=float(settings.audit_backoff_seconds[0]),
+    )
+    db.fence = lease.fence
+    try:
+        with stripe_gateway.before_each_request(lease.renew_if_due):
+            yield lease
+    finally:
+        db.fence = None
+        release(lease)
+
+
+class LeasedStripe:
+    """A Stripe gateway seen through a lease: every call renews the lease first (and stops if
+    it was taken over); money-moving calls record their intent and outcome."""
+
+    def __init__(self, inner: Any, lease: Lease) -> None:
+        self._inner = inner
+        self._lease = lease
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if name in MONEY_ACTIONS:
+                with self._lease.money_call(name):
+                    return target(*args, **kwargs)
+            self._lease.renew()
+            return target(*args, **kwargs)
+
+        return call
+
+
+@contextmanager
+def hold_order(services: Services, order_id: str, *, wait_s: float = 0.0) -> Iterator[Services]:
+    """``hold`` for a use case: yields its services with Stripe seen through the lease."""
+    with hold(services.db, order_id, services.settings, wait_s=wait_s) as lease:
+        yield replace(services, stripe=LeasedStripe(services.stripe, lease))
