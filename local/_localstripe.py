@@ -36,10 +36,16 @@ def _accept_real_stripe_parameters() -> None:
     # interrupted attempt created (localstripe ignores idempotency keys, so this matters here).
     original_list = resources.PaymentIntent._api_list_all.__func__
 
-    def _api_list_all(cls: type, url: str, customer: str | None = None, **kwargs: object) -> object:
+    # Also by creation time (created[gte]), which the service bounds its lookups with.
+    def _api_list_all(
+        cls: type, url: str, customer: str | None = None, created: Any = None, **kwargs: object
+    ) -> object:
         listing = original_list(cls, url, **kwargs)
         if customer is not None:
             listing._list = [pi for pi in listing._list if pi.customer == customer]
+        if isinstance(created, dict) and "gte" in created:
+            since = int(created["gte"])
+            listing._list = [pi for pi in listing._list if int(pi.created) >= since]
         return listing
 
     resources.PaymentIntent._api_list_all = classmethod(_api_list_all)

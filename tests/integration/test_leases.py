@@ -25,8 +25,8 @@ NO_FAILURES = {"batchItemFailures": []}
 # What pins an RDS Proxy connection until the client disconnects (AWS's pinning conditions):
 # session-level advisory locks, SET, set_config. Transaction-level advisory locks do not.
 PINNING = re.compile(
-    r"pg_advisory_lock\s*\(|pg_try_advisory_lock\s*\(|pg_advisory_lock_shared|\bset_config\b|^\s*SET\s",
-    re.IGNORECASE | re.MULTILINE,
+    r"pg_advisory_lock\s*\(|pg_try_advisory_lock\s*\(|pg_advisory_lock_shared|\bset_config\b|\A\s*(SET|RESET)\s",
+    re.IGNORECASE,
 )
 
 
@@ -71,14 +71,16 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(make_se
 def test_a_fenced_transaction_makes_a_takeover_wait_and_find_the_lease_renewed(make_services):
     holder, taker = make_services(), make_services()
     order_id = _order()
-    lease = leases.acquire(holder.db, order_id, ttl_s=0.5)
+    lease = leases.acquire(holder.db, order_id, ttl_s=1.0)
     holder.db.fence = lease.fence
     taken: list[Any] = []
-    with holder.db.transaction():
-        time.sleep(0.7)  # past the original expiry, but the fence renewed it for another 0.5 s
+    time.sleep(0.6)
+    with holder.db.transaction():  # the fence renews: 1 s from now
+        time.sleep(0.6)  # past the original expiry
         thread = threading.Thread(target=lambda: taken.append(_try(taker.db, order_id)))
         thread.start()
         thread.join(0.2)
+        assert thread.is_alive(), "the takeover waits for the fenced transaction's row lock"
     thread.join(5)
     holder.db.fence = None
     assert taken and isinstance(taken[0], LeaseBusy), "the fence's renewal kept the lease"

@@ -141,30 +141,19 @@ def double(local_env: dict[str, str]) -> Iterator[RaceStripe]:
 
 
 @pytest.fixture
-def via_double(double: RaceStripe) -> Settings:
-    """The service's settings with Stripe at the double, and the settlement pass due at once."""
+def via_double(double: RaceStripe, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The service's settings with Stripe at the double, and the settlement pass due at once
+    (also for the audit scheduled when a payment becomes final, which reads the environment)."""
+    monkeypatch.setenv("AUDIT_BACKOFF_SECONDS", "0")
+    get_settings.cache_clear()
     settings = dataclasses.replace(get_settings(), stripe_api_base=double.url, stripe_max_network_retries=0)
     return due_at_once(settings)
 
 
 def due_at_once(settings: Settings) -> Settings:
-    """Every payment that became final is due for its settlement check now, and again at once
-    after a failed check: today's final-payment sweep (settle, window) and the settlement
-    audit's settings, whichever exist (looked up by name, so one test serves both designs)."""
-    names = {f.name for f in dataclasses.fields(settings)}
-    wanted: dict[str, int] = {
-        "reconcile_final_settle_seconds": 0,
-        # recent enough for this test's payments, not every final payment of earlier runs
-        "reconcile_final_window_seconds": RECENT_S,
-        "audit_window_seconds": RECENT_S,
-        "reconcile_batch_size": 500,
-        "audit_batch_size": 500,
-    }
-    due_words = ("backoff", "settle", "delay", "after", "min_age", "interval", "cooldown")
-    for name in names - wanted.keys():
-        if name.startswith("audit_") and any(w in name for w in due_words):
-            wanted[name] = 0
-    return dataclasses.replace(settings, **{k: v for k, v in wanted.items() if k in names})
+    """Every uncertain payment is due for its settlement check now, and again at once after a
+    check that failed or fixed something."""
+    return dataclasses.replace(settings, audit_backoff_seconds=(0,), reconcile_batch_size=500)
 
 
 @pytest.fixture
