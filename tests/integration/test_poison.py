@@ -29,9 +29,13 @@ def _only_answer(published_events, key: str) -> dict:
 
 
 @pytest.mark.parametrize("field", ["order_id", "payment_id"])
-def test_a_lone_surrogate_in_an_id_is_answered_under_its_escaped_form(field, authorize_handler, published_events):
+def test_a_lone_surrogate_in_an_id_is_answered_under_its_escaped_form(
+    field, authorize_handler, published_events
+):
     marker = uuid.uuid4().hex
-    cmd = command("release_payment", runner_id="r", runner_connect_account_id="acct_1", **{field: f"{marker}\ud800"})
+    cmd = command(
+        "release_payment", runner_id="r", runner_connect_account_id="acct_1", **{field: f"{marker}\ud800"}
+    )
     assert authorize_handler(msk_event(_raw(cmd))) == NO_FAILURES, "refused for good, not retried"
     escaped = f"{marker}\\ud800"  # six ASCII characters for the surrogate
     event = _only_answer(published_events, escaped)
@@ -56,7 +60,9 @@ def _odd_forms(payment_id: str) -> list[str]:
 @pytest.mark.parametrize("form", range(3))
 def test_a_payment_id_only_python_reads_as_a_uuid_is_not_found(form, authorize_handler, published_events):
     payment_id = _odd_forms(str(uuid.uuid4()))[form]
-    release = command("release_payment", payment_id=payment_id, runner_id="r", runner_connect_account_id="acct_1")
+    release = command(
+        "release_payment", payment_id=payment_id, runner_id="r", runner_connect_account_id="acct_1"
+    )
     assert authorize_handler(msk_event(release)) == NO_FAILURES, "no CAST refused and retried"
     event = _only_answer(published_events, payment_id)
     assert event["type"] == "payment.failed" and event["payload"]["error"] == "PAYMENT_NOT_FOUND"

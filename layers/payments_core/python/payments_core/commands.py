@@ -11,7 +11,6 @@ publish stays in the outbox for the relay.
 from __future__ import annotations
 
 import binascii
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -231,10 +230,9 @@ def _answer_rejection(services: Services, rejection: Rejection, raw: bytes, *, d
     db = services.db
     # Whatever raised it, nothing unstorable reaches PostgreSQL or a Kafka key (parse_command
     # already gives the storable forms; this makes it hold for every path).
-    rejection.order_id, rejection.payment_id, rejection.correlation_id, rejection.message = (
-        None if text is None else storable(text)
-        for text in (rejection.order_id, rejection.payment_id, rejection.correlation_id, rejection.message)
-    )
+    for field in ("order_id", "payment_id", "correlation_id", "message"):
+        if (text := getattr(rejection, field)) is not None:
+            setattr(rejection, field, storable(text))
     count("CommandRejected")
     logger.info("command rejected", extra={"order_id": rejection.order_id, "error": rejection.code})
     order_key = rejection.order_id or rejection.payment_id or ""

@@ -306,7 +306,9 @@ def _reference(payload: Any, key: str) -> str | None:
 # What PostgreSQL text cannot hold (NUL) and what cannot be encoded as UTF-8 at all (a lone
 # UTF-16 surrogate: JSON can carry "\ud800", and json.loads joins only paired ones).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-UNSTORABLE_TEXT_MESSAGE = "text must not contain NUL characters (\\u0000) or lone UTF-16 surrogates (\\ud800-\\udfff)"
+UNSTORABLE_TEXT_MESSAGE = (
+    "text must not contain NUL characters (\\u0000) or lone UTF-16 surrogates (\\ud800-\\udfff)"
+)
 
 
 def storable(text: str) -> str:

@@ -13,7 +13,6 @@ from payments_core.kafka_gateway import OutgoingMessage
 from payments_core.observability import count, logger
 from payments_core.services import Services
 
-
 # What a dead letter keeps of a record: all of it, unless the destination would refuse it;
 # then its head, and the record's size (the whole record stays in Kafka at its origin).
 _KAFKA_VALUE_BYTES = 960 * 1024
