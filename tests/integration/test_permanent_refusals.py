@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from conftest import authorize_command, command, msk_event
+from conftest import authorize_command, msk_event
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +32,3 @@ def test_a_nul_byte_is_refused_not_retried(new_card, authorize_handler, publishe
     (event,) = published_events(order_id)
     assert event["type"] == "payment.failed" and event["payload"]["error"] == "INVALID_PAYLOAD"
     assert "NUL" in event["payload"]["message"]
-
-
-def test_a_nul_byte_in_the_order_id_goes_to_the_dead_letters(authorize_handler, dead_letters):
-    marker = uuid.uuid4().hex
-    revert = command("revert_payment", order_id=f"{marker}\u0000", reason="x")
-    assert authorize_handler(msk_event(revert)) == NO_FAILURES, "nothing to announce it under; never retried"
-    assert dead_letters(lambda m: marker.encode() in (m.value or b""))

@@ -11,7 +11,6 @@ publish stays in the outbox for the relay.
 from __future__ import annotations
 
 import binascii
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,15 @@ from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventR
 
 from payments_core import authorization, escrow, lifecycle, outbox, repository
 from payments_core.batch import Finished, Item, WorkerPool, items_of
-from payments_core.contracts import Command, PaymentFailed, Unattributable, event_envelope, parse_command
+from payments_core.contracts import (
+    Command,
+    PaymentFailed,
+    Unattributable,
+    command_references,
+    event_envelope,
+    parse_command,
+    storable,
+)
 from payments_core.db import Database
 from payments_core.dead_letters import send_dead_letter
 from payments_core.domain import event_id_for_rejection
@@ -107,20 +114,19 @@ def _log_failure(finished: Finished) -> None:
 
 def order_key(services: Services, item: Item) -> str:
     """What orders the records of a batch: the order id, or for a command naming only a
-    payment, that payment's order (looked up); a record naming neither depends on nothing."""
+    payment, that payment's order (looked up); a record naming neither depends on nothing.
+    Ids are in their storable form, as the refusals are keyed (contracts.storable)."""
     record = item.record
     try:
-        document = json.loads(record.decoded_value) if record.get("value") is not None else None
-    except (binascii.Error, ValueError, RecursionError):
-        document = None
-    payload = document.get("payload") if isinstance(document, dict) else None
-    if isinstance(payload, dict):
-        order_id, payment_id = payload.get("order_id"), payload.get("payment_id")
-        if isinstance(order_id, str) and order_id:
-            return f"order:{order_id}"
-        if isinstance(payment_id, str) and payment_id:
-            found = repository.find_order_id(services.db, order_id=None, payment_id=payment_id)
-            return f"order:{found}" if found else f"payment:{payment_id}"
+        raw = record.decoded_value if record.get("value") is not None else None
+    except (binascii.Error, ValueError):
+        raw = None
+    order_id, payment_id = command_references(raw)
+    if order_id:
+        return f"order:{order_id}"
+    if payment_id:
+        found = repository.find_order_id(services.db, order_id=None, payment_id=payment_id)
+        return f"order:{found}" if found else f"payment:{payment_id}"
     return f"record:{item.partition}:{item.offset}"
 
 
@@ -197,15 +203,16 @@ class _SharedPublisher:
 def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
     """Handle one record; returns the order key whose events were written, if any.
     Raises TransientError (or anything unexpected) to have the record re-delivered."""
-    raw: bytes | None = None
     try:
         raw = record.decoded_value if record.get("value") is not None else None
+    except (binascii.Error, ValueError) as exc:
+        # Kept as it came (base64 text), so the dead letter still holds the record.
+        send_dead_letter(services, record, str(record.get("value")).encode(), f"value is not base64: {exc}")
+        return None
+    try:
         command = parse_command(raw)
     except Unattributable as exc:
         send_dead_letter(services, record, raw, exc.reason)
-        return None
-    except (binascii.Error, ValueError) as exc:
-        send_dead_letter(services, record, raw, f"value is not base64: {exc}")
         return None
     except Rejection as rejection:
         return _answer_rejection(services, rejection, raw or b"", defer_to_stored=True)
@@ -226,6 +233,11 @@ def _answer_rejection(services: Services, rejection: Rejection, raw: bytes, *, d
     stored outcome instead: a bad copy of a command must not contradict what the payment is
     (a payment.failed while a hold exists would make the saga drop a held order)."""
     db = services.db
+    # Whatever raised it, nothing unstorable reaches PostgreSQL or a Kafka key (parse_command
+    # already gives the storable forms; this makes it hold for every path).
+    for field in ("order_id", "payment_id", "correlation_id", "message"):
+        if (text := getattr(rejection, field)) is not None:
+            setattr(rejection, field, storable(text))
     count("CommandRejected")
     logger.info("command rejected", extra={"order_id": rejection.order_id, "error": rejection.code})
     order_key = rejection.order_id or rejection.payment_id or ""

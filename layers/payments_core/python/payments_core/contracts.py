@@ -29,6 +29,7 @@ SOURCE = "payment-service"
 
 # Error codes: the original service's, plus extensions.
 PAYLOAD_PARSE_ERROR = "PAYLOAD_PARSE_ERROR"
+PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"  # extension: a dead-letter reason, never announced
 INVALID_PAYLOAD = "INVALID_PAYLOAD"
 INVALID_AMOUNT = "INVALID_AMOUNT"
 UNKNOWN_COMMAND = "UNKNOWN_COMMAND"  # extension
@@ -53,6 +54,16 @@ NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
 # stall its partition. bigint holds the cents; Stripe's own ceiling is far lower (8 digits).
 MAX_AMOUNT_CENTS = 99_999_999
 REVERT_REASON_MAX_LENGTH = 1000
+
+# Caps checked before parsing. The largest command the contract allows (an authorize with
+# every bounded string at its limit, about 4,300 characters, each sent as a 12-byte escaped
+# surrogate pair) is about 50 KiB, and commands nest 4 levels deep (envelope, payload,
+# customer, userStripeCard); the saga's commands are under 1 KiB.
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_COMMAND_DEPTH = 32
+# Python refuses to convert longer digit strings (sys.int_max_str_digits): such a number is
+# read as infinity, a value every field refuses (an amount is then INVALID_AMOUNT).
+_MAX_INT_DIGITS = 4300
 
 
 class Unattributable(Exception):
@@ -164,22 +175,14 @@ class Command(BaseModel):
 
 def parse_command(raw: bytes | None) -> Command:
     """Parse one Kafka record value. Raises Rejection (announce) or Unattributable (dead letter)."""
-    if raw is None:
-        raise Unattributable("record has no value")
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise Unattributable(f"value is not JSON: {str(exc)[:200]}") from exc
-    if not isinstance(document, dict):
-        raise Unattributable("value is not a JSON object")
-    has_nul = contains_nul(document)
+    document, too_deep = _load(raw)
     payload = document.get("payload")
     order_id = _reference(payload, "order_id")
     payment_id = _reference(payload, "payment_id")
     raw_correlation_id = document.get("correlation_id")
     correlation_id = (
-        raw_correlation_id
-        if isinstance(raw_correlation_id, str) and "\x00" not in raw_correlation_id
+        storable(raw_correlation_id)
+        if isinstance(raw_correlation_id, str) and len(raw_correlation_id) <= 255
         else None
     )
 
@@ -190,8 +193,10 @@ def parse_command(raw: bytes | None) -> Command:
             code, message, order_id=order_id, payment_id=payment_id, correlation_id=correlation_id
         )
 
-    if has_nul:
-        raise reject(INVALID_PAYLOAD, "text must not contain NUL characters (\\u0000)")
+    if too_deep:
+        raise reject(INVALID_PAYLOAD, f"the command is nested deeper than {MAX_COMMAND_DEPTH} levels")
+    if has_unstorable_text(document):
+        raise reject(INVALID_PAYLOAD, UNSTORABLE_TEXT_MESSAGE)
     try:
         envelope = CommandEnvelope.model_validate(document)
     except ValidationError as exc:
@@ -210,29 +215,123 @@ def parse_command(raw: bytes | None) -> Command:
     return Command(type=envelope.type, correlation_id=envelope.correlation_id, body=body, raw=raw)  # type: ignore[arg-type]
 
 
+def command_references(raw: bytes | None) -> tuple[str | None, str | None]:
+    """The (order id, payment id) a record names, in their storable form; never raises. The
+    batch orders records by them before parsing each one."""
+    try:
+        document, _ = _load(raw)
+    except Unattributable:
+        return None, None
+    payload = document.get("payload")
+    return _reference(payload, "order_id"), _reference(payload, "payment_id")
+
+
 def _minimum_amount() -> int:
     from payments_core.config import get_settings
 
     return get_settings().minimum_amount_cents
 
 
+def _load(raw: bytes | None) -> tuple[dict[str, Any], bool]:
+    """A record's JSON object, and whether it was nested deeper than MAX_COMMAND_DEPTH (its
+    deeper parts then read as null, so the order it names can still be answered).
+    Raises Unattributable. Size and depth are checked on the text, before json parses it: a
+    parser (or a walk over its result) that recurses must never see more than the cap."""
+    if raw is None:
+        raise Unattributable("record has no value")
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise Unattributable(f"{PAYLOAD_TOO_LARGE}: {len(raw)} bytes, more than {MAX_COMMAND_BYTES}")
+    try:
+        # As json.loads(bytes) would read it, surrogates encoded in the bytes included: they
+        # are refused, with an answer, like the escaped ones.
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        text, too_deep = _flatten_beyond(text, MAX_COMMAND_DEPTH)
+        document = json.loads(text, parse_int=_bounded_int)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise Unattributable(f"value is not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(document, dict):
+        raise Unattributable("value is not a JSON object")
+    return document, too_deep
+
+
+_STRUCTURE = re.compile(r'["\[\]{}]')
+_STRING_REST = re.compile(r'(?:[^"\\]|\\.)*+"', re.DOTALL)
+
+
+def _bounded_int(digits: str) -> int | float:
+    if len(digits) <= _MAX_INT_DIGITS:
+        return int(digits)
+    return float("-inf") if digits.startswith("-") else float("inf")
+
+
+def _flatten_beyond(text: str, max_depth: int) -> tuple[str, bool]:
+    """``text`` with every array or object nested deeper than ``max_depth`` replaced by null,
+    and whether there was one. Linear, not recursive; malformed text is left to json."""
+    pieces: list[str] = []
+    kept_from = 0
+    depth = 0
+    cut_at: int | None = None
+    position = 0
+    while match := _STRUCTURE.search(text, position):
+        char, position = match.group(), match.end()
+        if char == '"':
+            string_end = _STRING_REST.match(text, position)
+            if string_end is None:
+                break  # unterminated string: not JSON
+            position = string_end.end()
+        elif char in "[{":
+            depth += 1
+            if depth == max_depth + 1 and cut_at is None:
+                cut_at = match.start()
+        else:
+            if depth == max_depth + 1 and cut_at is not None:
+                pieces += [text[kept_from:cut_at], "null"]
+                kept_from, cut_at = position, None
+            depth = max(depth - 1, 0)
+    if not pieces:
+        return text, False
+    return "".join(pieces) + text[kept_from:], True
+
+
 def _reference(payload: Any, key: str) -> str | None:
-    """An order or payment id the refusal can be announced under (and stored with)."""
+    """An order or payment id the refusal can be announced under (and stored with), in its
+    storable form (see ``storable``)."""
     if isinstance(payload, dict):
         value = payload.get(key)
-        if isinstance(value, str) and 0 < len(value) <= 255 and "\x00" not in value:
-            return value
+        if isinstance(value, str) and 0 < len(value) <= 255:
+            return storable(value)
     return None
 
 
-def contains_nul(value: Any) -> bool:
-    """PostgreSQL text cannot hold NUL; JSON can carry it as \\u0000."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(contains_nul(v) for v in value)
+# What PostgreSQL text cannot hold (NUL) and what cannot be encoded as UTF-8 at all (a lone
+# UTF-16 surrogate: JSON can carry "\ud800", and json.loads joins only paired ones).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_TEXT_MESSAGE = (
+    "text must not contain NUL characters (\\u0000) or lone UTF-16 surrogates (\\ud800-\\udfff)"
+)
+
+
+def storable(text: str) -> str:
+    """``text`` with each NUL and lone surrogate written as its JSON escape, six ASCII
+    characters (``\\u0000``, ``\\ud800``): the one form in which a refused command's order id
+    is stored, used as the Kafka key and answered. Other text is returned unchanged."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def has_unstorable_text(value: Any) -> bool:
+    """Whether any key or string in a parsed JSON value contains a NUL or a lone surrogate.
+    Iterative: the value's depth is not this function's concern."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

@@ -264,8 +264,10 @@ def remember_reverted_order(db: Database, order_id: str, reason: str, correlatio
 
 
 def is_uuid(value: str) -> bool:
+    """Only the canonical 8-4-4-4-12 form (either case), the one we hand out: uuid.UUID also
+    takes forms PostgreSQL's CAST refuses (``urn:uuid:``, unbalanced braces, misplaced
+    hyphens), and a refused CAST would be retried as a database failure."""
     try:
-        uuid.UUID(value)
+        return str(uuid.UUID(value)) == value.lower()
     except (ValueError, AttributeError, TypeError):
         return False
-    return True

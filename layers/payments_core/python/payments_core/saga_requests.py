@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from payments_core import escrow, repository
 from payments_core.contracts import (
     MAX_AMOUNT_CENTS,
+    UNSTORABLE_TEXT_MESSAGE,
     RevertPayment,
-    contains_nul,
     describe_errors,
+    has_unstorable_text,
     utc_now_iso,
 )
 from payments_core.domain import Payment, PaymentStatus
@@ -185,6 +186,6 @@ def _json_object(body: bytes, *, required: bool) -> dict[str, Any]:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise BadRequest("body must be a JSON object")
-    if contains_nul(document):
-        raise BadRequest("text must not contain NUL characters (\\u0000)")
+    if has_unstorable_text(document):  # the queued command would be refused
+        raise BadRequest(UNSTORABLE_TEXT_MESSAGE)
     return document
