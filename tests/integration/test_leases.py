@@ -100,15 +100,19 @@ def test_money_calls_record_intent_and_outcome_and_an_unknown_one_makes_the_paym
     order_id = cmd["payload"]["order_id"]
     assert authorize_handler(msk_event(cmd)) == NO_FAILURES
     calls = pg_connection.run(
-        "SELECT action, outcome, finished_at IS NOT NULL FROM stripe_money_calls WHERE order_id = :o", o=order_id
+        "SELECT action, outcome, finished_at IS NOT NULL FROM stripe_money_calls WHERE order_id = :o",
+        o=order_id,
     )
     assert calls == [["create_hold", "ok", True]]
     repository.audit_settled(make_services().db, order_id)
 
     services = make_services()
-    with leases.hold(services.db, order_id, services.settings) as lease:
-        with pytest.raises(TransientError), lease.money_call("capture"):
-            raise TransientError("stripe timed out")
+    with (
+        leases.hold(services.db, order_id, services.settings) as lease,
+        pytest.raises(TransientError),
+        lease.money_call("capture"),
+    ):
+        raise TransientError("stripe timed out")
     row = pg_connection.run(
         "SELECT audit_due_at IS NOT NULL, audit_reason FROM payments WHERE order_id = :o", o=order_id
     )
@@ -132,7 +136,9 @@ def test_a_money_call_left_open_by_a_dead_holder_is_flagged_for_the_audit(
         t=lease.token,
     )
     assert repository.flag_unfinished_money_calls(services.db, 60) >= 1
-    row = pg_connection.run("SELECT audit_due_at <= now(), audit_reason FROM payments WHERE order_id = :o", o=order_id)
+    row = pg_connection.run(
+        "SELECT audit_due_at <= now(), audit_reason FROM payments WHERE order_id = :o", o=order_id
+    )
     assert row == [[True, "a Stripe call has no recorded outcome"]]
 
 
@@ -198,5 +204,8 @@ def test_commands_of_one_order_on_two_partitions_are_serialized_without_holding_
     finally:
         pool.close()
     assert outcome == NO_FAILURES
-    assert payment_row(a_id)["status"] == "REVERTED" and payment_row(order_b["payload"]["order_id"])["status"] == "REVERTED"
+    assert (
+        payment_row(a_id)["status"] == "REVERTED"
+        and payment_row(order_b["payload"]["order_id"])["status"] == "REVERTED"
+    )
     assert took >= 1.4, "A waited for the other holder"
