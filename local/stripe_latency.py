@@ -4,15 +4,17 @@
     python -m local.stripe_latency --port 8791 --upstream http://127.0.0.1:8420   # the proxy
 
 - ``StripeLatencyDouble`` answers the requests this service makes (PaymentIntents: create
-  with confirm, list by customer, retrieve, capture, cancel; refunds; transfers and their
-  reversals) like Stripe, after sleeping ``delay_s``: no CPU cost, so what it measures is the
-  service's own concurrency (localstripe saturates one core at about 15 requests/s). Every
-  create is held with manual capture (``requires_capture``); an ``Idempotency-Key`` seen before
-  gets the first answer again, as Stripe does.
+  with confirm, list by customer, retrieve, capture, cancel; refunds and transfers, and their
+  lists; transfer reversals) like Stripe, after sleeping ``delay_s``: no CPU cost, so what it
+  measures is the service's own concurrency (localstripe saturates one core at about 15
+  requests/s). Every create is held with manual capture (``requires_capture``); an
+  ``Idempotency-Key`` seen before gets the first answer again, as Stripe does.
 - ``StripeLatencyProxy`` forwards every request to an upstream emulator (localstripe) after
   the same sleep: the realistic end to end.
 Both record the PaymentIntents created per order (``creates``), so a benchmark can count
-duplicate holds. Everything binds to and forwards to 127.0.0.1 only.
+duplicate holds, and count the requests waiting for their answer (``in_flight``, ``progress()``),
+so a sampler can tell what the service does while Stripe answers. Everything binds to and
+forwards to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ class _LatencyServer:
 
     def __init__(self, delay_s: float = 0.3, port: int = 0) -> None:
         self.delay_s = delay_s
-        self.requests = 0
+        self.requests = 0  # received
+        self.answered = 0  # answers about to be sent (after the delay)
+        self.in_flight = 0  # received, not yet answered: waiting out the delay
+        self.received: list[str] = []  # "POST /v1/payment_intents", in order of arrival
         self.rate_limited = 0  # 429s answered
         self._rate_limit_next = 0
         self.creates: dict[str, set[str]] = defaultdict(set)  # order_id -> PaymentIntent ids
@@ -84,11 +89,22 @@ class _LatencyServer:
                 body = self.rfile.read(length) if length else b""
                 with owner._lock:
                     owner.requests += 1
-                time.sleep(owner.delay_s)  # the latency, and nothing else
-                if owner._take_rate_limit():
-                    status, headers, payload = 429, [("Content-Type", "application/json")], _RATE_LIMITED
-                else:
-                    status, headers, payload = owner.answer(self.command, self.path, dict(self.headers), body)
+                    owner.in_flight += 1
+                    owner.received.append(f"{self.command} {self.path.split('?')[0]}")
+                try:
+                    time.sleep(owner.delay_s)  # the latency, and nothing else
+                    if owner._take_rate_limit():
+                        status, headers, payload = 429, [("Content-Type", "application/json")], _RATE_LIMITED
+                    else:
+                        status, headers, payload = owner.answer(
+                            self.command, self.path, dict(self.headers), body
+                        )
+                finally:
+                    # counted as answered before the answer is sent: the client cannot act on
+                    # it while it still counts as in flight
+                    with owner._lock:
+                        owner.in_flight -= 1
+                        owner.answered += 1
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
@@ -100,6 +116,12 @@ class _LatencyServer:
 
         self._server = _Server((HOST, port), Handler)
         self._thread: threading.Thread | None = None
+
+    def progress(self) -> tuple[int, int]:
+        """(requests received, requests answered), read together: a sampler that reads the
+        same pair before and after looking elsewhere knows the same requests stayed in flight."""
+        with self._lock:
+            return self.requests, self.answered
 
     def rate_limit_next(self, count: int) -> None:
         """Answer the next ``count`` requests with 429, as Stripe does past its rate limit
@@ -152,6 +174,7 @@ class StripeLatencyDouble(_LatencyServer):
     def __init__(self, delay_s: float = 0.3, port: int = 0) -> None:
         super().__init__(delay_s, port)
         self.intents: dict[str, dict[str, Any]] = {}
+        self.made: dict[str, list[dict[str, Any]]] = defaultdict(list)  # refunds, transfers
         self._by_key: dict[str, bytes] = {}
         self._ids = itertools.count(1)
         self._run = uuid.uuid4().hex[:8]
@@ -202,10 +225,20 @@ class StripeLatencyDouble(_LatencyServer):
             if method == "POST" and parts[2:] == ["cancel"]:
                 intent.update(status="canceled", amount_capturable=0)
                 return 200, intent
-        if method == "POST" and parts == ["refunds"]:
-            return 200, {"id": self._id("re"), "object": "refund", "status": "succeeded", **_ints(form)}
-        if method == "POST" and parts == ["transfers"]:
-            return 200, {"id": self._id("tr"), "object": "transfer", **_ints(form)}
+        if method == "POST" and parts in (["refunds"], ["transfers"]):
+            kind = parts[0]
+            made = {"id": self._id("re" if kind == "refunds" else "tr"), "object": kind[:-1], **_ints(form)}
+            if kind == "refunds":
+                made["status"] = "succeeded"
+            self.made[kind].append(made)
+            return 200, made
+        if method == "GET" and parts in (["refunds"], ["transfers"]):
+            # the gateway looks for an earlier attempt's refund (by PaymentIntent) or transfer
+            # (by transfer_group) before making one
+            query = dict(urllib.parse.parse_qsl(url.query))
+            wanted = {k: v for k, v in query.items() if k in ("payment_intent", "transfer_group")}
+            data = [m for m in self.made[parts[0]] if all(m.get(k) == v for k, v in wanted.items())]
+            return 200, {"object": "list", "url": url.path, "has_more": False, "data": data}
         if method == "POST" and len(parts) == 3 and parts[0] == "transfers" and parts[2] == "reversals":
             return 200, {
                 "id": self._id("trr"),

@@ -28,7 +28,9 @@ asserts: the targets are printed next to the figures.
       ceiling, about 15 requests/s on one core);
     commands/s, p50 and p99 command -> event, duplicate holds, unanswered orders, and the
     Lambda cost per 1,000 authorizations from each invocation's duration (the mapping's
-    REPORT lines) at the configured memory.
+    REPORT lines) at the configured memory; with the double, also the service's database
+    sessions tied up while Stripe answers (issue 16: active, idle in a transaction or holding a
+    lock, per order in flight at the double, sampled every ~75 ms by local/db_activity.py).
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext, redirect_stdout
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from local import stack
+from local.db_activity import InFlightSampler, InFlightSummary
 from local.lambda_runtime import FakeLambdaContext, load_handler
 from local.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
 from local.settings import load as load_local_settings
@@ -74,6 +77,7 @@ class Row:
     target: str = ""
     within: bool | None = None  # None: no target, or not measured
     note: str = ""
+    figures: dict[str, Any] | None = None  # the numbers behind a composite value, for results.json
 
     def shown(self) -> str:
         if self.value is None:
@@ -651,6 +655,7 @@ class ThroughputRun:
     duplicate_holds: int | None
     billed_ms: float
     invocations: int
+    backends: InFlightSummary | None = None  # sessions tied up while Stripe answers (the double)
 
     @property
     def per_second(self) -> float:
@@ -761,7 +766,10 @@ def run_through_mapping(
     creates: Any,
     log_path: Path,
     stripe_in_flight: int | None = None,
+    stripe_progress: Callable[[], tuple[int, int]] | None = None,
 ) -> ThroughputRun:
+    """``stripe_progress``: the latency double's (requests received, answered); with it, the
+    service's database sessions are sampled during the measured run (not the warm-up)."""
     import random
 
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -798,13 +806,15 @@ def run_through_mapping(
                 sends.append((order_id, rng.randrange(partitions)))
         commands = {order_id: authorize(order_id, *card) for order_id in order_ids}
         sent_at: dict[str, float] = {}
-        started = time.perf_counter()
-        for order_id, p in sends:
-            sent_at.setdefault(order_id, time.perf_counter())
-            producer.send(topic, json.dumps(commands[order_id]).encode(), partition=p)
-        producer.flush()
-        timeout = 60 + len(sends) * STRIPE_LATENCY_S * 2 / max(1, partitions)
-        answered = _answers(consumer, set(order_ids), timeout=timeout)
+        sampler = InFlightSampler(stripe_progress) if stripe_progress else None
+        with sampler or nullcontext():
+            started = time.perf_counter()
+            for order_id, p in sends:
+                sent_at.setdefault(order_id, time.perf_counter())
+                producer.send(topic, json.dumps(commands[order_id]).encode(), partition=p)
+            producer.flush()
+            timeout = 60 + len(sends) * STRIPE_LATENCY_S * 2 / max(1, partitions)
+            answered = _answers(consumer, set(order_ids), timeout=timeout)
         finished = max(answered.values(), default=started)
         time.sleep(2)  # copies still in flight finish before holds are counted
         durations = mapping.reports(after=log_mark)
@@ -822,6 +832,7 @@ def run_through_mapping(
         duplicate_holds=duplicates,
         billed_ms=sum(float(int(d) + 1) for d in durations),
         invocations=len(durations),
+        backends=sampler.summary() if sampler else None,
     )
 
 
@@ -848,6 +859,32 @@ def _localstripe_duplicates(order_ids: list[str], customer_id: str) -> int:
 
 
 THROUGHPUT_SETUPS = ("double3", "double1", "proxy", "raw")
+# A session held across a Stripe call counts 1 per in-flight order for the call's whole length;
+# other orders' short transactions running at the same moment count a fraction. Below half a
+# session per in-flight order, no session is held across calls.
+BUSY_PER_IN_FLIGHT_LIMIT = 0.5
+
+
+def busy_backends_row(key: str, setup: str, seen: InFlightSummary) -> Row:
+    """Service sessions (application_name payment-service) active, idle in a transaction or
+    holding a lock, per order in flight at the double, sampled every ~75 ms (issue 16)."""
+    measured = seen.during_calls > 0
+    return Row(
+        f"{key}_busy_backends_per_order",
+        f"  backends busy per in-flight order ({setup})",
+        f"mean {seen.busy_mean:.2f}, max {seen.busy_max:.2f}" if measured else "no samples",
+        target="0 while Stripe answers",
+        within=seen.busy_mean < BUSY_PER_IN_FLIGHT_LIMIT if measured else None,
+        note=(
+            "busy: active, idle in a transaction or holding a lock; "
+            f"advisory-lock holders per in-flight order mean {seen.advisory_mean:.2f}, max "
+            f"{seen.advisory_max:.2f}; non-zero in {seen.nonzero_share:.0%} of {seen.during_calls} "
+            f"samples with Stripe requests in flight ({seen.samples} taken, "
+            f"{seen.in_flight_mean:.1f} in flight on average); status ok below "
+            f"{BUSY_PER_IN_FLIGHT_LIMIT} per order"
+        ),
+        figures=asdict(seen),
+    )
 
 
 def bench_throughput(
@@ -905,6 +942,7 @@ def bench_throughput(
                     creates,
                     out / f"mapping-{workers}.log",
                     stripe_in_flight=workers if name.startswith("double") else None,
+                    stripe_progress=double.progress if name.startswith("double") else None,
                 )
                 key = f"throughput_{label.split(',')[0].replace(' ', '_').replace('+', '')}_{partitions}p_{workers}w"
                 key = key.replace("__", "_")
@@ -944,6 +982,8 @@ def bench_throughput(
                     )
                 )
                 report.add(Row(f"{key}_cost_usd", f"  Lambda $ per 1,000 ({label}, {pool})", f"${cost:.5f}"))
+                if run.backends is not None:
+                    report.add(busy_backends_row(key, f"{label}, {pool}", run.backends))
     finally:
         double.stop()
         proxy.stop()
@@ -1030,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
                 "target": r.target or None,
                 "within_target": r.within,
                 "note": r.note or None,
+                **({"figures": r.figures} if r.figures else {}),
             }
             for r in report.rows
         },
