@@ -159,6 +159,26 @@ class Monitoring(Construct):
             "a revert failed: a hold or charge remains",
         )
         alarm(
+            "AuditUnresolved",
+            service_metric_("AuditUnresolved", "Sum"),
+            0,
+            "the settlement audit found money it cannot put right (a failed refund, money captured "
+            "on a payment that says none was, a refused reversal): a person must look",
+        )
+        alarm(
+            "RefundFailed",
+            service_metric_("RefundFailed", "Sum"),
+            0,
+            "a refund failed at Stripe: the customer has not got the money back",
+        )
+        alarm(
+            "AuditBacklog",
+            service_metric_("AuditBacklog", "Minimum"),
+            0,
+            "uncertain payments stay due for their check against Stripe for an hour",
+            periods=12,
+        )
+        alarm(
             "TransferReversalFailed",
             service_metric_("TransferReversalFailed", "Sum"),
             0,

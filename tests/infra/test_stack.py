@@ -321,6 +321,9 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
         "RevertFailed",
         "TransferReversalFailed",
         "SecretMisconfigured",
+        "AuditUnresolved",
+        "RefundFailed",
+        "AuditBacklog",
     ):
         assert ("CampusG/Payments/dev", metric) in by_metric, metric
     assert ("AWS/Lambda", "OffsetLag") in by_metric

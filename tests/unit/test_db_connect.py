@@ -75,3 +75,39 @@ def test_a_configured_ca_bundle_that_is_missing_is_an_error(
     with pytest.raises(FileNotFoundError):
         db_module.Database(settings).connection()
     assert connect_params == []  # never connects with less verification than configured
+
+
+def test_workers_connecting_at_once_share_one_rds_client_made_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16 item 6: 16 workers log in at once on a cold start, and boto3's default session
+    is not thread-safe. The RDS client is made once, under a lock, and shared (clients are)."""
+    import threading
+    import time
+
+    import boto3
+
+    made: list[int] = []
+    inside = threading.Semaphore(1)
+
+    class SlowSession:
+        def __init__(self) -> None:
+            if not inside.acquire(blocking=False):
+                raise AssertionError("two threads built boto3 sessions at once")
+            time.sleep(0.05)  # long enough for every other worker to arrive
+            made.append(1)
+            inside.release()
+
+        def client(self, name: str, region_name: str) -> object:
+            return object()
+
+    monkeypatch.setattr(boto3.session, "Session", SlowSession)
+    monkeypatch.setattr(db_module, "_rds_clients", {})
+    clients: list[object] = []
+    workers = [
+        threading.Thread(target=lambda: clients.append(db_module._rds_client("ap-southeast-1")))
+        for _ in range(16)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(made) == 1 and len(clients) == 16 and len({id(c) for c in clients}) == 1
