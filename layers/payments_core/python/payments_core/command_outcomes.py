@@ -101,29 +101,29 @@ def reannounce(db: Database, identity: CommandIdentity) -> StoredAnswer | None:
     no row) and publishing it again would put an older outcome after a newer one, which a
     consumer reading only ``payload.status`` (the notification service) would take as the
     current one."""
-    with db.transaction():
-        rows = db.query(
-            """
-            WITH answer AS (
-                SELECT o.id, o.event_id, o.order_id,
-                       NOT EXISTS (SELECT 1 FROM outbox later
-                                   WHERE later.order_id = o.order_id AND later.id > o.id) AS latest
-                FROM command_outcomes c JOIN outbox o ON o.event_id = c.event_id
-                WHERE c.topic = :topic AND c.kafka_partition = :partition
-                  AND c.kafka_offset = :offset AND c.value_digest = :digest
-            ), requeued AS (
-                UPDATE outbox SET published_at = NULL
-                WHERE id IN (SELECT id FROM answer WHERE latest)
-                RETURNING id
-            )
-            SELECT event_id::text AS event_id, order_id, EXISTS (SELECT 1 FROM requeued) AS requeued
-            FROM answer
-            """,
-            topic=identity.topic,
-            partition=identity.partition,
-            offset=identity.offset,
-            digest=identity.value_digest,
+    # One statement (atomic on its own): a lookup per record must stay cheap.
+    rows = db.query(
+        """
+        WITH answer AS (
+            SELECT o.id, o.event_id, o.order_id,
+                   NOT EXISTS (SELECT 1 FROM outbox later
+                               WHERE later.order_id = o.order_id AND later.id > o.id) AS latest
+            FROM command_outcomes c JOIN outbox o ON o.event_id = c.event_id
+            WHERE c.topic = :topic AND c.kafka_partition = :partition
+              AND c.kafka_offset = :offset AND c.value_digest = :digest
+        ), requeued AS (
+            UPDATE outbox SET published_at = NULL
+            WHERE id IN (SELECT id FROM answer WHERE latest)
+            RETURNING id
         )
+        SELECT event_id::text AS event_id, order_id, EXISTS (SELECT 1 FROM requeued) AS requeued
+        FROM answer
+        """,
+        topic=identity.topic,
+        partition=identity.partition,
+        offset=identity.offset,
+        digest=identity.value_digest,
+    )
     if not rows:
         return None
     row = rows[0]

@@ -14,3 +14,7 @@ CREATE TABLE IF NOT EXISTS command_outcomes (
     recorded_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, kafka_partition, kafka_offset, value_digest)
 );
+
+-- A re-delivered command's answer is re-queued only while it is its order's latest event:
+-- that check (command_outcomes.reannounce) reads an order's outbox rows after a given id.
+CREATE INDEX IF NOT EXISTS outbox_order_idx ON outbox (order_id, id);
