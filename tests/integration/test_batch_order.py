@@ -390,3 +390,107 @@ def test_local_mapping_invokes_partitions_in_parallel_each_one_at_a_time_in_orde
             assert before[2] <= after[1], f"{key}: two invocations in flight at once"
         offsets = [o for s in mine for o in s[3]]
         assert offsets == sorted(offsets) == list(range(10)), f"{key}: {offsets}"
+
+
+# ---- re-delivered records (issue 16, item 5) ------------------------------------------------
+
+
+def _answer_of(pg_connection: Any, order_id: str, offset: int) -> list[str]:
+    """The event ids stored as the answer of the record at ``offset`` (partition 0) of this order."""
+    rows = pg_connection.run(
+        "SELECT c.event_id::text FROM command_outcomes c JOIN outbox o ON o.event_id = c.event_id"
+        " WHERE o.order_id = :o AND c.topic = 'payment_commands' AND c.kafka_partition = 0"
+        " AND c.kafka_offset = :offset",
+        o=order_id,
+        offset=offset,
+    )
+    return [r[0] for r in rows]
+
+
+def _answers(events: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    return [(e["event_id"], e["type"], e["payload"].get("status")) for e in events]
+
+
+def test_a_redelivered_release_re_announces_its_first_answer_after_its_revert(
+    new_card, pool_of, make_services, payment_row, published_events, pg_connection
+):
+    """In one partition: B's authorize, A's release, A's revert. A's release and revert finish
+    beside B, then B fails: the mapping delivers all three again. Judged again, A's release met
+    a REVERTED payment and announced payment.failed after the SUCCEEDED and REVERTED it caused."""
+    card = new_card()
+    auth_a, auth_b = authorize_command(card), authorize_command(card)
+    order_a, order_b = auth_a["payload"]["order_id"], auth_b["payload"]["order_id"]
+    assert handle_command_batch(msk_event(auth_a, first_offset=199), None, make_services()) == NO_FAILURES
+    release_a = command("release_payment", order_id=order_a, runner_id="user_runner")
+    revert_a = command("revert_payment", order_id=order_a, reason="order cancelled")
+    failed: list[str] = []
+
+    def b_fails_once_a_is_reverted(method: str, order_id: str) -> None:
+        if order_id == order_b and not failed:
+            assert wait_for(lambda: payment_row(order_a)["status"] == "REVERTED"), "A ran beside B"
+            failed.append(order_id)
+            raise TransientError("stripe unavailable: APIConnectionError (simulated)")
+
+    stripe = RecordingStripe(StripeApiGateway(get_settings()), before=b_fails_once_a_is_reverted)
+    services, pool = pool_of(get_settings().command_workers, stripe)
+    event = msk_event(auth_b, release_a, revert_a, first_offset=200)
+    assert handle_command_batch(event, None, services, pool) == {
+        "batchItemFailures": [
+            {"itemIdentifier": {"partition": "payment_commands-0", "offset": o}} for o in (200, 201, 202)
+        ]
+    }, "B failed: A's finished release and revert are delivered again after it"
+    first = _answers(published_events(order_a, at_least=3))
+    assert [(t, s) for _, t, s in first] == [
+        ("payment.authorized", "AUTHORIZED"),
+        ("payment.released", "SUCCEEDED"),
+        ("payment.released", "REVERTED"),
+    ]
+    succeeded_id = first[1][0]
+
+    assert handle_command_batch(event, None, services, pool) == NO_FAILURES
+    assert payment_row(order_b)["status"] == "AUTHORIZED" and payment_row(order_a)["status"] == "REVERTED"
+    assert stripe.of(order_a) == ["capture", "refund"], "the re-delivered release and revert moved no money"
+    after = _answers(published_events(order_a, at_least=3, settle=3.0))
+    assert "payment.failed" not in [t for _, t, _ in after], after
+    assert list(dict.fromkeys(after)) == first, "no new event: only re-announcements, same event ids"
+    assert after[-1][2] == "REVERTED", "the last word on A is still its revert"
+    assert after.count(first[1]) == 1, "the release's answer is not published again after the revert"
+    assert _answer_of(pg_connection, order_a, 201) == [succeeded_id], "the release's answer: its first"
+    assert outbox_types(pg_connection, order_a) == [
+        "payment.authorized:AUTHORIZED",
+        "payment.released:SUCCEEDED",
+        "payment.released:REVERTED",
+    ]
+
+
+def test_a_new_release_after_a_revert_is_still_refused_even_as_a_copy(
+    new_card, make_services, payment_row, published_events, pg_connection
+):
+    """A new command (a new offset) is judged afresh, even byte for byte the release that was
+    answered SUCCEEDED: the payment is REVERTED now, so nothing can be captured."""
+    card = new_card()
+    auth = authorize_command(card)
+    order_id = auth["payload"]["order_id"]
+    release = command("release_payment", order_id=order_id, runner_id="user_runner")
+    revert = command("revert_payment", order_id=order_id, reason="refunded")
+    services = make_services()
+    assert (
+        handle_command_batch(msk_event(auth, release, revert, first_offset=300), None, services)
+        == NO_FAILURES
+    )
+    assert payment_row(order_id)["status"] == "REVERTED"
+
+    new_release = command("release_payment", order_id=order_id, runner_id="user_runner")
+    event = msk_event(new_release, release, first_offset=303)  # a new one, and the saga re-sending
+    assert handle_command_batch(event, None, services) == NO_FAILURES
+    events = published_events(order_id, at_least=4)
+    refusal = events[-1]
+    assert (refusal["type"], refusal["payload"]["error"], refusal["payload"]["status"]) == (
+        "payment.failed",
+        "PAYMENT_NOT_CAPTURABLE",
+        "REVERTED",
+    )
+    assert refusal["correlation_id"] == new_release["correlation_id"]
+    assert _answer_of(pg_connection, order_id, 303) == [refusal["event_id"]]
+    assert _answer_of(pg_connection, order_id, 304) == [refusal["event_id"]], "the copy is refused too"
+    assert payment_row(order_id)["status"] == "REVERTED"

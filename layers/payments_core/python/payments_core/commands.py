@@ -20,7 +20,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 
-from payments_core import authorization, escrow, lifecycle, outbox, repository
+from payments_core import authorization, command_outcomes, escrow, lifecycle, outbox, repository
 from payments_core.batch import Finished, Item, WorkerPool, items_of
 from payments_core.contracts import (
     Command,
@@ -100,7 +100,19 @@ def handle_command_batch(
 
 def _run_record(services: Services, item: Item) -> tuple[str | None, float]:
     take_stripe_seconds()
-    order_key_written = handle_record(services, item.record)
+    identity = command_outcomes.CommandIdentity.of(item.record)
+    # A re-delivered record (the mapping re-sends finished records after a failed one) gets its
+    # first answer again; judged afresh it could contradict it (issue 16).
+    stored = command_outcomes.reannounce(services.db, identity)
+    if stored is not None:
+        count("CommandRedelivered")
+        logger.info(
+            "re-delivered command: its first answer stands",
+            extra={"offset": identity.offset, "event_id": stored.event_id, "requeued": stored.requeued},
+        )
+        return stored.order_key, take_stripe_seconds()
+    with command_outcomes.answering(identity):
+        order_key_written = handle_record(services, item.record)
     return order_key_written, take_stripe_seconds()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from payments_core import command_outcomes
 from payments_core.config import get_settings
 from payments_core.db import Database
 from payments_core.kafka_gateway import EventPublisher, event_message
@@ -22,7 +23,9 @@ class PublishReport:
 
 def enqueue(db: Database, envelope: dict, *, order_id: str, payment_id: str | None) -> None:
     """Write an event row, or re-queue the existing row with the same event_id (a
-    re-announcement keeps the first envelope, so consumers see one id and one timestamp)."""
+    re-announcement keeps the first envelope, so consumers see one id and one timestamp).
+    Inside a command, the first event it enqueues is also recorded as its answer, in this same
+    transaction (see command_outcomes)."""
     db.execute(
         """
         INSERT INTO outbox (event_id, order_id, payment_id, event_type, envelope)
@@ -35,6 +38,7 @@ def enqueue(db: Database, envelope: dict, *, order_id: str, payment_id: str | No
         event_type=envelope["type"],
         envelope=json.dumps(envelope, separators=(",", ":")),
     )
+    command_outcomes.record_answer(db, envelope["event_id"])
 
 
 def publish_orders(db: Database, publisher: EventPublisher, order_ids: list[str]) -> PublishReport:
