@@ -47,13 +47,22 @@ def test_a_second_holder_is_told_busy_with_the_time_left_and_gets_it_once_releas
     assert not again.taken_over, "a released lease is not a takeover"
 
 
-def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(make_services, pg_connection):
+def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(
+    new_card, authorize_handler, make_services, pg_connection
+):
     stale, fresh = make_services(), make_services()
-    order_id = _order()
+    cmd = authorize_command(new_card())
+    order_id = cmd["payload"]["order_id"]
+    assert authorize_handler(msk_event(cmd)) == NO_FAILURES
+    repository.audit_settled(fresh.db, order_id)
     old = leases.acquire(stale.db, order_id, ttl_s=0.5)
     time.sleep(0.7)
-    new = leases.acquire(fresh.db, order_id, ttl_s=30)
+    new = leases.acquire(fresh.db, order_id, ttl_s=30, audit_delay_s=0)
     assert new.taken_over and new.token > old.token
+    due = pg_connection.run(
+        "SELECT audit_due_at <= now(), audit_reason FROM payments WHERE order_id = :o", o=order_id
+    )
+    assert due == [[True, "lease taken over"]], "what the old holder had in flight is checked"
 
     with pytest.raises(LeaseLost):
         old.renew()

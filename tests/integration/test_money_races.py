@@ -238,6 +238,15 @@ def test_a_hold_that_appears_on_a_final_payment_is_canceled(
     webhooks.apply_event(make_services(), event)
     assert localstripe_client.v1.payment_intents.retrieve(row["payment_intent_id"]).status == "canceled"
     assert payment_row(row["order_id"])["status"] == "REVERTED"
+    # Issue 16 item 6: the cancel was sent holding the order's lease (a money call is only
+    # written under a live lease token), and the audit was told in the event's transaction.
+    calls = make_pg_connection().run(
+        "SELECT c.outcome, c.lease_token <= l.token, p.audit_due_at IS NOT NULL"
+        " FROM stripe_money_calls c JOIN order_leases l USING (order_id) JOIN payments p USING (order_id)"
+        " WHERE c.order_id = :o AND c.action = 'cancel'",
+        o=row["order_id"],
+    )
+    assert calls == [["ok", True, True]], calls
 
 
 def test_the_audit_cancels_holds_left_on_final_payments(

@@ -34,7 +34,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from payments_core import stripe_gateway
+from payments_core import repository, stripe_gateway
 from payments_core.config import Settings
 from payments_core.db import Database
 from payments_core.errors import Rejection, TransientError
@@ -191,11 +191,13 @@ def acquire(
             lease = Lease(db, order_id, holder, int(rows[0]["token"]), ttl_s, previous is not None)
             lease.audit_delay_s = audit_delay_s
             if lease.taken_over:
+                # Its holder died or stalled: whatever it had in flight at Stripe may still land.
                 count("LeaseTakenOver")
                 logger.warning(
                     "order lease taken over from a holder that did not release it",
                     extra={"order_id": order_id, "previous_holder": previous},
                 )
+                repository.schedule_audit(db, order_id, audit_delay_s, "lease taken over")
             return lease
         found = db.query(_REMAINING_SQL, order_id=order_id)
         remaining = float(found[0]["remaining"]) if found else 0.0
