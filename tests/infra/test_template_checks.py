@@ -282,6 +282,13 @@ def code_actions() -> dict[str, set[str]]:
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "generate_db_auth_token"
+            ):  # signed locally, on whichever rds client; the proxy checks rds-db:connect
+                actions.setdefault(path.stem, set()).add("rds-db:connect")
+                continue
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
                 and isinstance(node.func.value, ast.Call)
                 and isinstance(node.func.value.func, ast.Attribute)
                 and node.func.value.func.attr == "client"
@@ -291,9 +298,6 @@ def code_actions() -> dict[str, set[str]]:
                 service = str(node.func.value.args[0].value)
                 client = boto3.session.Session().client(service, region_name="ap-southeast-1")
                 operation = node.func.attr
-                if operation == "generate_db_auth_token":  # signed locally; the proxy checks rds-db:connect
-                    actions.setdefault(path.stem, set()).add("rds-db:connect")
-                    continue
                 api = client.meta.method_to_api_mapping[operation]
                 actions.setdefault(path.stem, set()).add(f"{client.meta.service_model.signing_name}:{api}")
     # Powertools Parameters: get_secret is GetSecretValue

@@ -105,6 +105,15 @@ def authorized_payment(
     return row
 
 
+def named_database(settings: Any, port: int, application_name: str, **options: Any) -> Database:
+    """A Database on the local PostgreSQL whose sessions carry ``application_name``, so a test
+    can find them in pg_stat_activity (to watch or to kill them)."""
+    from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
+
+    params = {"user": DB_USER, "password": DB_PASSWORD, "host": HOST, "port": port, "database": DB_NAME}
+    return Database(settings, **params, application_name=application_name, **options)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
     """Poll until ``predicate()`` is truthy or the timeout passes; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -6,14 +6,13 @@ connection is replaced once, transparently; an order's lease is a row and surviv
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any
 
 import pytest
-from conftest import authorize_command, command, msk_event
+from conftest import authorize_command, command, msk_event, named_database
 from payments_core import queries, reconciliation
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
@@ -22,12 +21,9 @@ from payments_core.domain import Payment
 from payments_core.errors import TransientError
 from payments_core.stripe_gateway import StripeApiGateway
 
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
-
 pytestmark = pytest.mark.integration
 
 NO_FAILURES = {"batchItemFailures": []}
-LOCK_KEY = "hashtextextended(:key, 0)"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -40,16 +36,8 @@ def make_db(local_settings: Any) -> Iterator[Callable[..., Database]]:
     made: list[Database] = []
 
     def factory(**options: Any) -> Database:
-        params: dict[str, Any] = {
-            "user": DB_USER,
-            "password": DB_PASSWORD,
-            "host": HOST,
-            "port": local_settings.postgres_port,
-            "database": DB_NAME,
-            "application_name": f"test-db-{uuid.uuid4().hex[:12]}",
-        }
-        params.update(options)
-        db = Database(get_settings(), **params)
+        name = options.pop("application_name", f"test-db-{uuid.uuid4().hex[:12]}")
+        db = named_database(get_settings(), local_settings.postgres_port, name, **options)
         made.append(db)
         return db
 
@@ -71,17 +59,6 @@ def sessions_named(admin: Any, application_name: str) -> list[int]:
     rows = admin.run(
         "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND pid <> pg_backend_pid()",
         name=application_name,
-    )
-    return [r[0] for r in rows]
-
-
-def order_lock_holders(admin: Any, order_id: str) -> list[int]:
-    """Backends holding the order's advisory lock (session or transaction level)."""
-    rows = admin.run(
-        "SELECT l.pid FROM pg_locks l, (SELECT hashtextextended(:key, 0) AS h) k"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-        " AND l.classid = ((k.h >> 32) & 4294967295)::oid AND l.objid = (k.h & 4294967295)::oid",
-        key=f"payment:{order_id}",
     )
     return [r[0] for r in rows]
 
@@ -193,18 +170,3 @@ def test_the_reconciler_survives_a_stale_connection(make_services, make_pg_conne
 
     assert isinstance(outcomes, dict)
     assert backend_pid(services.db) > 0
-
-
-# --- defect 6: lock waits -------------------------------------------------------------------------
-
-
-def _hold_then_release(holder: Any, order_id: str, after_seconds: float) -> threading.Timer:
-    holder.run(f"SELECT pg_advisory_lock({LOCK_KEY})", key=f"payment:{order_id}")
-    timer = threading.Timer(
-        after_seconds,
-        holder.run,
-        args=(f"SELECT pg_advisory_unlock({LOCK_KEY})",),
-        kwargs={"key": f"payment:{order_id}"},
-    )
-    timer.start()
-    return timer

@@ -17,14 +17,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import Card, authorize_command, command, msk_event
+from conftest import Card, authorize_command, command, msk_event, named_database
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
-from payments_core.db import Database
 from payments_core.stripe_gateway import StripeApiGateway
 
 from local import db_activity
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
 from local.stripe_latency import StripeLatencyDouble
 
 pytestmark = pytest.mark.integration
@@ -40,15 +38,7 @@ def test_no_session_is_in_a_transaction_or_holds_a_lock_while_stripe_answers(
     double = StripeLatencyDouble(delay_s=STRIPE_CALL_S).start()
     # the worker's own session name: the stack's other service sessions (scheduler, API) stay out
     app = f"test-no-lock-{uuid.uuid4().hex[:12]}"
-    db = Database(
-        get_settings(),
-        user=DB_USER,
-        password=DB_PASSWORD,
-        host=HOST,
-        port=local_settings.postgres_port,
-        database=DB_NAME,
-        application_name=app,
-    )
+    db = named_database(get_settings(), local_settings.postgres_port, app)
     stripe_settings = dataclasses.replace(
         get_settings(), stripe_api_base=double.url, stripe_max_network_retries=0
     )

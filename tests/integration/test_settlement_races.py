@@ -29,18 +29,17 @@ from typing import Any
 
 import pytest
 import stripe
-from conftest import CARD_OK, Card, authorize_command, command, msk_event
+from conftest import CARD_OK, Card, authorize_command, command, msk_event, named_database
 from payments_core import reconciliation, webhooks
 from payments_core.commands import handle_command_batch
 from payments_core.config import Settings, get_settings
-from payments_core.db import Database
 from payments_core.services import Services
 from payments_core.stripe_gateway import StripeApiGateway
 from webhook_helpers import payment_intent_event
 
 from local import stack
 from local.fault_proxy import Answer
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, LocalSettings
+from local.settings import LocalSettings
 from local.strict_stripe import StrictStripe, form_params, nested, stripe_error
 
 pytestmark = pytest.mark.integration
@@ -167,15 +166,8 @@ def container(
     def make(name: str | None = None) -> Services:
         db = None
         if name is not None:
-            db = Database(
-                via_double,
-                user=DB_USER,
-                password=DB_PASSWORD,
-                host=HOST,
-                port=local_settings.postgres_port,
-                database=DB_NAME,
-                application_name=name,
-                timeout=via_double.db_timeout_seconds,
+            db = named_database(
+                via_double, local_settings.postgres_port, name, timeout=via_double.db_timeout_seconds
             )
         services = make_services(db=db, stripe=StripeApiGateway(via_double))
         return dataclasses.replace(services, settings=via_double)
@@ -429,3 +421,26 @@ def test_a_stray_hold_is_canceled_by_the_run_after_one_whose_stripe_call_failed(
         f"Stripe failing ({first}) was the last to look; later runs: {later}"
     )
     assert payment_row(order_id)["status"] == row["status"]
+
+
+def test_the_audit_settles_a_declined_payment_instead_of_waiting_on_it(
+    new_card, authorize_handler, payment_row, make_services, pg_connection, monkeypatch
+):
+    """A declined PaymentIntent stays requires_payment_method: it moves no money unless we
+    confirm it again, which we never do. The audit settles it (found by the crash drill: it
+    used to answer "waiting" on every check, for ever)."""
+    from conftest import CARD_DECLINED_ON_CHARGE
+
+    monkeypatch.setenv("AUDIT_BACKOFF_SECONDS", "0")
+    get_settings.cache_clear()
+    cmd = authorize_command(new_card(CARD_DECLINED_ON_CHARGE))
+    order_id = cmd["payload"]["order_id"]
+    assert authorize_handler(msk_event(cmd)) == {"batchItemFailures": []}
+    row = payment_row(order_id)
+    assert row["status"] == "FAILED" and row["audit_due_at"] is not None, "a final payment is audited"
+    services = make_services()
+    outcomes = reconciliation.reconcile(
+        dataclasses.replace(services, settings=due_at_once(services.settings))
+    )
+    assert outcomes.get("settled", 0) >= 1, outcomes
+    assert payment_row(order_id)["audit_due_at"] is None, "settled: no longer uncertain"

@@ -13,8 +13,6 @@ from payments_core.db import Database
 from payments_core.errors import TransientError
 from pg8000.exceptions import DatabaseError, InterfaceError
 
-ORDER = "3b0d6c1e-8a44-4b8f-9f63-2b7c9d1f0a55"
-
 
 class FakeSocket:
     def __init__(self, timeout: float | None) -> None:

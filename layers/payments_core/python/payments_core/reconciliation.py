@@ -34,10 +34,12 @@ from payments_core.services import Services, get_services
 from payments_core.stripe_gateway import IntentSnapshot
 
 S = PaymentStatus
-# A PaymentIntent in one of these may still become a hold (or money taken).
-_MAY_STILL_HOLD = frozenset(
-    {"requires_action", "requires_confirmation", "requires_payment_method", "processing"}
-)
+# A PaymentIntent in one of these may still hold money by itself: a customer can still finish
+# 3-D Secure, a payment can still be processing. One that requires a payment method or a
+# confirmation moves no money unless we send one, which we never do after a failure.
+_MAY_STILL_HOLD = frozenset({"requires_action", "processing"})
+# What is canceled on a payment that holds nothing (processing cannot be canceled: waited for).
+_CANCELED_WHEN_NOTHING_HELD = frozenset({"requires_capture", "requires_action"})
 # Refund states that give (or will give) the money back.
 _REFUND_LIVE = frozenset({"succeeded", "pending", "requires_action"})
 
@@ -99,9 +101,11 @@ def _check(services: Services, order_id: str, status: PaymentStatus | None) -> s
     except (TransientError, Rejection) as exc:
         logger.warning("check failed; it is retried later", extra={"order_id": order_id, "reason": str(exc)})
         count("AuditCheckFailed")
-        if status is None:
-            with contextlib.suppress(TransientError):  # still due if this fails: the next run retries it
+        with contextlib.suppress(TransientError):  # still due if this fails: the next run retries it
+            if status is None:
                 repository.audit_again_later(db, order_id, services.settings.audit_backoff_seconds)
+            else:  # still stale, so still a candidate: only sorted behind those not yet looked at
+                repository.mark_reconciled(db, order_id)
         return "errors"
 
 
@@ -159,9 +163,9 @@ def _check_intent(services: Services, payment: Payment, intent: IntentSnapshot, 
             found.waiting.append(f"{intent.id} is {intent.status}")
         return
     nothing_held = payment.status.is_final or not ours
-    if intent.status == "requires_capture" and nothing_held:
+    if intent.status in _CANCELED_WHEN_NOTHING_HELD and nothing_held:
         cancel_stray_hold(services, payment, intent.id)
-        found.fixed.append(f"hold {intent.id} canceled")
+        found.fixed.append(f"{intent.status} {intent.id} canceled")
     elif intent.status in _MAY_STILL_HOLD and nothing_held:
         found.waiting.append(f"{intent.id} is {intent.status}")
     elif intent.status == "succeeded" and (not ours or payment.status is S.FAILED):
