@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conftest import CARD_3DS, CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize_command, command
+from payments_core.stripe_gateway import MAX_KEY_ATTEMPTS
 from webhook_helpers import encode, sign
 
 from local.strict_stripe import Ledger, StrictStripe
@@ -317,8 +318,12 @@ class Workload:
             {"metadata[order_id]": order.order_id, "metadata[payment_id]": str(order.payment_id)},
             base=self.stripe.url,
         )
+        # every request of that cancel: each idempotency key the gateway tries, and each retry
         self.stripe.fail_matching(
-            rf"^POST /v1/payment_intents/{stray}/cancel", 2, "refuse", label="webhook_cancel_5xx"
+            rf"^POST /v1/payment_intents/{stray}/cancel",
+            2 * MAX_KEY_ATTEMPTS,
+            "refuse",
+            label="webhook_cancel_5xx",
         )
         event = {
             "id": f"evt_drill_{uuid.uuid4().hex}",

@@ -443,10 +443,13 @@ def _lease_ttl(env: dict[str, str]) -> float:
 
 
 def _audits_due(pg: Any, workload: Workload, within_s: float | None) -> int:
-    """The drill's payments the audit is due to check within ``within_s`` (None: ever)."""
+    """The drill's payments the audit is due to check within ``within_s`` and has not checked
+    yet (a check that fixed, failed or is waiting reschedules with attempts > 0); None: every
+    payment still due at all."""
     rows = pg.run(
         "SELECT count(*) FROM payments WHERE order_id = ANY(CAST(:o AS text[])) AND audit_due_at IS NOT NULL"
-        " AND (CAST(:within AS float8) IS NULL OR audit_due_at <= now() + make_interval(secs => CAST(:within AS float8)))",
+        " AND (CAST(:within AS float8) IS NULL OR (audit_attempts = 0"
+        " AND audit_due_at <= now() + make_interval(secs => CAST(:within AS float8))))",
         o=list(workload.orders),
         within=within_s,
     )
