@@ -21,6 +21,12 @@ without touching ``payments_core``:
 - the event publisher: ``after_commit_before_publish`` (changes and outbox rows committed, the
   events not on Kafka yet).
 
+Besides the seeded plans, the parent can name orders whose transfer is to be interrupted while
+it is in flight at Stripe (``in_flight[order_id] = "kill" | "drop"``): about a second after the
+child sends that order's transfer, it dies (``transfer_in_flight``: a Lambda timeout while the
+request is at Stripe) or drops every database session it has (``connection_dropped``: the
+sessions are terminated by the server, the process goes on). Each order is interrupted once.
+
 At the chosen crossing the child writes one line naming the phase to the parent, then sends
 itself SIGKILL: nothing after that point runs (no ``finally``, no ROLLBACK, no socket closed
 politely); PostgreSQL sees the connection drop and releases its locks, as with a dead Lambda.
@@ -54,11 +60,27 @@ CAPTURE_TO_TRANSFER = "between_capture_and_transfer"
 BEFORE_COMMIT = "before_db_commit"
 BEFORE_PUBLISH = "after_commit_before_publish"
 TIMER = "anywhere_timer"
-PHASES = (BEFORE_STRIPE, AFTER_STRIPE, BEFORE_COMMIT, BEFORE_PUBLISH, CAPTURE_TO_TRANSFER, TIMER)
+TRANSFER_IN_FLIGHT = "transfer_in_flight"
+DROPPED = "connection_dropped"  # not a kill: the child lives on without its sessions
+PHASES = (
+    BEFORE_STRIPE,
+    AFTER_STRIPE,
+    BEFORE_COMMIT,
+    BEFORE_PUBLISH,
+    CAPTURE_TO_TRANSFER,
+    TIMER,
+    TRANSFER_IN_FLIGHT,
+)
+IN_FLIGHT_AFTER_S = 1.0  # how long the transfer has been on its way when the child is interrupted
 
 # Stripe requests that move money (their answer returning is a crash point); the rest only read.
 MONEY_MOVING = frozenset({"create_hold", "capture", "cancel", "refund", "transfer", "reverse_transfer"})
-FUNCTIONS = {"batch": "authorize_payment", "reconcile": "reconcile_payments", "relay": "outbox_relay"}
+FUNCTIONS = {
+    "batch": "authorize_payment",
+    "reconcile": "reconcile_payments",
+    "relay": "outbox_relay",
+    "api": "payment_api",  # an API Gateway event: the webhook route, say
+}
 
 
 class ChildKilled(RuntimeError):
@@ -100,6 +122,9 @@ class CrashRunner:
         self.invocations = 0
         self.cold_starts = 0
         self.crossings: Counter[str] = Counter()  # phases crossed by invocations that lived
+        # orders whose transfer is interrupted in flight ("kill" or "drop"), shared by the drill
+        self.in_flight: dict[str, str] = {}
+        self.dropped: list[str] = []  # orders whose sessions were dropped during their transfer
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -169,7 +194,7 @@ class CrashRunner:
         with self._lock:
             self.invocations += 1
             proc = self._child()
-            request = {"kind": kind, "event": event or {}, "kill": plan}
+            request = {"kind": kind, "event": event or {}, "kill": plan, "in_flight": dict(self.in_flight)}
             timer: threading.Timer | None = None
             if plan is not None and plan["phase"] == TIMER:
                 timer = threading.Timer(plan["after_ms"] / 1000, _sigkill, args=(proc,))
@@ -185,6 +210,10 @@ class CrashRunner:
             finally:
                 if timer is not None:
                     timer.cancel()
+            for order_id in (reply or {}).get("dropped") or []:
+                self.in_flight.pop(order_id, None)
+                self.dropped.append(order_id)
+                self.kills[DROPPED] += 1
             if reply is not None and "killed" not in reply:
                 if plan is not None:
                     self.planned_not_reached += 1
@@ -202,6 +231,8 @@ class CrashRunner:
                 phase, detail = TIMER, f"after {plan['after_ms']} ms"
             else:
                 phase, detail = "unplanned", f"exit {proc.returncode}"
+            if phase == TRANSFER_IN_FLIGHT:
+                self.in_flight.pop(detail.split()[-1], None)
             self.kills[phase] += 1
             self.kill_details.append((phase, detail))
             self._proc = self._start()  # the next cold start begins now, while the mapping backs off
@@ -251,10 +282,32 @@ class _KillSwitch:
         self.out = out
         self.plan: dict[str, Any] | None = None
         self.crossings: Counter[str] = Counter()
+        self.in_flight: dict[str, str] = {}
+        self.dropped: list[str] = []
+        self._lock = threading.Lock()
 
-    def arm(self, plan: dict[str, Any] | None) -> None:
+    def arm(self, plan: dict[str, Any] | None, in_flight: dict[str, str] | None = None) -> None:
         self.plan = plan if plan and plan.get("phase") != TIMER else None
         self.crossings = Counter()
+        self.in_flight = dict(in_flight or {})
+        self.dropped = []
+
+    def transfer_sent(self, order_id: str) -> None:
+        """The order's transfer is about to go: interrupt it in flight if the parent asked."""
+        action = self.in_flight.pop(order_id, None)
+        if action is not None:
+            threading.Timer(IN_FLIGHT_AFTER_S, self._interrupt, args=(action, order_id)).start()
+
+    def _interrupt(self, action: str, order_id: str) -> None:
+        if action == "kill":
+            with self._lock:
+                self.out.write(
+                    json.dumps({"killed": TRANSFER_IN_FLIGHT, "detail": f"transfer {order_id}"}) + "\n"
+                )
+                self.out.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        _drop_own_sessions()
+        self.dropped.append(order_id)
 
     def cross(self, phase: str, detail: str, method: str = "") -> None:
         self.crossings[phase] += 1
@@ -266,6 +319,39 @@ class _KillSwitch:
             self.out.write(json.dumps({"killed": phase, "detail": detail}) + "\n")
             self.out.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+APPLICATION_NAME = f"crash-runner-{os.getpid()}"  # this child's sessions, to drop them
+
+
+def _name_sessions() -> None:
+    """Every database session of this child carries its application_name (pg8000's default
+    keyword), so ``_drop_own_sessions`` finds them all, the worker threads' included."""
+    import pg8000.native
+
+    original = pg8000.native.Connection.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["application_name"] = APPLICATION_NAME
+        original(self, *args, **kwargs)
+
+    pg8000.native.Connection.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _drop_own_sessions() -> None:
+    """The server ends every session of this child (what a network blip or a proxy failover
+    does); the process goes on and reconnects when it next needs the database."""
+    from payments_core.db import Database
+
+    db = Database()
+    try:
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = :n AND pid <> pg_backend_pid()",
+            n=APPLICATION_NAME,
+        )
+    finally:
+        db.close()
 
 
 def _wrap_services(switch: _KillSwitch) -> Any:
@@ -310,6 +396,8 @@ def _wrap_services(switch: _KillSwitch) -> Any:
             def call(*args: Any, **kwargs: Any) -> Any:
                 order = getattr(args[0], "order_id", "") if args else ""
                 switch.cross(BEFORE_STRIPE, f"{name} {order}")
+                if name == "transfer":
+                    switch.transfer_sent(order)
                 after = CAPTURE_TO_TRANSFER if name == "capture" else AFTER_STRIPE
                 try:
                     result = method(*args, **kwargs)
@@ -348,6 +436,7 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = os.fdopen(1, "w", buffering=1)
     switch = _KillSwitch(out)
+    _name_sessions()
     _wrap_services(switch)
     from local.lambda_runtime import load_handler
 
@@ -357,15 +446,18 @@ def main() -> int:
         kind = request["kind"]
         if kind not in handlers:
             handlers[kind] = load_handler(FUNCTIONS[kind])
-        switch.arm(request.get("kill"))
+        switch.arm(request.get("kill"), request.get("in_flight"))
         context = FakeLambdaContext(function_name=FUNCTIONS[kind], timeout_seconds=60)
         try:
-            event = request["event"] if kind == "batch" else {"source": "aws.events", "time": time.time()}
+            scheduled = kind in ("reconcile", "relay")
+            event = {"source": "aws.events", "time": time.time()} if scheduled else request["event"]
             response = handlers[kind](event, context)
             reply = {"ok": True, "response": response, "crossings": switch.crossings}
         except Exception as exc:  # reported to the parent like a failed invocation
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "crossings": switch.crossings}
-        out.write(json.dumps(reply, default=str) + "\n")
+        reply["dropped"] = switch.dropped
+        with switch._lock:
+            out.write(json.dumps(reply, default=str) + "\n")
     return 0
 
 

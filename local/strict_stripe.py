@@ -28,6 +28,12 @@ Where localstripe is kinder than Stripe, this double is not:
 - **What localstripe lacks**: Transfers (``POST /v1/transfers``, ``GET /v1/transfers`` with
   ``transfer_group`` / ``destination``, ``GET /v1/transfers/{id}``, reversals), shaped like
   stripe-mock's answers.
+- **Slow execution and targeted faults, for the crash drill**: ``delay_transfer(group, s)``
+  holds the next transfer of that ``transfer_group`` for ``s`` seconds *before it executes*
+  (the client may time out and move on; the transfer still lands later, as a request that
+  reached Stripe does); ``fail_matching(regex, n, mode)`` fails the next ``n`` requests whose
+  ``"METHOD /path?query"`` matches, independently of ``fail_next`` and of each other; besides
+  the modes above, ``timeout`` answers only after ``timeout_s`` (the client has given up).
 - **Request shapes checked against stripe-mock** (``validator``): a request Stripe's OpenAPI
   rejects (an unknown parameter, a missing one, e.g. ``GET /v1/refunds?metadata[...]``, which
   Stripe does not offer) gets stripe-mock's 400, before anything executes. localstripe's own
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import secrets
 import threading
 import time
@@ -155,14 +162,67 @@ class StrictStripe(StripeFaultProxy):
         self.strict = StrictStats()
         self._saved: dict[str, _Saved] = {}
         self._ledger_lock = threading.RLock()  # refunds check-then-act, transfers
+        self._rules: list[_Rule] = []  # fail_matching
+        self._transfer_delays: dict[str, float] = {}  # transfer_group -> seconds held
+        self.transfers_held: dict[str, float] = {}  # transfer_group -> when its held transfer arrived
+        self.transfers_landed_late: dict[str, str] = {}  # transfer_group -> id, once executed
+        self.rule_hits: dict[str, int] = defaultdict(int)  # by rule label
+
+    # -- the drill's slow and failing requests
+    def delay_transfer(self, transfer_group: str, seconds: float) -> None:
+        """The next ``POST /v1/transfers`` of ``transfer_group`` waits ``seconds``, then executes."""
+        with self._lock:
+            self._transfer_delays[transfer_group] = seconds
+
+    def fail_matching(
+        self, match: str, n: int, mode: str = "refuse", *, label: str = "", timeout_s: float = 5.0
+    ) -> None:
+        """Fail the next ``n`` requests whose ``"METHOD /path?query"`` matches ``match``
+        (``mode``: one of MODES or ``timeout``: answered after ``timeout_s``, executed)."""
+        if mode not in (*self.MODES, "timeout"):
+            raise ValueError(f"unknown fault mode {mode!r}")
+        with self._lock:
+            self._rules.append(_Rule(re.compile(match), n, mode, label or mode, timeout_s))
+
+    def _rule_for(self, request: str) -> _Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.remaining > 0 and rule.match.search(request):
+                    rule.remaining -= 1
+                    self.rule_hits[rule.label] += 1
+                    return rule
+        return None
 
     # -- the request path
     def respond(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        if self._rules or self._transfer_delays:
+            rule = self._rule_for(f"{method} {path}")
+            if rule is not None and rule.mode == "timeout":
+                time.sleep(rule.timeout_s)  # the client has given up; the request still executes
+            elif rule is not None:
+                return self._respond(method, path, headers, body, forced=rule.mode)
+            if method == "POST" and urllib.parse.urlsplit(path).path == "/v1/transfers":
+                group = dict(form_params(body)).get("transfer_group", "")
+                with self._lock:
+                    delay = self._transfer_delays.pop(group, None)
+                    if delay is not None:
+                        self.transfers_held[group] = time.monotonic()
+                if delay is not None:
+                    time.sleep(delay)
+                    answer = self._respond(method, path, headers, body)
+                    if answer[0] == 200:
+                        self.transfers_landed_late[group] = str(json.loads(answer[2]).get("id"))
+                    return answer
+        return self._respond(method, path, headers, body)
+
+    def _respond(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes, forced: str | None = None
+    ) -> Answer:
         route = self.count_route(method, path)
         url = urllib.parse.urlsplit(path)
         params = form_params(body) if method == "POST" else sorted(urllib.parse.parse_qsl(url.query))
         key = _header(headers, "Idempotency-Key") if method == "POST" else None
-        decision = self._decide(route)
+        decision = forced or self._decide(route)
         if decision == "refuse":
             with self._lock:
                 self.stats.refused += 1
@@ -451,6 +511,15 @@ class StrictStripe(StripeFaultProxy):
         transfer["reversed"] = transfer["amount_reversed"] >= int(transfer["amount"])
         transfer["reversals"]["data"].insert(0, reversal)
         return _ok(reversal)
+
+
+@dataclass
+class _Rule:
+    match: re.Pattern[str]
+    remaining: int
+    mode: str
+    label: str
+    timeout_s: float
 
 
 def _validation_refusal(answer: Answer) -> bool:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conftest import CARD_3DS, CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize_command, command
+from payments_core.stripe_gateway import MAX_KEY_ATTEMPTS
 from webhook_helpers import encode, sign
 
-from local.strict_stripe import Ledger
+from local.strict_stripe import Ledger, StrictStripe
 
 # What an order does after its authorize_payment (the sagas' paths, and their races).
 RELEASE = "release"  # released: SUCCEEDED, runner paid
@@ -40,6 +41,15 @@ DECLINED_REVERTED = "declined_then_reverted"  # the saga compensates a failed or
 AUTH_3DS = "3ds_authenticated_then_release"
 ABANDON_3DS = "3ds_abandoned"  # never authenticated: the reconciler fails it
 REVERT_3DS = "3ds_reverted_while_waiting"
+# Issue 16, item 1: the release's transfer is held at Stripe past the client's timeout (its
+# child killed, or its database sessions dropped, while it is in flight, or neither) and a
+# revert is sent on another partition meanwhile; the transfer lands late, after the lease
+# expired when the child died: the settlement audit must find it and reverse it.
+LATE_TRANSFER = "release_late_transfer_and_revert"
+# A second hold of a reverted order (a create that executed late, another process): Stripe's
+# webhook reports it, the webhook's cancel fails (5xx), the audit must cancel it.
+STRAY_HOLD = "reverted_then_stray_hold"
+LATE_TRANSFER_WAYS = ("kill", "drop", "timeout")
 
 PLAN_WEIGHTS: list[tuple[str, int]] = [
     (RELEASE, 26),
@@ -53,7 +63,13 @@ PLAN_WEIGHTS: list[tuple[str, int]] = [
     (AUTH_3DS, 8),
     (ABANDON_3DS, 4),
     (REVERT_3DS, 5),
+    (LATE_TRANSFER, 3),  # few: each killed release keeps two partitions waiting for its lease
+    (STRAY_HOLD, 3),
 ]
+# Plans whose reverted payment lists its transfers at the audit: some of them get Stripe
+# timeouts or 5xx on those reads (AUDIT_FAULTS), so a check fails and must be retried.
+AUDITED_TRANSFERS = (REVERT_AFTER, RACE, LATE_TRANSFER)
+AUDIT_FAULT_SHARE = 0.3
 CARD_OF_PLAN = {
     DECLINED: "declined",
     DECLINED_REVERTED: "declined",
@@ -79,6 +95,11 @@ class Order:
     status: str | None = None
     sent: list[str] = field(default_factory=list)  # what the driver sent, in order
     snapshots: list[dict[str, Any]] = field(default_factory=list)  # PaymentIntent events for later
+    way: str = ""  # LATE_TRANSFER: kill | drop | timeout; audit faults: 5xx | timeout
+    audit_fault: str = ""
+    partition: int | None = None  # where its release went (LATE_TRANSFER)
+    since: float = 0.0  # when the current stage began
+    planted: list[str] = field(default_factory=list)  # PaymentIntents the drill made (STRAY_HOLD)
 
     @property
     def runner(self) -> tuple[str, str]:
@@ -113,7 +134,18 @@ class Workload:
         stripe_key: str,
         webhook_secret: str,
         pg: Any,
+        stripe: StrictStripe | None = None,
+        in_flight: dict[str, str] | None = None,
+        deliver_webhook: Callable[[bytes, str], int] | None = None,
+        partitions: int = 3,
+        late_transfer_s: tuple[float, float] = (30.0, 12.0),
+        stripe_timeout_s: float = 10.0,
     ) -> None:
+        """``stripe``: the double the service talks to (held transfers, targeted faults);
+        ``in_flight``: the authorize runners' shared map of transfers to interrupt;
+        ``deliver_webhook(body, signature) -> status``: a webhook handled by the service with
+        Stripe at the double (so its cancel can fail); ``late_transfer_s``: how long a held
+        transfer waits when its child is killed (past the lease) and otherwise."""
         self.rng = random.Random(f"{seed}:workload")
         self.produce = produce
         self.api_url = api_url
@@ -121,10 +153,21 @@ class Workload:
         self.stripe_key = stripe_key
         self.webhook_secret = webhook_secret
         self.pg = pg
+        self.stripe = stripe
+        self.in_flight = in_flight if in_flight is not None else {}
+        self.deliver_webhook = deliver_webhook
+        self.partitions = partitions
+        self.late_transfer_s = late_transfer_s
+        self.stripe_timeout_s = stripe_timeout_s
         self.counts: Counter[str] = Counter()
         self.http_failures: list[str] = []
         self.orders: dict[str, Order] = {}
         plans, weights = zip(*PLAN_WEIGHTS, strict=True)
+        if stripe is None or deliver_webhook is None:  # the new interleavings need the double
+            plans, weights = zip(
+                *[(p, w) for p, w in PLAN_WEIGHTS if p not in (LATE_TRANSFER, STRAY_HOLD)], strict=True
+            )
+        late = 0
         for i in range(orders):
             plan = self.rng.choices(plans, weights)[0]
             kind = CARD_OF_PLAN.get(plan, "ok")
@@ -138,9 +181,15 @@ class Workload:
                 card=card,
                 amount=amount,
                 authorize=json.dumps(cmd).encode(),
-                release_via_http=http_release and i % 2 == 0 and plan != PARTIAL,
+                release_via_http=http_release and i % 2 == 0 and plan not in (PARTIAL, LATE_TRANSFER),
                 duplicate=self.rng.random() < 0.15,
             )
+            order = self.orders[order_id]
+            if plan == LATE_TRANSFER:
+                order.way = LATE_TRANSFER_WAYS[late % len(LATE_TRANSFER_WAYS)]
+                late += 1
+            if plan in AUDITED_TRANSFERS and stripe is not None and self.rng.random() < AUDIT_FAULT_SHARE:
+                order.audit_fault = self.rng.choice(("5xx", "5xx", "timeout"))
         self.late_webhooks: list[tuple[Order, dict[str, Any]]] = []
 
     # -- sending
@@ -148,7 +197,7 @@ class Workload:
         """Every authorize_payment, with exact duplicates some way behind their originals."""
         pending_dups: list[tuple[float, bytes]] = []
         for order in self.orders.values():
-            self.produce(order.authorize)
+            self.produce(order.authorize, None)
             self.counts["authorize_sent"] += 1
             if order.plan == REVERT_EARLY:
                 self._command(order, "revert_payment", by_order=True, reason="drill: cancelled at once")
@@ -158,20 +207,22 @@ class Workload:
                 pending_dups.append((time.monotonic() + self.rng.uniform(0.2, 3.0), order.authorize))
             now = time.monotonic()
             for due, raw in [d for d in pending_dups if d[0] <= now]:
-                self.produce(raw)
+                self.produce(raw, None)
                 self.counts["authorize_duplicates"] += 1
                 pending_dups.remove((due, raw))
             time.sleep(1.0 / per_second)
         for _, raw in pending_dups:
-            self.produce(raw)
+            self.produce(raw, None)
             self.counts["authorize_duplicates"] += 1
 
-    def _command(self, order: Order, kind: str, *, by_order: bool = False, **payload: Any) -> None:
+    def _command(
+        self, order: Order, kind: str, *, by_order: bool = False, partition: int | None = None, **payload: Any
+    ) -> None:
         ref = {"order_id": order.order_id} if by_order else {"payment_id": order.payment_id}
         raw = json.dumps(command(kind, **ref, **payload)).encode()
-        self.produce(raw)
+        self.produce(raw, partition)
         if self.rng.random() < 0.15:  # a redelivered copy of the same command
-            self.produce(raw)
+            self.produce(raw, partition)
             self.counts[f"{kind}_duplicates"] += 1
         order.sent.append(kind)
 
@@ -198,9 +249,93 @@ class Workload:
         )
         self.counts["release_kafka"] += 1
 
-    def revert(self, order: Order) -> None:
-        self._command(order, "revert_payment", reason=f"drill: {order.plan}")
+    def revert(self, order: Order, partition: int | None = None) -> None:
+        self._command(order, "revert_payment", reason=f"drill: {order.plan}", partition=partition)
         self.counts["revert_kafka"] += 1
+
+    # -- the new interleavings (issue 16)
+    def _release_late(self, order: Order) -> None:
+        """The release goes to one partition with its transfer held at the double (and its
+        child interrupted while the transfer is in flight); the revert follows on another."""
+        assert self.stripe is not None
+        killed, otherwise = self.late_transfer_s
+        self.stripe.delay_transfer(order.order_id, killed if order.way == "kill" else otherwise)
+        if order.way in ("kill", "drop"):
+            self.in_flight[order.order_id] = order.way
+        order.partition = self.rng.randrange(self.partitions)
+        runner_id, account = order.runner
+        self._command(
+            order,
+            "release_payment",
+            partition=order.partition,
+            runner_id=runner_id,
+            runner_connect_account_id=account,
+        )
+        self.counts["release_kafka"] += 1
+        self.counts[f"late_transfer_{order.way}"] += 1
+
+    def _arm_audit_fault(self, order: Order, status: str) -> None:
+        """Once the order is REVERTED only the audit lists its transfers: those reads fail
+        (Stripe 5xx twice: the client's retry too) or time out (once; the retry answers)."""
+        if not order.audit_fault or status != "REVERTED" or self.stripe is None:
+            return
+        match = rf"^GET /v1/transfers\?.*transfer_group={order.order_id}"
+        if order.audit_fault == "5xx":
+            self.stripe.fail_matching(match, 2, "refuse", label="audit_transfer_list_5xx")
+        else:
+            self.stripe.fail_matching(
+                match, 1, "timeout", label="audit_transfer_list_timeout", timeout_s=self.stripe_timeout_s + 1
+            )
+        self.counts[f"audit_fault_{order.audit_fault}"] += 1
+        order.audit_fault = ""
+
+    def _plant_stray_hold(self, order: Order) -> None:
+        """A second hold of the reverted order, created without metadata (localstripe's own
+        webhook for it finds no order, so the stack's webhook handler leaves it alone)."""
+        assert self.stripe is not None
+        hold = self._stripe(
+            "/v1/payment_intents",
+            {
+                "amount": str(order.amount),
+                "currency": "sgd",
+                "customer": order.card.customer_id,
+                "payment_method": order.card.payment_method_id,
+                "capture_method": "manual",
+                "confirm": "true",
+            },
+            base=self.stripe.url,
+        )
+        order.planted.append(str(hold["id"]))
+        self.counts["stray_holds_planted"] += 1
+
+    def _report_stray_hold(self, order: Order) -> None:
+        """The hold now names the order (as a late create of ours would); Stripe reports it,
+        and the webhook's cancel fails (5xx on it and its retry): the audit must cancel it."""
+        assert self.stripe is not None and self.deliver_webhook is not None
+        stray = order.planted[-1]
+        intent = self._stripe(
+            f"/v1/payment_intents/{stray}",
+            {"metadata[order_id]": order.order_id, "metadata[payment_id]": str(order.payment_id)},
+            base=self.stripe.url,
+        )
+        # every request of that cancel: each idempotency key the gateway tries, and each retry
+        self.stripe.fail_matching(
+            rf"^POST /v1/payment_intents/{stray}/cancel",
+            2 * MAX_KEY_ATTEMPTS,
+            "refuse",
+            label="webhook_cancel_5xx",
+        )
+        event = {
+            "id": f"evt_drill_{uuid.uuid4().hex}",
+            "object": "event",
+            "type": "payment_intent.amount_capturable_updated",
+            "created": int(time.time()),
+            "livemode": False,
+            "data": {"object": intent},
+        }
+        body = encode(event)
+        status = self.deliver_webhook(body, sign(body, self.webhook_secret))
+        self.counts[f"stray_hold_webhook_{status}"] += 1
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, str]:
         request = urllib.request.Request(  # noqa: S310 - the local API Gateway on 127.0.0.1
@@ -262,11 +397,14 @@ class Workload:
     # -- the driver
     def _rows(self) -> dict[str, dict[str, Any]]:
         rows = self.pg.run(
-            "SELECT order_id, payment_id::text AS payment_id, status, payment_intent_id FROM payments"
-            " WHERE order_id = ANY(CAST(:orders AS text[]))",
+            "SELECT order_id, payment_id::text AS payment_id, status, payment_intent_id,"
+            " audit_due_at IS NULL FROM payments WHERE order_id = ANY(CAST(:orders AS text[]))",
             orders=list(self.orders),
         )
-        return {r[0]: {"payment_id": r[1], "status": r[2], "payment_intent_id": r[3]} for r in rows}
+        return {
+            r[0]: {"payment_id": r[1], "status": r[2], "payment_intent_id": r[3], "audited": r[4]}
+            for r in rows
+        }
 
     def step(self) -> int:
         """Move every order on as far as its status allows; returns how many are not done."""
@@ -277,7 +415,12 @@ class Workload:
             if row is not None:
                 order.payment_id, order.status = row["payment_id"], row["status"]
             if order.stage != "done":
+                stage = order.stage
                 self._advance(order, row)
+                if order.stage != stage:
+                    order.since = time.monotonic()
+            if row is not None:
+                self._arm_audit_fault(order, row["status"])
             not_done += order.stage != "done"
         return not_done
 
@@ -285,10 +428,18 @@ class Workload:
         if row is None:
             return
         status, plan = row["status"], order.plan
-        if order.stage == "authorize_sent":
+        if order.stage in ("late_release", "late_revert", "stray_wait", "stray_planted"):
+            self._advance_new(order, row)
+        elif order.stage == "authorize_sent":
             if status == "AUTHORIZED":
                 self._snapshot(order, row["payment_intent_id"], "payment_intent.amount_capturable_updated")
-                if plan in (RELEASE, PARTIAL, AUTH_3DS, REVERT_AFTER):
+                if plan == LATE_TRANSFER:
+                    self._release_late(order)
+                    order.stage = "late_release"
+                elif plan == STRAY_HOLD:
+                    self.revert(order)
+                    order.stage = "stray_wait"
+                elif plan in (RELEASE, PARTIAL, AUTH_3DS, REVERT_AFTER):
                     self.release(order)
                     order.stage = "released" if plan == REVERT_AFTER else "done"
                 elif plan == REVERT_BEFORE:
@@ -328,22 +479,61 @@ class Workload:
         ):
             order.stage = "done"
 
+    def _advance_new(self, order: Order, row: dict[str, Any]) -> None:
+        assert self.stripe is not None
+        status, waited = row["status"], time.monotonic() - order.since
+        if order.stage == "late_release":
+            if order.order_id in self.stripe.transfers_held:
+                # the transfer is at Stripe: the revert goes in on another partition now
+                self.revert(order, partition=((order.partition or 0) + 1) % self.partitions)
+                order.stage = "late_revert"
+            elif status in ("FAILED", "REVERTED") or waited > 90:
+                self.in_flight.pop(order.order_id, None)
+                self.counts["late_transfer_never_held"] += 1
+                if status not in ("FAILED", "REVERTED"):
+                    self.revert(order)
+                order.stage = "done"
+        elif order.stage == "late_revert":
+            landed = self.stripe.transfers_landed_late.get(order.order_id)
+            if landed is not None:
+                # the audit's reversal of it meets a Stripe 500 once (saved under its key)
+                self.stripe.fail_matching(
+                    rf"^POST /v1/transfers/{landed}/reversals$", 1, "error", label="audit_reversal_5xx"
+                )
+                self.counts["late_transfers_landed"] += 1
+                order.stage = "done"
+            elif waited > 120:
+                order.stage = "done"
+        elif order.stage == "stray_wait":
+            if status == "REVERTED" and row["audited"]:  # its own audit is behind it
+                self._plant_stray_hold(order)
+                order.stage = "stray_planted"
+            elif status in ("FAILED", "SUCCEEDED") or waited > 90:
+                order.stage = "done"
+        elif order.stage == "stray_planted" and waited > 1.5:  # localstripe's webhook has gone
+            self._report_stray_hold(order)
+            order.stage = "done"
+
     def _authenticate(self, order: Order, intent_id: str) -> None:
         """The customer completes 3-D Secure at the emulator, which then calls our webhook."""
         intent = self.stripe_get(f"/v1/payment_intents/{intent_id}")
-        self._stripe(
-            f"/v1/payment_intents/{intent_id}/_authenticate",
-            {"client_secret": intent["client_secret"], "success": "true"},
-        )
+        try:
+            self._stripe(
+                f"/v1/payment_intents/{intent_id}/_authenticate",
+                {"client_secret": intent["client_secret"], "success": "true"},
+            )
+        except urllib.error.HTTPError:  # the reconciler gave up on it first (a slow run): FAILED
+            self.counts["3ds_authenticate_too_late"] += 1
+            return
         self.counts["3ds_authenticated"] += 1
 
     def stripe_get(self, path: str) -> dict[str, Any]:
         return self._stripe(path, None)
 
-    def _stripe(self, path: str, form: dict[str, str] | None) -> dict[str, Any]:
-        """localstripe itself (Stripe's state, not through the double)."""
-        request = urllib.request.Request(  # noqa: S310 - localstripe on 127.0.0.1
-            self.localstripe_url + path,
+    def _stripe(self, path: str, form: dict[str, str] | None, base: str | None = None) -> dict[str, Any]:
+        """localstripe itself (Stripe's state, not through the double), or ``base``."""
+        request = urllib.request.Request(  # noqa: S310 - localstripe (or the double) on 127.0.0.1
+            (base or self.localstripe_url) + path,
             data=urllib.parse.urlencode(form).encode() if form is not None else None,
             headers={"Authorization": f"Bearer {self.stripe_key}"},
             method="POST" if form is not None else "GET",
@@ -386,7 +576,9 @@ def check_orders(
         def fail(invariant: str, detail: str, oid: str = oid, plan: str = plan) -> None:
             problems.append(Problem(oid, plan, invariant, detail))
 
-        pis = intents.get(oid, [])
+        every = intents.get(oid, [])
+        # the holds the drill planted (STRAY_HOLD) are checked apart: canceled in the end
+        pis = [p for p in every if p["id"] not in order.planted]
         created = ledger.intents_by_order.get(oid, [])
         row = rows.get(oid) or {}
         # what a consumer sees: duplicates (a re-announcement repeats an earlier event_id) dropped
@@ -437,11 +629,16 @@ def check_orders(
         last = final_state(evs[-1])
         counts[f"final_{last}"] += 1
         stripe = _stripe_says(pi, captured, refunded, transfers)
-        if last in ("REVERTED", "FAILED") and pi and pi["status"] in ("requires_capture",):
-            fail(
-                "no hold left",
-                f"last event says {last} but {pi_id} is {pi['status']} (a hold on the card); {where}",
-            )
+        counts["stray_holds_canceled"] += sum(
+            1 for p in every if p["id"] in order.planted and p["status"] == "canceled"
+        )
+        for held in (p for p in every if p["status"] == "requires_capture"):
+            if last in ("REVERTED", "FAILED") or held["id"] in order.planted:
+                fail(
+                    "no hold left",
+                    f"last event says {last} but {held['id']} is {held['status']} (a hold on the card"
+                    f"{', planted by the drill' if held['id'] in order.planted else ''}); {where}",
+                )
         if last == "REQUIRES_ACTION":
             fail(
                 "final event",

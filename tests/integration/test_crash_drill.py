@@ -16,10 +16,21 @@ Kafka), partially released, reverted before and after release, release and rever
 declined (some then reverted), 3-D Secure authenticated, abandoned or reverted; exact duplicate
 commands; each PaymentIntent's webhook delivered again late and twice.
 
+Issue 16 grows it: a release's transfer held at the double past the client's timeout while its
+child is killed, or its database sessions dropped, with the transfer in flight (or neither), and
+a revert of the order sent on another partition meanwhile; the transfer lands late (after the
+lease expired, when the child died), and the settlement audit (the reconciler, every second)
+must reverse it; Stripe timeouts and 5xx on the audit's reads of some reverted orders and on
+its reversals; a stray hold on a reverted order whose webhook's cancel fails (5xx), which the
+audit must cancel. Stripe's timeout is short (STRIPE_TIMEOUT_SECONDS=3), so is the order lease
+(``leases.lease_ttl_seconds``), and the audit's first look comes AUDIT_BACKOFF_SECONDS[0] after
+a payment became uncertain or final: the drill ends once no audit is due within that horizon.
+
 Invariants, per order, against localstripe and the double's ledger: at most one PaymentIntent;
 captured at most once; at most one transfer, reversed if refunded; refunded at most once and
 never more than captured; no hold left on an order whose last event says REVERTED or FAILED;
-the last event agrees with Stripe; every order has a final event.
+the last event agrees with Stripe; every order has a final event; every hold the drill planted
+is canceled. The summary reports kills by phase, the audit's runs and its outcomes and fixes.
 
 Replay a run with ``CRASH_DRILL_SEED=<seed>`` (printed first). ``CRASH_DRILL_RELEASE_VIA=kafka``
 sends every release over Kafka (for a branch without the HTTP release route); the default sends
@@ -42,9 +53,12 @@ from typing import Any
 import pytest
 from conftest import Card
 from crash_drill_harness import CARD_NUMBERS, CUSTOMERS_PER_CARD, Workload, check_orders, group_events
+from payments_core import leases
+from payments_core.config import get_settings
 
 from local import stack
-from local.crash_runner import AFTER_STRIPE, PHASES, ChildKilled, CrashRunner
+from local.api_gateway import ROUTES, build_event, compile_routes
+from local.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKilled, CrashRunner
 from local.event_source import EventSourceMapping, MappingConfig
 from local.settings import PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
 from local.strict_stripe import StrictStripe
@@ -58,20 +72,31 @@ SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_SETTLE_TIMEOUT_S", "240"))
 STRIPE_LATENCY_MS = float(os.environ.get("CRASH_DRILL_STRIPE_LATENCY_MS", "0"))  # e.g. 300: Stripe's distance
 ESM_GROUP = "local-esm-authorize_payment"  # the stack's: it resumes where the drill stopped
 CONCURRENCY = 3  # payment_commands' partitions: MSK invokes one batch per partition at a time
+# Stripe's client timeout, short so the order lease (derived from it) is short and the drill fast
+STRIPE_TIMEOUT_S = 3
+# The audit's first look at an uncertain or final payment (it lets a late transfer land first),
+# then its re-checks after a fix or a failed check; its share of Stripe reads per second.
+AUDIT_BACKOFF = "15,3,6"
+AUDIT_READS_PER_S = "30"
+AUDIT_SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_AUDIT_SETTLE_TIMEOUT_S", "90"))
 
 
 @pytest.fixture
-def drill_owns_the_functions() -> Iterator[None]:
+def drill_owns_the_functions(make_pg_connection: Callable[..., Any]) -> Iterator[None]:
     """The drill runs the authorize function, the reconciler and the relay itself (killable,
     through the strict double): the stack's event-source mapping and scheduler are stopped for
     the test and started again after it. localstripe is restarted empty first: it keeps all
     state in memory and slows down as it grows, and the drill's runtime should not depend on
-    what earlier tests left in it (each test makes its own customers)."""
+    what earlier tests left in it (each test makes its own customers); their payments' audits
+    are called off for the same reason."""
     running = [name for name in ("event-source", "scheduler") if stack.is_running(name)]
     if running:
         stack.down(running)
     stack.down(["localstripe"])
     stack.up(["localstripe"])  # registers the webhook endpoint again
+    # Earlier tests' uncertain payments name PaymentIntents that went with that localstripe:
+    # the drill's audit (due every few seconds) would fail on them ("Not Found") all along.
+    make_pg_connection().run("UPDATE payments SET audit_due_at = NULL WHERE audit_due_at IS NOT NULL")
     try:
         yield
     finally:
@@ -117,7 +142,12 @@ def test_crash_drill(
         "RECONCILE_REQUIRES_ACTION_AFTER_SECONDS": "10",
         "RECONCILE_AUTHORIZED_AFTER_SECONDS": "20",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "STRIPE_TIMEOUT_SECONDS": str(STRIPE_TIMEOUT_S),
+        "AUDIT_BACKOFF_SECONDS": AUDIT_BACKOFF,
+        "AUDIT_STRIPE_READS_PER_SECOND": AUDIT_READS_PER_S,
     }
+    lease_ttl = _lease_ttl(env)
+    audit_first_s = float(AUDIT_BACKOFF.split(",")[0])
     # Like the MSK event source mapping, one concurrent invocation per partition: a poller (and
     # a function process) per partition of payment_commands, in one consumer group.
     authorizers = [
@@ -137,7 +167,13 @@ def test_crash_drill(
         log_path=tmp_path / "scheduled.log",
         kill_probability=KILL_PROBABILITY / 2,
     )
-    runners = [*authorizers, scheduled]
+    in_flight: dict[str, str] = {}  # orders whose transfer is interrupted in flight, shared
+    for runner in authorizers:
+        runner.in_flight = in_flight
+    api = CrashRunner("api", seed=seed, env=env, log_path=tmp_path / "api.log", kill_probability=0.0)
+    runners = [*authorizers, scheduled, api]
+    audit: Counter[str] = Counter()  # reconcile()'s outcomes, summed over its runs
+    audit_runs: Counter[str] = Counter()  # scheduled invocations: completed, killed, failed
     dead_lettered: list[str] = []
     mappings = [
         _mapping(runner, local_env["KAFKA_BOOTSTRAP_SERVERS"], dead_lettered) for runner in authorizers
@@ -148,9 +184,34 @@ def test_crash_drill(
         while not stop.wait(1.0):
             for kind in ("reconcile", "relay"):
                 try:
-                    scheduled.invoke(kind, plan=scheduled.plan())
-                except (ChildKilled, RuntimeError):
+                    answer = scheduled.invoke(kind, plan=scheduled.plan())
+                except ChildKilled:
+                    audit_runs[f"{kind}_killed"] += 1
                     continue
+                except RuntimeError:
+                    audit_runs[f"{kind}_failed"] += 1
+                    continue
+                audit_runs[kind] += 1
+                if kind == "reconcile" and isinstance(answer, dict):
+                    audit.update({k: int(v) for k, v in answer.items()})
+
+    routes = compile_routes(ROUTES)
+
+    def deliver_webhook(body: bytes, signature: str) -> int:
+        """A Stripe webhook to the payment API function in a child whose Stripe is the double."""
+        event = build_event(
+            method="POST",
+            raw_path="/api/stripe-webhook",
+            header_items=[("Content-Type", "application/json"), ("Stripe-Signature", signature)],
+            body=body,
+            source_ip="127.0.0.1",
+            routes=routes,
+        )
+        try:
+            answer = api.invoke("api", event)
+        except (ChildKilled, RuntimeError):
+            return 0
+        return int((answer or {}).get("statusCode") or 0)
 
     events_from = _end_offsets(make_consumer, PAYMENT_EVENTS_TOPIC)
     producer = make_producer()
@@ -159,13 +220,20 @@ def test_crash_drill(
         seed=seed,
         orders=ORDERS,
         cards=cards,
-        produce=lambda raw: producer.send(PAYMENT_COMMANDS_TOPIC, value=raw),
+        produce=lambda raw, partition: producer.send(PAYMENT_COMMANDS_TOPIC, value=raw, partition=partition),
         http_release=RELEASE_VIA == "http",
         api_url=local_env["API_URL"],
         localstripe_url=local_env["STRIPE_API_BASE"],
         stripe_key=local_env["STRIPE_SECRET_KEY"],
         webhook_secret=local_env["STRIPE_WEBHOOK_SECRET"],
         pg=pg,
+        stripe=strict,
+        in_flight=in_flight,
+        deliver_webhook=deliver_webhook,
+        partitions=CONCURRENCY,
+        # killed in flight: lands after the lease ran out; else after the client gave up
+        late_transfer_s=(lease_ttl + 4, 3 * STRIPE_TIMEOUT_S + 3),
+        stripe_timeout_s=STRIPE_TIMEOUT_S,
     )
     threads = [
         *(threading.Thread(target=m.run, name=f"drill-esm-{i}", daemon=True) for i, m in enumerate(mappings)),
@@ -192,6 +260,11 @@ def test_crash_drill(
         workload.deliver_late_webhooks()
         time.sleep(1.5)  # let the scheduled relay publish what the late webhooks changed, if anything
         _wait(lambda: _quiet(make_consumer, pg, workload), 15)
+        # the audit has looked at everything it was due to look at within its first delay
+        audit_settled = _wait(
+            lambda: _audits_due(pg, workload, audit_first_s + 2) == 0, AUDIT_SETTLE_TIMEOUT_S
+        )
+        _wait(lambda: _quiet(make_consumer, pg, workload), 15)
     finally:
         stop.set()
         for m in mappings:
@@ -206,6 +279,11 @@ def test_crash_drill(
     orders = workload.orders
     events = group_events(_read_events(make_consumer, events_from), set(orders))
     intents = _intents_by_order(workload, cards, set(orders))
+    for order in orders.values():  # a planted hold that never got its metadata is still checked
+        known = {p["id"] for p in intents.get(order.order_id, [])}
+        for stray in (s for s in order.planted if s not in known):
+            intents.setdefault(order.order_id, []).append(workload.stripe_get(f"/v1/payment_intents/{stray}"))
+    audit_left = _audits_due(pg, workload, None)
     rows = _rows(pg, list(orders))
     problems, counts = check_orders(orders, events, intents, strict.ledger, rows)
 
@@ -216,7 +294,7 @@ def test_crash_drill(
     )
     say(
         f"[crash-drill] seed={seed} kills by phase: "
-        + ", ".join(f"{phase}={kills.get(phase, 0)}" for phase in (*PHASES, "unplanned"))
+        + ", ".join(f"{phase}={kills.get(phase, 0)}" for phase in (*PHASES, "unplanned", DROPPED))
         + f" (after_stripe_before_commit by request: {dict(after_answer)};"
         + f" authorize function {sum(sum(r.kills.values()) for r in authorizers)} of "
         f"{sum(r.invocations for r in authorizers)} invocations in {CONCURRENCY} processes, "
@@ -224,6 +302,13 @@ def test_crash_drill(
         f"planned but not reached {sum(r.planned_not_reached for r in runners)}; "
         f"cold starts {sum(r.cold_starts for r in runners)}; "
         f"crash points crossed by surviving invocations {dict(crossed)})"
+    )
+    fixes = _audit_fixes(tmp_path / "scheduled.log")
+    say(
+        f"[crash-drill] seed={seed} audit: runs {dict(audit_runs)}; outcomes summed over runs {dict(audit)}; "
+        f"fixes by kind (AuditFixed log lines) {dict(fixes)}; faults injected {dict(strict.rule_hits)}; "
+        f"late transfers held {len(strict.transfers_held)}, landed {len(strict.transfers_landed_late)}; "
+        f"lease TTL {lease_ttl:.0f}s; settled within horizon {audit_settled}, payments still audit-due {audit_left}"
     )
     say(
         "[crash-drill] counts: "
@@ -347,6 +432,48 @@ def _quiet(make_consumer: Callable[..., Any], pg: Any, workload: Workload) -> bo
         o=list(workload.orders),
     )
     return int(rows[0][0]) == 0 and int(pending[0][0]) == 0
+
+
+def _lease_ttl(env: dict[str, str]) -> float:
+    """The order lease's time to live with the drill's Stripe timeout (as the children see it)."""
+    import dataclasses
+
+    settings = dataclasses.replace(get_settings(), stripe_timeout_seconds=int(env["STRIPE_TIMEOUT_SECONDS"]))
+    return leases.lease_ttl_seconds(settings)
+
+
+def _audits_due(pg: Any, workload: Workload, within_s: float | None) -> int:
+    """The drill's payments the audit is due to check within ``within_s`` and has not checked
+    yet (a check that fixed, failed or is waiting reschedules with attempts > 0); None: every
+    payment still due at all."""
+    rows = pg.run(
+        "SELECT count(*) FROM payments WHERE order_id = ANY(CAST(:o AS text[])) AND audit_due_at IS NOT NULL"
+        " AND (CAST(:within AS float8) IS NULL OR (audit_attempts = 0"
+        " AND audit_due_at <= now() + make_interval(secs => CAST(:within AS float8))))",
+        o=list(workload.orders),
+        within=within_s,
+    )
+    return int(rows[0][0])
+
+
+def _audit_fixes(log: Path) -> Counter[str]:
+    """What the audit fixed, by kind, from its AuditFixed log lines (killed runs' included)."""
+    import re
+
+    fixes: Counter[str] = Counter()
+    if not log.exists():
+        return fixes
+    for line in log.read_text(errors="replace").splitlines():
+        if "audit fixed what Stripe" not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        for fix in record.get("fixes") or []:
+            kind = re.sub(r"\b(pi|tr|trr|re|pyr)_\w+ ?", "", str(fix)).split(":")[0].strip()
+            fixes[kind] += 1
+    return fixes
 
 
 def _read_events(
