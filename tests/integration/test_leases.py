@@ -218,3 +218,36 @@ def test_commands_of_one_order_on_two_partitions_are_serialized_without_holding_
         and payment_row(order_b["payload"]["order_id"])["status"] == "REVERTED"
     )
     assert took >= 1.4, "A waited for the other holder"
+
+
+def test_a_webhook_for_a_busy_order_leaves_its_effect_to_the_audit_and_answers_at_once(
+    new_card, authorize_handler, payment_row, make_services, localstripe_client, monkeypatch
+):
+    """Stripe's request is not held for a whole lease: after WEBHOOK_LEASE_WAIT_SECONDS the
+    order is made due for the audit, which re-reads Stripe and applies the change."""
+    from payments_core import webhooks
+    from webhook_helpers import payment_intent_event
+
+    monkeypatch.setenv("AUDIT_BACKOFF_SECONDS", "0")
+    monkeypatch.setenv("WEBHOOK_LEASE_WAIT_SECONDS", "0.2")
+    from payments_core.config import get_settings
+
+    get_settings.cache_clear()
+    cmd = authorize_command(new_card())
+    order_id = cmd["payload"]["order_id"]
+    assert authorize_handler(msk_event(cmd)) == NO_FAILURES
+    intent_id = payment_row(order_id)["payment_intent_id"]
+    assert localstripe_client.v1.payment_intents.cancel(intent_id).status == "canceled"  # in the dashboard
+    busy, webhook = make_services(), make_services()
+    held = leases.acquire(busy.db, order_id, ttl_s=30)
+    event = payment_intent_event("canceled", payment_intent_id=intent_id, order_id=order_id, amount=1299)
+
+    started = time.monotonic()
+    outcome = webhooks.apply_event(webhook, event)
+    assert outcome.result == "deferred" and time.monotonic() - started < 2
+    row = payment_row(order_id)
+    assert row["status"] == "AUTHORIZED" and row["audit_due_at"] is not None
+
+    leases.release(held)
+    reconciliation.reconcile(webhook)
+    assert payment_row(order_id)["status"] == "REVERTED", "the audit applied what the webhook could not"

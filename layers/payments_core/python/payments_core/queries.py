@@ -88,7 +88,11 @@ class ErrorAnswer(BaseModel):
 
 class WebhookAnswer(BaseModel):
     received: bool = True
-    result: str = Field(description="applied, unchanged, duplicate, ignored or unknown_payment")
+    result: str = Field(
+        description="applied, unchanged, duplicate, ignored, unknown_payment, audit_scheduled (a transfer or "
+        "refund update: the order is checked against Stripe) or deferred (the order was busy: the "
+        "settlement audit applies the event's effect)"
+    )
 
 
 class HealthAnswer(BaseModel):

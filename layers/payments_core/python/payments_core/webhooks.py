@@ -45,7 +45,7 @@ class WebhookRejected(Exception):
 
 @dataclass(frozen=True)
 class WebhookOutcome:
-    result: str  # applied | unchanged | duplicate | ignored | unknown_payment | audit_scheduled
+    result: str  # applied | unchanged | duplicate | ignored | unknown_payment | audit_scheduled | deferred
     order_id: str | None = None
 
 
@@ -122,6 +122,25 @@ def apply_event(services: Services, event: dict[str, Any]) -> WebhookOutcome:
     if not order_id:
         logger.info("webhook for an unknown PaymentIntent", extra={"payment_intent_id": intent.id})
         return WebhookOutcome("unknown_payment")
+    try:
+        return _apply_leased(services, event, intent, order_id)
+    except leases.LeaseBusy:
+        # A command is working on the order (a release's capture announces itself this way):
+        # its effect is left to the audit, due now, rather than holding Stripe's request (and an
+        # API function) for the whole lease. The command usually records the same outcome itself.
+        with db.transaction():
+            repository.schedule_audit(
+                db, order_id, _AUDIT_SOON_SECONDS, f"{event_type} while the order was busy"
+            )
+        count("WebhookDeferredToAudit")
+        return WebhookOutcome("deferred", order_id)
+
+
+def _apply_leased(
+    services: Services, event: dict[str, Any], intent: IntentSnapshot, order_id: str
+) -> WebhookOutcome:
+    db = services.db
+    event_type = event["type"]
     with leases.hold_order(services, order_id, wait_s=services.settings.webhook_lease_wait_seconds) as held:
         with db.transaction():
             payment = repository.get_by_order_id(db, order_id, for_update=True)
