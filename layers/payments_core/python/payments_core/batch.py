@@ -36,6 +36,10 @@ from typing import Any, Generic, TypeVar
 
 R = TypeVar("R")
 
+# The first wait of a record set aside (it doubles with each further one, up to what
+# ``defer_of`` allows).
+DEFER_FIRST_S = 0.05
+
 
 @dataclass(frozen=True)
 class Item:
@@ -222,14 +226,16 @@ class WorkerPool(Generic[R]):
         give_up_at: float,
     ) -> Any:
         """One at a time there is nothing else to run: wait out a deferral here."""
+        times = 0
         while True:
             try:
                 return run()
             except Exception as exc:
-                delay = defer_of(exc)
-                if delay is None or time.monotonic() + delay > give_up_at:
+                most = defer_of(exc)
+                if most is None or time.monotonic() + most > give_up_at:
                     raise
-                time.sleep(delay)
+                times += 1
+                time.sleep(min(most, DEFER_FIRST_S * 2 ** (times - 1)))
                 if not can_start():
                     raise
 
@@ -254,6 +260,7 @@ class WorkerPool(Generic[R]):
         running_keys: set[str] = set()  # keys started or set aside: their later records wait
         deferred: list[tuple[float, int]] = []  # (when to start again, index): a heap
         first_tried: dict[int, float] = {}
+        deferrals: dict[int, int] = {}
         idle: list[_Worker] = [w for w in self._workers if w.is_alive()]
         self._workers = list(idle)
 
@@ -321,9 +328,13 @@ class WorkerPool(Generic[R]):
             except queue.Empty:
                 continue
             idle.append(running.pop(index))
-            delay = None if finished.ok or finished.error is None else defer_of(finished.error)
+            most = None if finished.ok or finished.error is None else defer_of(finished.error)
             first = first_tried.setdefault(index, finished.started)
-            if delay is not None and time.monotonic() + delay - first <= max_deferral_s:
+            if most is not None and time.monotonic() + most - first <= max_deferral_s:
+                # A live holder usually lets go within one Stripe call: look again soon, then
+                # less and less often (never later than the holder's lease could last).
+                times = deferrals[index] = deferrals.get(index, 0) + 1
+                delay = min(most, DEFER_FIRST_S * 2 ** (times - 1))
                 heapq.heappush(deferred, (time.monotonic() + delay, index))
                 continue
             running_keys.discard(keys[index])
