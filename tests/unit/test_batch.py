@@ -398,3 +398,57 @@ def test_a_timeout_halves_the_cap_without_a_retry() -> None:
     assert stripe.calls == 1 and throttle.limit == 4 and throttle.overloaded == 1
     assert ThrottledStripe(stripe, throttle).retrieve("pi_1") == "pi_ok"  # type: ignore[arg-type]
     assert throttle.limit == 5
+
+
+# --- records set aside: their order is leased elsewhere (issue 16) --------------------------
+
+
+class _Busy(Exception):
+    pass
+
+
+def _defer(exc: BaseException) -> float | None:
+    return 1.0 if isinstance(exc, _Busy) else None
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_a_record_whose_order_is_busy_is_retried_and_its_key_waits_while_others_run(size: int) -> None:
+
+    busy_until = time.monotonic() + 0.3
+    ran: list[str] = []
+
+    def handle(_resource: Any, item: Item) -> str:
+        if item.record == "a1" and time.monotonic() < busy_until:
+            raise _Busy
+        ran.append(item.record)
+        return str(item.record)
+
+    items = [Item("t-0", 0, "a1"), Item("t-0", 1, "b1"), Item("t-0", 2, "a2")]
+    pool = WorkerPool(size, lambda slot: slot)
+    try:
+        outcome = pool.run(items, handle, key_of=lambda item: str(item.record)[0], defer_of=_defer)
+    finally:
+        pool.close()
+    assert outcome.reported == []
+    assert ran.index("a1") < ran.index("a2"), "a later record of the busy order waited for it"
+    if size > 1:
+        assert ran[0] == "b1", "another order ran while a1 was set aside"
+        assert outcome.most_in_flight <= size
+
+
+def test_a_record_busy_for_longer_than_allowed_is_reported_for_redelivery() -> None:
+
+    def handle(_resource: Any, item: Item) -> str:
+        if item.record == "a1":
+            raise _Busy
+        return str(item.record)
+
+    items = [Item("t-0", 0, "a1"), Item("t-1", 0, "b1")]
+    pool = WorkerPool(2, lambda slot: slot)
+    try:
+        outcome = pool.run(
+            items, handle, key_of=lambda item: str(item.record)[0], defer_of=_defer, max_deferral_s=0.3
+        )
+    finally:
+        pool.close()
+    assert [(i.partition, i.offset) for i in outcome.reported] == [("t-0", 0)]
