@@ -68,7 +68,7 @@ pytestmark = pytest.mark.integration
 ORDERS = int(os.environ.get("CRASH_DRILL_ORDERS", "300"))
 RELEASE_VIA = os.environ.get("CRASH_DRILL_RELEASE_VIA", "http")  # http (half of them) | kafka
 KILL_PROBABILITY = float(os.environ.get("CRASH_DRILL_KILL_PROBABILITY", "0.35"))  # per invocation
-SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_SETTLE_TIMEOUT_S", "240"))
+SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_SETTLE_TIMEOUT_S", "300"))
 STRIPE_LATENCY_MS = float(os.environ.get("CRASH_DRILL_STRIPE_LATENCY_MS", "0"))  # e.g. 300: Stripe's distance
 ESM_GROUP = "local-esm-authorize_payment"  # the stack's: it resumes where the drill stopped
 CONCURRENCY = 3  # payment_commands' partitions: MSK invokes one batch per partition at a time
@@ -143,6 +143,9 @@ def test_crash_drill(
         "RECONCILE_AUTHORIZED_AFTER_SECONDS": "20",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
         "STRIPE_TIMEOUT_SECONDS": str(STRIPE_TIMEOUT_S),
+        # no network retries: a killed holder's lease then lasts 3 + 2 x 5 + 5 = 18 s, and the
+        # key attempts (not stripe-python's retries) are what the double's faults exercise
+        "STRIPE_MAX_NETWORK_RETRIES": "0",
         "AUDIT_BACKOFF_SECONDS": AUDIT_BACKOFF,
         "AUDIT_STRIPE_READS_PER_SECOND": AUDIT_READS_PER_S,
     }
@@ -438,7 +441,11 @@ def _lease_ttl(env: dict[str, str]) -> float:
     """The order lease's time to live with the drill's Stripe timeout (as the children see it)."""
     import dataclasses
 
-    settings = dataclasses.replace(get_settings(), stripe_timeout_seconds=int(env["STRIPE_TIMEOUT_SECONDS"]))
+    settings = dataclasses.replace(
+        get_settings(),
+        stripe_timeout_seconds=int(env["STRIPE_TIMEOUT_SECONDS"]),
+        stripe_max_network_retries=int(env["STRIPE_MAX_NETWORK_RETRIES"]),
+    )
     return leases.lease_ttl_seconds(settings)
 
 

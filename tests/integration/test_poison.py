@@ -154,3 +154,20 @@ def test_any_command_ends_answered_or_dead_lettered(
         # per example; a replayed example is answered once: same event_id)
         answers = [json.loads(row["envelope"])["type"] for row in outbox_rows(key)]
         assert answers and set(answers) <= {"payment.failed", "payment.released"}, answers
+
+
+def test_a_revert_whose_reason_holds_a_nul_or_a_lone_surrogate_is_carried_out(
+    new_card, authorize_handler, payment_row
+):
+    """A compensation is never refused for its free text (the hold would stay on the card):
+    the reason is kept with those characters escaped."""
+    from conftest import authorized_payment
+
+    row = authorized_payment(new_card, authorize_handler, payment_row)
+    raw = json.dumps(
+        command("revert_payment", order_id=row["order_id"], reason="bad\x00 \ud800 text")
+    ).encode()
+    assert authorize_handler(msk_event(raw, first_offset=7)) == {"batchItemFailures": []}
+    after = payment_row(row["order_id"])
+    assert after["status"] == "REVERTED"
+    assert after["revert_reason"] == "bad\\u0000 \\ud800 text"

@@ -195,6 +195,7 @@ def parse_command(raw: bytes | None) -> Command:
 
     if too_deep:
         raise reject(INVALID_PAYLOAD, f"the command is nested deeper than {MAX_COMMAND_DEPTH} levels")
+    escape_free_text(payload)
     if has_unstorable_text(document):
         raise reject(INVALID_PAYLOAD, UNSTORABLE_TEXT_MESSAGE)
     try:
@@ -316,6 +317,19 @@ def storable(text: str) -> str:
     characters (``\\u0000``, ``\\ud800``): the one form in which a refused command's order id
     is stored, used as the Kafka key and answered. Other text is returned unchanged."""
     return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# Free text a compensation must never be refused for: escaped like an id instead (a revert
+# refused for its reason would leave the hold on the card).
+FREE_TEXT_FIELDS = ("reason",)
+
+
+def escape_free_text(payload: Any) -> None:
+    """Write the NULs and lone surrogates of the payload's free-text fields as escapes, in place."""
+    if isinstance(payload, dict):
+        for name in FREE_TEXT_FIELDS:
+            if isinstance(payload.get(name), str):
+                payload[name] = storable(payload[name])
 
 
 def has_unstorable_text(value: Any) -> bool:

@@ -23,6 +23,7 @@ from payments_core.contracts import (
     UNSTORABLE_TEXT_MESSAGE,
     RevertPayment,
     describe_errors,
+    escape_free_text,
     has_unstorable_text,
     utc_now_iso,
 )
@@ -186,6 +187,7 @@ def _json_object(body: bytes, *, required: bool) -> dict[str, Any]:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise BadRequest("body must be a JSON object")
+    escape_free_text(document)
     if has_unstorable_text(document):  # the queued command would be refused
         raise BadRequest(UNSTORABLE_TEXT_MESSAGE)
     return document
