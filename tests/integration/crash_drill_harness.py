@@ -345,7 +345,10 @@ class Workload:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            # API Gateway's own integration limit: the local gateway serves one request at a
+            # time, so a release may queue behind webhooks (each waits up to
+            # WEBHOOK_LEASE_WAIT_SECONDS for a busy order) as it would not behind a scaled Lambda.
+            with urllib.request.urlopen(request, timeout=29) as resp:  # noqa: S310
                 return resp.status, resp.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode("utf-8", "replace")

@@ -90,7 +90,7 @@ class Settings:
     # The audit's share of the account's Stripe read budget (live mode allows 100 reads/s).
     audit_stripe_reads_per_second: float = 10.0
     # How long a webhook waits for an order's lease before leaving its effect to the audit.
-    webhook_lease_wait_seconds: float = 2.0
+    webhook_lease_wait_seconds: float = 0.5
     # The command pool (payments_core.batch): worker threads per container, each with its own
     # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
     # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
@@ -138,7 +138,7 @@ def get_settings() -> Settings:
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
         audit_backoff_seconds=_ints("AUDIT_BACKOFF_SECONDS", DEFAULT_AUDIT_BACKOFF_SECONDS),
         audit_stripe_reads_per_second=float(_str("AUDIT_STRIPE_READS_PER_SECOND", "10")),
-        webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "2")),
+        webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "0.5")),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
         command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),
         stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),
