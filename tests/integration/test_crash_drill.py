@@ -150,6 +150,9 @@ def test_crash_drill(
         "AUDIT_STRIPE_READS_PER_SECOND": AUDIT_READS_PER_S,
     }
     lease_ttl = _lease_ttl(env)
+    # A late transfer lands lease_ttl + 4 s after it was sent: the audit keeps a payment whose
+    # call may still land open that long, and a little more (an hour by default).
+    env["AUDIT_IN_DOUBT_SECONDS"] = str(int(lease_ttl) + 15)
     audit_first_s = float(AUDIT_BACKOFF.split(",")[0])
     # Like the MSK event source mapping, one concurrent invocation per partition: a poller (and
     # a function process) per partition of payment_commands, in one consumer group.

@@ -444,3 +444,46 @@ def test_the_audit_settles_a_declined_payment_instead_of_waiting_on_it(
     )
     assert outcomes.get("settled", 0) >= 1, outcomes
     assert payment_row(order_id)["audit_due_at"] is None, "settled: no longer uncertain"
+
+
+def test_a_transfer_that_lands_after_the_audit_looked_is_still_reversed(
+    container, double, new_card, payment_row, via_double, make_services
+):
+    """Found by the crash drill (seed 223874). A release's transfer is still at Stripe when its
+    client gives up (the outcome is unknown); a revert refunds the customer; the audit looks
+    before the transfer lands and finds none. The transfer then lands. The audit must not have
+    called the payment settled while a money call of it could still land: a later run reverses
+    the transfer."""
+    impatient = dataclasses.replace(via_double, stripe_timeout_seconds=2.0)
+    a = dataclasses.replace(make_services(stripe=StripeApiGateway(impatient)), settings=impatient)
+    b = container()
+    row = authorized(a, new_card(CARD_OK), payment_row)
+    order_id, pi = row["order_id"], row["payment_intent_id"]
+    release = command(
+        "release_payment",
+        order_id=order_id,
+        runner_id="user_runner",
+        runner_connect_account_id="acct_runner1",
+    )
+    double.hold_transfers()
+    try:
+        assert not deliver(a, release, 1), "set-up: the release's transfer times out at the client"
+        assert double.transfer_in_flight.is_set()
+        assert deliver_until_handled(b, command("revert_payment", order_id=order_id, reason="cancelled"), 2)
+        assert payment_row(order_id)["status"] == "REVERTED"
+        before = settle(container(), runs=1)  # the transfer is still in flight at Stripe
+        assert not double.ledger.transfers_for(order_id), "set-up: the audit looked before it landed"
+    finally:
+        double.let_transfers_land()
+    deadline = time.monotonic() + TRANSFER_HELD_AT_MOST_S + 5
+    while not double.ledger.transfers_for(order_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert double.ledger.transfers_for(order_id), "set-up: the held transfer landed"
+    after = settle(container(), runs=2)
+    transfers = double.ledger.transfers_for(order_id)
+    live = [t["id"] for t in transfers if int(t["amount_reversed"]) < int(t["amount"])]
+    assert double.ledger.refunded(pi) == double.ledger.captured(pi)
+    assert not live, (
+        f"the runner keeps transfer(s) {live} of a refunded order: the audit settled the payment "
+        f"while its transfer was in doubt (runs before it landed: {before}; after: {after})"
+    )

@@ -89,6 +89,9 @@ class Settings:
     audit_backoff_seconds: tuple[int, ...] = DEFAULT_AUDIT_BACKOFF_SECONDS
     # The audit's share of the account's Stripe read budget (live mode allows 100 reads/s).
     audit_stripe_reads_per_second: float = 10.0
+    # A money call whose outcome we never learned (a timeout, a 5xx, a holder that died) may
+    # still land at Stripe: its payment is not called settled until this long after the call.
+    audit_in_doubt_seconds: float = 3600.0
     # How long a webhook waits for an order's lease before leaving its effect to the audit.
     webhook_lease_wait_seconds: float = 0.5
     # The command pool (payments_core.batch): worker threads per container, each with its own
@@ -138,6 +141,7 @@ def get_settings() -> Settings:
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
         audit_backoff_seconds=_ints("AUDIT_BACKOFF_SECONDS", DEFAULT_AUDIT_BACKOFF_SECONDS),
         audit_stripe_reads_per_second=float(_str("AUDIT_STRIPE_READS_PER_SECOND", "10")),
+        audit_in_doubt_seconds=float(_str("AUDIT_IN_DOUBT_SECONDS", "3600")),
         webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "0.5")),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
         command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),

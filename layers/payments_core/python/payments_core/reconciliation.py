@@ -8,7 +8,8 @@ left due, while someone else holds it):
   crash, a timeout, a 5xx), a lease taken over, a payment that became final (something may
   still land), an event we did not expect (a stray hold, a transfer or refund update). Each is
   checked at growing intervals (``audit_backoff_seconds``) until Stripe and the row agree and
-  nothing can still land: every PaymentIntent of the order, its transfers and its refunds. What
+  nothing can still land (no money call of the order with an unknown outcome within
+  ``audit_in_doubt_seconds``): every PaymentIntent of the order, its transfers and its refunds. What
   disagrees is fixed (holds canceled on payments that hold nothing, transfers reversed and
   refunds made or redone on reverted ones) and checked again later; what cannot be fixed is
   counted (``AuditUnresolved``, alarmed) and checked again. A check that fails is retried,
@@ -136,6 +137,9 @@ def _audit(services: Services, order_id: str) -> str:
         _check_intent(services, payment, intent, found)
     if payment.status in (S.SUCCEEDED, S.REVERTED):
         _check_transfers(services, payment, found)
+    in_doubt = repository.money_calls_in_doubt(db, order_id, services.settings.audit_in_doubt_seconds)
+    if in_doubt:  # Stripe may still execute it: what agrees now may not in a minute
+        found.waiting.append(f"outcome unknown, may still land: {', '.join(in_doubt)}")
     extra = {"order_id": order_id, "status": payment.status.value}
     if found.unresolved:
         count("AuditUnresolved")

@@ -205,6 +205,22 @@ def audit_settled(db: Database, order_id: str) -> None:
     )
 
 
+def money_calls_in_doubt(db: Database, order_id: str, within_seconds: float) -> list[str]:
+    """The order's money calls of the last ``within_seconds`` whose outcome is not known (still
+    open, unknown, or lost with their holder): what may still land at Stripe."""
+    rows = db.query(
+        """
+        SELECT DISTINCT action FROM stripe_money_calls
+        WHERE order_id = :o AND started_at > now() - make_interval(secs => :within)
+          AND (outcome IS NULL OR outcome IN ('unknown', 'lost'))
+        ORDER BY action
+        """,
+        o=order_id,
+        within=float(within_seconds),
+    )
+    return [str(r["action"]) for r in rows]
+
+
 def flag_unfinished_money_calls(db: Database, older_than_seconds: float) -> int:
     """Money calls whose outcome was never written although their lease has run out (their
     holder died): their payments become due for the audit now. Returns how many calls."""
