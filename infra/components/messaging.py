@@ -46,6 +46,9 @@ class Messaging(Construct):
             cluster_sg.add_ingress_rule(self.client_security_group, ec2.Port.tcp(MSK_IAM_PORT), "functions")
             # The Lambda MSK pollers use the cluster's own security group and subnets.
             cluster_sg.add_ingress_rule(cluster_sg, ec2.Port.tcp(MSK_IAM_PORT), "Lambda MSK event pollers")
+            # campusG's services (the saga) produce commands and read events on this cluster.
+            for peer, what in network.callers(network.config):
+                cluster_sg.add_ingress_rule(peer, ec2.Port.tcp(MSK_IAM_PORT), f"Kafka callers: {what}")
             network.admit_client(cluster_sg)  # the pollers call Lambda, STS and SQS
             cluster = msk.CfnServerlessCluster(
                 self,
