@@ -196,6 +196,13 @@ class Functions(Construct):
         )
 
         self._add_kafka_trigger(messaging)
+        self.kafka_mappings = [
+            child
+            for child in self.authorize_payment.node.children
+            if isinstance(child, lambda_.EventSourceMapping)
+        ]
+        # Everything that reads or writes the application's tables (not the migration itself).
+        self.database_functions: list[lambda_.Function] = list(self.service_functions)
         for fn in [*self.service_functions, *self.custom_resource_functions]:
             self._suppress_managed_and_wildcards(fn)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import CfnElement, CfnOutput, CustomResource, Stack, Tags
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as sm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
@@ -107,6 +106,17 @@ class PaymentServiceStack(Stack):
             resource_type="Custom::PaymentsSchemaMigrations",
         )
         self.migrations.node.add_dependency(self.database.instance.node.default_child)  # not its secret
+        # Updates wait for the migration: CloudFormation updates a function (new layer, new
+        # code) or the Kafka mapping only once the schema it needs is in place. Only the
+        # functions themselves and the mapping: their roles and log groups need not wait.
+        # A migration must still work with the code deployed before it (docs/migrations.md):
+        # the old code runs against the new schema until these updates are done.
+        for fn in functions.database_functions:
+            cfn_function = fn.node.default_child
+            assert cfn_function is not None
+            cfn_function.node.add_dependency(self.migrations)
+        for mapping in functions.kafka_mappings:
+            mapping.node.add_dependency(self.migrations)
         # Rotations start once the schema migration has run: it creates the application role
         # (whose first rotation would otherwise fail), and it reads the master secret, which a
         # rotation running at the same moment could change under it.
@@ -133,9 +143,8 @@ class PaymentServiceStack(Stack):
             resource_type="Custom::PaymentsKafkaTopics",
         )
         # The mapping starts polling only once its topic exists.
-        for child in functions.authorize_payment.node.children:
-            if isinstance(child, lambda_.EventSourceMapping):
-                child.node.add_dependency(self.topics)
+        for mapping in functions.kafka_mappings:
+            mapping.node.add_dependency(self.topics)
         self._suppress_provider(provider, functions.create_topics)
 
     def _suppress_provider(self, provider: cr.Provider, target: Any) -> None:

@@ -374,6 +374,25 @@ def test_migrations_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> N
         assert migrations in schedule.get("DependsOn", []), schedule
 
 
+def test_updates_wait_for_the_schema_migration(dev_raw: dict[str, Any]) -> None:
+    """Issue 17, item 2: every function that uses the tables, and the Kafka mapping, is created
+    or updated only after the migration custom resource (the schema it needs is there)."""
+    (migrations,) = resources(dev_raw, "Custom::PaymentsSchemaMigrations")
+    waiting = {
+        props["Description"]
+        for name, props in _our_functions(dev_raw).items()
+        if migrations in dev_raw["Resources"][name].get("DependsOn", [])
+    }
+    assert waiting == {
+        "payment_commands consumer: authorize, release, revert",
+        "Stripe webhook and payment queries",
+        "publishes the outbox to payment_events",
+        "re-reads stale payments from Stripe",
+    }
+    (esm,) = resources(dev_raw, "AWS::Lambda::EventSourceMapping").values()
+    assert migrations in esm["DependsOn"]
+
+
 def test_kafka_topics_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> None:
     dev.has_resource_properties(
         "Custom::PaymentsKafkaTopics",
