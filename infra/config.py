@@ -142,6 +142,20 @@ class ApiConfig:
     def public_history(self) -> bool:
         return bool(self.clerk_issuer)
 
+    def validate(self) -> None:
+        if not self.public_history:
+            return
+        if not str(self.clerk_issuer).startswith("https://"):
+            raise ValueError(f"api.clerk_issuer must be an https:// URL, got {self.clerk_issuer!r}")
+        if not self.frontend_origins:
+            raise ValueError(
+                "api.frontend_origins must list the frontend's origins when api.clerk_issuer is set"
+            )
+        for origin in self.frontend_origins:
+            # An origin is scheme://host[:port]: no path, no wildcard (credentials are sent).
+            if not origin.startswith("https://") or "*" in origin or origin.count("/") != 2:
+                raise ValueError(f"api.frontend_origins: {origin!r} is not an https origin")
+
     def jwks_url(self) -> str:
         assert self.clerk_issuer
         return self.clerk_jwks_url or f"{self.clerk_issuer.rstrip('/')}/.well-known/jwks.json"

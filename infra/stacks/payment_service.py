@@ -64,6 +64,7 @@ class PaymentServiceStack(Stack):
             handler=functions.payment_api,
             stage=config.name,
             vpc_endpoint=network.execute_api_endpoint,
+            history_handler=functions.public_history,
         )
         schedules = Schedules(
             self, "Schedules", outbox_relay=functions.outbox_relay, reconciler=functions.reconcile_payments
@@ -72,7 +73,7 @@ class PaymentServiceStack(Stack):
             self,
             "Monitoring",
             config=config.monitoring,
-            functions={fn.node.id: fn for fn in functions.service_functions},
+            functions={fn.node.id: fn for fn in functions.database_functions},
             kafka_consumer=functions.authorize_payment,
             dead_letter_queue=messaging.dead_letter_queue,
             api=api.api,
@@ -173,7 +174,10 @@ class PaymentServiceStack(Stack):
     def _add_outputs(self) -> None:
         outputs: dict[str, tuple[str, str]] = {
             "WebhookUrl": (self.api.webhook_url, "paste into Stripe dashboard > Developers > Webhooks"),
-            "PublicApiUrl": (self.api.api.url, "base URL of the public API (the Stripe webhook only)"),
+            "PublicApiUrl": (
+                self.api.api.url,
+                "base URL of the public API (the Stripe webhook, the history route)",
+            ),
             "SagaApiUrl": (
                 self.api.saga_url,
                 "campusG's PAYMENT_SERVICE_URL: the private API, from inside the VPC (private DNS)",
@@ -199,5 +203,10 @@ class PaymentServiceStack(Stack):
             ),
             "AlarmTopicArn": (self.monitoring.topic.topic_arn, "subscribe on-call here"),
         }
+        if self.functions.public_history:
+            outputs["PublicHistoryUrl"] = (
+                self.api.history_url,
+                "the frontend's history route: GET <this>/{user_id} with the Clerk session token",
+            )
         for name, (value, description) in outputs.items():
             CfnOutput(self, name, value=value, description=description)

@@ -28,13 +28,20 @@ TEST_CONNECTION = (
     f"arn:aws:codeconnections:ap-southeast-1:{TEST_ACCOUNT}:connection/11111111-2222-3333-4444-555555555555"
 )
 
+CLERK_ISSUER = "https://clerk.campusg.example"
+FRONTEND_ORIGINS = ["https://campusg.example", "https://www.campusg.example"]
+
 
 def stand_in_context(**api: Any) -> dict[str, Any]:
     """cdk.json's service context with the stand-in account and connection (and api overrides)."""
     context = copy.deepcopy(json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY])
     context["account"] = TEST_ACCOUNT
     context["pipeline"]["connection_arn"] = TEST_CONNECTION
-    context["defaults"]["api"].update(api)
+    # The public history route exists once a Clerk issuer is set; two origins exercise the
+    # preflight's origin check (one origin would be a fixed header).
+    context["defaults"]["api"].update(
+        {"clerk_issuer": CLERK_ISSUER, "frontend_origins": FRONTEND_ORIGINS, **api}
+    )
     return {CONTEXT_KEY: context}
 
 
