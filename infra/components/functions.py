@@ -15,6 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
+from infra import checkov
 from infra.components.data import APP_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
@@ -250,7 +251,8 @@ class Functions(Construct):
         source = FUNCTIONS_DIR / spec.name
         ident = "".join(part.title() for part in spec.name.split("_"))
         log_group = logs.LogGroup(self, f"{ident}Logs", retention=_retention(fc.log_retention_days))
-        return lambda_.Function(
+        checkov.skip(log_group, checkov.LOG_GROUP_KEY)
+        fn = lambda_.Function(
             self,
             ident,
             description=spec.description,
@@ -270,6 +272,9 @@ class Functions(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
         )
+        reserved = () if reserved_concurrency else (checkov.FUNCTION_CONCURRENCY,)
+        checkov.skip(fn, *checkov.SERVICE_FUNCTION, *reserved)
+        return fn
 
     def _add_kafka_trigger(self, messaging: Messaging) -> None:
         kc = self._config.kafka

@@ -15,6 +15,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from infra import checkov
 from infra.components.network import Network
 from infra.config import KafkaConfig
 from infra.nag import Suppression, suppress
@@ -84,8 +85,11 @@ class Messaging(Construct):
                 install_latest_aws_sdk=False,
             )
             self.bootstrap_servers = brokers.get_response_field("BootstrapBrokerStringSaslIam")
+            # The AwsCustomResource's provider: one function per stack, under this fixed id.
+            sdk_provider = Stack.of(self).node.find_child("AWS679f53fac002430cb0da5b7982bd2287")
+            checkov.skip(sdk_provider, *checkov.PROVIDER_FUNCTION)
             suppress(
-                Stack.of(self).node.find_child("AWS679f53fac002430cb0da5b7982bd2287"),
+                sdk_provider,
                 [
                     Suppression(
                         id="AwsSolutions-IAM4",
@@ -105,6 +109,7 @@ class Messaging(Construct):
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
         )
+        checkov.skip(self.dead_letter_queue, checkov.QUEUE_KEY)
         suppress(
             self.dead_letter_queue,
             [

@@ -22,6 +22,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sam as sam
 from constructs import Construct, IConstruct
 
+from infra import checkov
 from infra.config import ENDPOINT_NAMES, SKIP, NetworkConfig
 
 
@@ -80,11 +81,11 @@ class Network(Construct):
                 ),
             ],
         )
+        flow_logs = logs.LogGroup(self, "FlowLogGroup", retention=logs.RetentionDays.ONE_MONTH)
+        checkov.skip(flow_logs, checkov.LOG_GROUP_KEY)
         vpc.add_flow_log(
             "FlowLog",
-            destination=ec2.FlowLogDestination.to_cloud_watch_logs(
-                logs.LogGroup(self, "FlowLogGroup", retention=logs.RetentionDays.ONE_MONTH)
-            ),
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
         return vpc
