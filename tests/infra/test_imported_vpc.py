@@ -4,12 +4,14 @@ context file (infra/examples/import-vpc.context.json), the way `make synth CONTE
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.app import ROOT
-from tests.infra.conftest import resources, synth_dev
+from tests.infra.conftest import Synth, resources, synth_dev
+from tests.infra.test_template_checks import cfn_lint_errors, checkov_failures
 
 pytestmark = pytest.mark.infra
 
@@ -25,8 +27,15 @@ def example() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return synth_dev(tmp_path_factory.mktemp("cdk-import"), context_file=EXAMPLE)
+def imported_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cdk-import")
+    synth_dev(root, context_file=EXAMPLE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def imported(imported_root: Path) -> dict[str, Any]:
+    return Synth(imported_root / "cdk.out").raw("payment-service-dev")
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +174,9 @@ def test_ids_come_from_the_context_file(imported: dict[str, Any], example: dict[
     # synth_dev fails on any context lookup left "missing" (Vpc.from_lookup would leave one).
     text = json.dumps(imported)
     assert example["vpc_id"] in text and all(s in text for s in example["private_subnet_ids"])
+
+
+def test_cfn_lint_and_checkov_are_clean_in_campusgs_vpc(imported_root: Path) -> None:
+    templates = Synth(imported_root / "cdk.out").templates()
+    assert cfn_lint_errors(templates) == []
+    assert checkov_failures(templates) == []
