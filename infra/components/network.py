@@ -33,6 +33,11 @@ class Network(Construct):
         unknown = set(config.endpoints) - set(ENDPOINT_NAMES)
         if unknown:
             raise ValueError(f"network.endpoints: unknown {sorted(unknown)}; known: {list(ENDPOINT_NAMES)}")
+        for name, value in config.endpoints.items():
+            if value != SKIP and not str(value).startswith("vpce-"):
+                raise ValueError(
+                    f"network.endpoints.{name}: {value!r} is neither an endpoint id (vpce-…) nor 'skip'"
+                )
         if config.endpoint("execute_api") == SKIP:
             raise ValueError(
                 "network.endpoints.execute_api cannot be skip: the private API needs an endpoint"

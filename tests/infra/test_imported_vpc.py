@@ -180,3 +180,17 @@ def test_cfn_lint_and_checkov_are_clean_in_campusgs_vpc(imported_root: Path) -> 
     templates = Synth(imported_root / "cdk.out").templates()
     assert cfn_lint_errors(templates) == []
     assert checkov_failures(templates) == []
+
+
+@pytest.mark.parametrize(
+    "endpoints",
+    [{"execute_api": "skip"}, {"sqs": "create"}, {"dynamodb": "skip"}],
+    ids=["api-skip", "typo", "unknown"],
+)
+def test_endpoint_settings_are_checked(
+    tmp_path_factory: pytest.TempPathFactory, endpoints: dict[str, str]
+) -> None:
+    with pytest.raises(Exception, match=r"network\.endpoints"):
+        synth_dev(
+            tmp_path_factory.mktemp("cdk-bad-endpoint"), {"defaults": {"network": {"endpoints": endpoints}}}
+        )
