@@ -7,6 +7,11 @@ zones), so synth needs no credentials and does no lookups. The account is ``acco
 context if set, else ``CDK_DEFAULT_ACCOUNT`` (what the CLI finds in your credentials), else none:
 the stacks are then environment-agnostic and still synthesize. The pipeline stack exists only
 once ``pipeline.connection_arn`` names a real connection.
+
+A deployment's own settings can live in a file instead of cdk.json: ``-c context_file=<path>``
+(``make synth CONTEXT_FILE=<path>``) deep-merges that JSON file, shaped like the
+``payment-service`` context (e.g. ``{"defaults": {"network": {...}}}``), over cdk.json's.
+infra/examples/import-vpc.context.json is one: campusG's VPC.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from aws_cdk import App, Environment, Validations
 from cdk_nag import AwsSolutionsChecks
 
-from infra.config import CONTEXT_KEY, load
+from infra.config import CONTEXT_KEY, load, merge
 from infra.stacks.payment_service import PaymentServiceStack
 from infra.stacks.pipeline import PipelineStack, stack_name
 
@@ -31,10 +36,23 @@ def _cdk_json_context() -> dict[str, Any]:
     return dict(json.loads((ROOT / "cdk.json").read_text())["context"])
 
 
+def service_context(app: App) -> dict[str, Any]:
+    """cdk.json's ``payment-service`` context, with the ``context_file`` merged over it."""
+    context = dict(app.node.get_context(CONTEXT_KEY))
+    path = app.node.try_get_context("context_file")
+    if not path:
+        return context
+    file = Path(str(path))
+    file = file if file.is_absolute() else ROOT / file
+    if not file.is_file():
+        raise SystemExit(f"synth: context_file {file} does not exist")
+    return merge(context, json.loads(file.read_text()))
+
+
 def create_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
     """The app with cdk.json's context (the CLI passes the same), plus overrides for tests."""
     app = App(context={**_cdk_json_context(), **(context or {})}, outdir=outdir)
-    cfg = load(app.node.get_context(CONTEXT_KEY))
+    cfg = load(service_context(app))
     stage = str(app.node.try_get_context("stage") or "dev")
     layer_zip = Path(str(app.node.try_get_context("layer_zip") or cfg.layer_zip))
     if not layer_zip.is_absolute():

@@ -17,17 +17,52 @@ CONTEXT_KEY = "payment-service"
 T = TypeVar("T")
 
 
+# The AWS services the stack gives an interface endpoint (plus S3's gateway endpoint), as named
+# in ``network.endpoints``.
+INTERFACE_ENDPOINTS = ("secrets_manager", "sqs", "sts", "lambda", "execute_api")
+ENDPOINT_NAMES = (*INTERFACE_ENDPOINTS, "s3")
+SKIP = "skip"
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     vpc_id: str | None  # import this VPC (needs the subnet ids below) instead of creating one
-    vpc_cidr: str  # the created or imported VPC's range (the private API's endpoint admits it on 443)
+    vpc_cidr: str  # the created or imported VPC's range
+    # Own VPC only: one NAT gateway, and so one Elastic IP, each (at most one per zone). The
+    # default quota is 5 Elastic IPs per region, shared by every stage in the account.
     nat_gateways: int
-    private_subnet_ids: list[str]  # imported VPC: subnets with egress (functions reach Stripe)
+    private_subnet_ids: list[str]  # imported VPC: subnets with egress (functions reach Stripe, Clerk)
     isolated_subnet_ids: list[str]  # imported VPC: subnets for the database (may equal the private ones)
-    create_endpoints: bool
-    # An existing execute-api interface endpoint of that VPC to put the private API behind (a VPC
-    # holds one with private DNS); none: the stack creates it.
-    execute_api_endpoint_id: str | None = None
+    create_endpoints: bool  # false: no AWS-API endpoints at all (calls go through the NAT)
+    # Imported VPC: the route table of each private/isolated subnet, in the same order (the S3
+    # gateway endpoint needs them), and the zone of each private subnet (default: the app's).
+    private_subnet_route_table_ids: list[str] = field(default_factory=list)
+    isolated_subnet_route_table_ids: list[str] = field(default_factory=list)
+    subnet_availability_zones: list[str] = field(default_factory=list)
+    # Per endpoint (ENDPOINT_NAMES): "vpce-…" reuses that existing endpoint, "skip" creates none;
+    # absent: created. execute_api cannot be skipped: the private API lives behind it.
+    endpoints: dict[str, str] = field(default_factory=dict)
+    # Private DNS on the interface endpoints the stack creates. None: on in a VPC of its own, off
+    # in an imported one (it would capture every caller's *.amazonaws.com names in that VPC).
+    endpoint_private_dns: bool | None = None
+    # Who may call the private API (its execute-api endpoint, 443) and the Kafka cluster the
+    # stack creates (9098): campusG's security groups and/or address ranges. With neither, the
+    # endpoint admits vpc_cidr and the cluster admits only the stack's own functions.
+    caller_security_group_ids: list[str] = field(default_factory=list)
+    caller_cidrs: list[str] = field(default_factory=list)
+
+    @property
+    def imported(self) -> bool:
+        return bool(self.vpc_id)
+
+    def endpoint(self, name: str) -> str | None:
+        """What to do for one endpoint: None (create), SKIP, or the id of one to reuse."""
+        if name not in ENDPOINT_NAMES:
+            raise ValueError(f"unknown endpoint {name!r}")
+        return self.endpoints.get(name)
+
+    def private_dns(self) -> bool:
+        return (not self.imported) if self.endpoint_private_dns is None else self.endpoint_private_dns
 
 
 @dataclass(frozen=True)
@@ -70,7 +105,10 @@ class FunctionsConfig:
     # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
     authorize_memory_mb: int
     authorize_timeout_seconds: int
-    authorize_reserved_concurrency: int | None  # at least the partition count: one invocation per partition
+    # None (the default everywhere): no reservation. Lambda keeps 10 of the account's concurrency
+    # unreserved, so reserving anything fails in an account whose quota is still the new-account
+    # 10; set it (at least the partition count) only where the quota allows (README).
+    authorize_reserved_concurrency: int | None
     command_workers: int
     stripe_max_in_flight: int  # per container; x partitions / Stripe latency must stay under Stripe's limit
     command_start_margin_ms: int
@@ -89,6 +127,38 @@ class ApiConfig:
     # "none": the private API admits any caller through its VPC endpoint (campusG's unsigned
     # calls); "iam": every saga route needs SigV4 too (callers that can sign)
     saga_auth: str = "none"
+    # The public history route (GET /history/{user_id} on the public API, Clerk-authenticated by
+    # its function): created only once clerk_issuer is set.
+    clerk_issuer: str | None = None  # e.g. https://clerk.campusg.example
+    clerk_jwks_url: str | None = None  # default: <clerk_issuer>/.well-known/jwks.json
+    frontend_origins: list[str] = field(default_factory=list)  # CORS: the only origins answered
+    # Many students share a campus NAT's one address: the route's limits are sized for that
+    # address, not for one person (README, "The public history route").
+    history_throttle_rate_limit: int = 100
+    history_throttle_burst_limit: int = 200
+    history_waf_rate_limit: int = 6000  # requests per source IP per 5 minutes on /history/
+
+    @property
+    def public_history(self) -> bool:
+        return bool(self.clerk_issuer)
+
+    def validate(self) -> None:
+        if not self.public_history:
+            return
+        if not str(self.clerk_issuer).startswith("https://"):
+            raise ValueError(f"api.clerk_issuer must be an https:// URL, got {self.clerk_issuer!r}")
+        if not self.frontend_origins:
+            raise ValueError(
+                "api.frontend_origins must list the frontend's origins when api.clerk_issuer is set"
+            )
+        for origin in self.frontend_origins:
+            # An origin is scheme://host[:port]: no path, no wildcard (credentials are sent).
+            if not origin.startswith("https://") or "*" in origin or origin.count("/") != 2:
+                raise ValueError(f"api.frontend_origins: {origin!r} is not an https origin")
+
+    def jwks_url(self) -> str:
+        assert self.clerk_issuer
+        return self.clerk_jwks_url or f"{self.clerk_issuer.rstrip('/')}/.well-known/jwks.json"
 
 
 @dataclass(frozen=True)
@@ -147,11 +217,11 @@ class AppConfig:
             raise ValueError(f"unknown stage {name!r}; cdk.json defines {sorted(self.stages)}") from None
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(base.get(key), dict) and isinstance(value, dict):
-            merged[key] = _merge(base[key], value)
+            merged[key] = merge(base[key], value)
         else:
             merged[key] = value
     return merged
@@ -182,7 +252,7 @@ def load(context: dict[str, Any]) -> AppConfig:
     """Build the typed configuration from the ``payment-service`` context value."""
     defaults = context["defaults"]
     stages = {
-        name: _build(StageConfig, {**_merge(defaults, overrides or {}), "name": name}, name)
+        name: _build(StageConfig, {**merge(defaults, overrides or {}), "name": name}, name)
         for name, overrides in context["stages"].items()
     }
     return AppConfig(

@@ -1,5 +1,9 @@
 # Infrastructure: the Lambda layer, the CDK app (infra/), its CLI pinned in package.json.
 STAGE ?= dev
+# A JSON file merged over cdk.json's payment-service context (infra/app.py), e.g.
+# CONTEXT_FILE=infra/examples/import-vpc.context.json for campusG's VPC.
+CONTEXT_FILE ?=
+CDK_CONTEXT = -c stage=$(STAGE) $(if $(CONTEXT_FILE),-c context_file=$(CONTEXT_FILE))
 LAYER_ZIP := build/layer.zip
 CDK := node_modules/.bin/cdk
 # Offline and quiet: no notices or telemetry calls, no Node end-of-life banner from jsii.
@@ -18,17 +22,17 @@ node_modules/.installed: package.json package-lock.json
 .PHONY: build synth deploy diff bootstrap infra-test
 build: $(LAYER_ZIP) ## build the shared Lambda layer (payments_core + dependencies, arm64/python3.12) into build/
 
-synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod)
-	$(CDK_ENV) $(CDK) synth --no-notices --quiet -c stage=$(STAGE)
+synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod, CONTEXT_FILE=…)
+	$(CDK_ENV) $(CDK) synth --no-notices --quiet $(CDK_CONTEXT)
 
 bootstrap: build node_modules/.installed ## once per account/region: cdk bootstrap for the account of your AWS credentials
 	$(CDK_ENV) $(CDK) bootstrap --no-notices
 
 diff: build node_modules/.installed ## show what `make deploy` would change (needs AWS credentials)
-	$(CDK_ENV) $(CDK) diff --no-notices -c stage=$(STAGE) payment-service-$(STAGE)
+	$(CDK_ENV) $(CDK) diff --no-notices $(CDK_CONTEXT) payment-service-$(STAGE)
 
 deploy: build node_modules/.installed ## deploy one stage with cdk deploy (STAGE=dev|staging|prod; needs AWS credentials)
-	$(CDK_ENV) $(CDK) deploy --no-notices -c stage=$(STAGE) payment-service-$(STAGE) --require-approval broadening
+	$(CDK_ENV) $(CDK) deploy --no-notices $(CDK_CONTEXT) payment-service-$(STAGE) --require-approval broadening
 
 infra-test: venv ## template (cfn-lint, checkov, reachability, permissions), cdk-nag and layer tests
 	$(PY) -m pytest -m infra tests/infra

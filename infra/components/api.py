@@ -1,8 +1,11 @@
 """Two REST APIs in front of the one API function.
 
-- The **public** (regional) API carries only the Stripe webhook: open, because the Stripe
+- The **public** (regional) API carries the Stripe webhook: open, because the Stripe
   signature is the check; WAF (AWS managed common rules, a per-IP rate rule, a body-size limit)
-  and its own route throttle in front of it.
+  and its own route throttle in front of it. Once ``api.clerk_issuer`` is set it also carries
+  the frontend's ``GET /history/{user_id}`` (+ CORS preflight), served by its own function that
+  checks the student's Clerk session token; it has its own route throttle and its own WAF
+  rate rule, sized for a campus NAT's one address, so students and Stripe never share a limit.
 - The **private** API carries the saga's routes (status, details, history, release, revert,
   health). It is reachable only through an ``execute-api`` interface endpoint in the VPC, where
   campusG's services run: its resource policy admits that endpoint and nothing else, so
@@ -16,7 +19,7 @@ oversized webhook bodies before a function runs.
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -25,10 +28,14 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
 
+from infra import checkov
 from infra.config import ApiConfig
 from infra.nag import Suppression, suppress
 
 WEBHOOK_PATH = "api/stripe-webhook"
+HISTORY_PATH = "history/{user_id}"
+# WAF sees the path as requested (/<stage>/history/…): the history rule matches on this part.
+HISTORY_WAF_MATCH = "/history/"
 _INSPECTION_LIMITS = {16: "KB_16", 32: "KB_32", 48: "KB_48", 64: "KB_64"}
 SAGA_AUTH = {"none": apigw.AuthorizationType.NONE, "iam": apigw.AuthorizationType.IAM}
 # (path under the root, method): the saga's routes, served by payments_core.api. API Gateway
@@ -54,8 +61,10 @@ class PaymentApi(Construct):
         handler: lambda_.IFunction,
         stage: str,
         vpc_endpoint: ec2.IInterfaceVpcEndpoint,
+        history_handler: lambda_.IFunction | None = None,
     ):
         super().__init__(scope, id)
+        config.validate()
         if config.webhook_max_body_kb not in _INSPECTION_LIMITS:
             raise ValueError(f"api.webhook_max_body_kb must be one of {sorted(_INSPECTION_LIMITS)}")
         if config.saga_auth not in SAGA_AUTH:
@@ -65,11 +74,22 @@ class PaymentApi(Construct):
         stack_name = Stack.of(self).stack_name
 
         webhook_route = f"/{WEBHOOK_PATH}/POST"
+        method_options = {
+            webhook_route: apigw.MethodDeploymentOptions(
+                throttling_rate_limit=config.webhook_throttle_rate_limit,
+                throttling_burst_limit=config.webhook_throttle_burst_limit,
+            )
+        }
+        if history_handler:
+            method_options[f"/{HISTORY_PATH}/GET"] = apigw.MethodDeploymentOptions(
+                throttling_rate_limit=config.history_throttle_rate_limit,
+                throttling_burst_limit=config.history_throttle_burst_limit,
+            )
         self.api = apigw.RestApi(
             self,
             "Api",
             rest_api_name=f"{stack_name}-webhook",
-            description="campusG payment service: Stripe webhook (public)",
+            description="campusG payment service: Stripe webhook and the frontend's history (public)",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             # Execution logging (logging_level) needs the account-level CloudWatch role.
             cloud_watch_role=True,
@@ -78,12 +98,7 @@ class PaymentApi(Construct):
                 "PublicAccessLogs",
                 config.throttle_rate_limit,
                 config.throttle_burst_limit,
-                {
-                    webhook_route: apigw.MethodDeploymentOptions(
-                        throttling_rate_limit=config.webhook_throttle_rate_limit,
-                        throttling_burst_limit=config.webhook_throttle_burst_limit,
-                    )
-                },
+                method_options,
             ),
         )
         validator = self.api.add_request_validator(
@@ -101,6 +116,10 @@ class PaymentApi(Construct):
                 request_validator=validator,
             )
         )
+
+        self.history_methods: list[apigw.Method] = []
+        if history_handler:
+            self._add_history(config, history_handler, validator)
 
         # The saga's API: private, behind the VPC endpoint, admitted by that endpoint only.
         saga_auth = SAGA_AUTH[config.saga_auth]
@@ -167,6 +186,31 @@ class PaymentApi(Construct):
         self._add_waf(config)
         self._suppress()
 
+    def _add_history(
+        self, config: ApiConfig, handler: lambda_.IFunction, validator: apigw.RequestValidator
+    ) -> None:
+        resource = self.api.root.resource_for_path(HISTORY_PATH)
+        # The browser's preflight is answered by API Gateway (a mock integration): only the
+        # configured origins are echoed back, and Authorization (the Clerk token) is allowed.
+        # The function adds the same CORS headers to its own answers, 401 and 403 included.
+        preflight = resource.add_cors_preflight(
+            allow_origins=config.frontend_origins,
+            allow_methods=["GET", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=Duration.hours(1),
+        )
+        get = resource.add_method(
+            "GET",
+            apigw.LambdaIntegration(handler),
+            # The function verifies the Clerk session token (issuer, signature, expiry) and
+            # that it belongs to {user_id}; API Gateway has no Clerk authorizer to do it.
+            authorization_type=apigw.AuthorizationType.NONE,
+            request_parameters={"method.request.path.user_id": True},
+            request_validator=validator,
+        )
+        self.history_methods = [get, preflight]
+        self.history_url = self.api.url_for_path("/history")
+
     def _stage_options(
         self,
         log_id: str,
@@ -177,6 +221,7 @@ class PaymentApi(Construct):
         access_logs = logs.LogGroup(
             self, log_id, retention=logs.RetentionDays.THREE_MONTHS, removal_policy=RemovalPolicy.DESTROY
         )
+        checkov.skip(access_logs, checkov.LOG_GROUP_KEY)
         return apigw.StageOptions(
             stage_name=self._stage,
             throttling_rate_limit=rate,
@@ -238,20 +283,10 @@ class PaymentApi(Construct):
                     ),
                     visibility_config=_visibility("BodySizeLimit"),
                 ),
-                waf.CfnWebACL.RuleProperty(
-                    name="RatePerIp",
-                    priority=1,
-                    action=waf.CfnWebACL.RuleActionProperty(block={}),
-                    statement=waf.CfnWebACL.StatementProperty(
-                        rate_based_statement=waf.CfnWebACL.RateBasedStatementProperty(
-                            limit=config.waf_rate_limit, aggregate_key_type="IP"
-                        )
-                    ),
-                    visibility_config=_visibility("RatePerIp"),
-                ),
+                *self._rate_rules(config),
                 waf.CfnWebACL.RuleProperty(
                     name="AwsCommonRules",
-                    priority=2,
+                    priority=3,
                     override_action=waf.CfnWebACL.OverrideActionProperty(none={}),
                     statement=waf.CfnWebACL.StatementProperty(
                         managed_rule_group_statement=waf.CfnWebACL.ManagedRuleGroupStatementProperty(
@@ -271,7 +306,7 @@ class PaymentApi(Construct):
                 ),
                 waf.CfnWebACL.RuleProperty(
                     name="AwsKnownBadInputs",  # Log4Shell and other known exploit payloads
-                    priority=3,
+                    priority=4,
                     override_action=waf.CfnWebACL.OverrideActionProperty(none={}),
                     statement=waf.CfnWebACL.StatementProperty(
                         managed_rule_group_statement=waf.CfnWebACL.ManagedRuleGroupStatementProperty(
@@ -289,7 +324,35 @@ class PaymentApi(Construct):
             web_acl_arn=acl.attr_arn,
         )
 
+    def _rate_rules(self, config: ApiConfig) -> list[waf.CfnWebACL.RuleProperty]:
+        """Per source IP and 5 minutes: one limit for the history route (a campus NAT carries
+        many students), another for everything else (the webhook: Stripe's few addresses)."""
+        if not self.history_methods:
+            return [_rate_rule("RatePerIp", 1, config.waf_rate_limit, None)]
+        history = waf.CfnWebACL.StatementProperty(
+            byte_match_statement=waf.CfnWebACL.ByteMatchStatementProperty(
+                field_to_match=waf.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                positional_constraint="CONTAINS",
+                search_string=HISTORY_WAF_MATCH,
+                text_transformations=[waf.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+            )
+        )
+        not_history = waf.CfnWebACL.StatementProperty(
+            not_statement=waf.CfnWebACL.NotStatementProperty(statement=history)
+        )
+        return [
+            _rate_rule("RatePerIp", 1, config.waf_rate_limit, not_history),
+            _rate_rule("HistoryRatePerIp", 2, config.history_waf_rate_limit, history),
+        ]
+
     def _suppress(self) -> None:
+        for api in (self.api, self.private_api):
+            checkov.skip(api.deployment_stage, checkov.STAGE_NO_CACHE)
+        checkov.skip(self.webhook_method, checkov.WEBHOOK_OPEN)
+        for method in self.saga_methods:
+            checkov.skip(method, checkov.SAGA_ROUTE_PRIVATE)
+        for method in self.history_methods:
+            checkov.skip(method, checkov.HISTORY_ROUTE_CLERK)
         open_reason = (
             "Stripe cannot sign AWS requests: the webhook is open and the function verifies the "
             "Stripe-Signature HMAC (required header, checked by API Gateway first); WAF limits the body."
@@ -301,6 +364,19 @@ class PaymentApi(Construct):
                 Suppression(id="AwsSolutions-COG4", reason=open_reason),
             ],
         )
+        history_reason = (
+            "The frontend's students sign in with Clerk, not Cognito or IAM: the function verifies "
+            "the Clerk session token (JWKS) and that it is the student's own user_id on every GET; "
+            "the OPTIONS preflight carries no data. WAF and a route throttle limit the rate."
+        )
+        for method in self.history_methods:
+            suppress(
+                method,
+                [
+                    Suppression(id="AwsSolutions-APIG4", reason=history_reason),
+                    Suppression(id="AwsSolutions-COG4", reason=history_reason),
+                ],
+            )
         private_reason = (
             "A private API: only requests through the VPC's execute-api endpoint reach it (resource "
             "policy on aws:SourceVpce), i.e. campusG's own services, whose unsigned calls must work "
@@ -341,4 +417,20 @@ class PaymentApi(Construct):
 def _visibility(name: str) -> waf.CfnWebACL.VisibilityConfigProperty:
     return waf.CfnWebACL.VisibilityConfigProperty(
         cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+    )
+
+
+def _rate_rule(
+    name: str, priority: int, limit: int, scope: waf.CfnWebACL.StatementProperty | None
+) -> waf.CfnWebACL.RuleProperty:
+    return waf.CfnWebACL.RuleProperty(
+        name=name,
+        priority=priority,
+        action=waf.CfnWebACL.RuleActionProperty(block={}),
+        statement=waf.CfnWebACL.StatementProperty(
+            rate_based_statement=waf.CfnWebACL.RateBasedStatementProperty(
+                limit=limit, aggregate_key_type="IP", scope_down_statement=scope
+            )
+        ),
+        visibility_config=_visibility(name),
     )

@@ -17,6 +17,7 @@ from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as sm
 from constructs import Construct
 
+from infra import checkov
 from infra.components.network import Network
 from infra.config import DatabaseConfig
 from infra.nag import Suppression, suppress
@@ -70,6 +71,13 @@ class Database(Construct):
         self.app_secret = rds.DatabaseSecret(self, "AppSecret", username=APP_ROLE, dbname=config.name)
         self.app_secret.apply_removal_policy(retention)
         self.app_secret_attached = self.app_secret.attach(self.instance)
+        for secret in (generated, self.app_secret):
+            checkov.skip(secret, checkov.SECRET_KEY)
+        checkov.skip(
+            self.instance,
+            checkov.DATABASE_MONITORING,
+            *(() if config.multi_az else (checkov.DATABASE_SINGLE_AZ,)),
+        )
         self.rotations: list[sm.SecretRotation] = []
         if config.secret_rotation_days > 0:
             # Single-user rotation of both: each user changes its own password. The proxy

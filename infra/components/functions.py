@@ -15,6 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
+from infra import checkov
 from infra.components.data import APP_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
@@ -30,6 +31,12 @@ ARCH = lambda_.Architecture.ARM_64 if ARCHITECTURE == "arm64" else lambda_.Archi
 # Lambda stops a Kafka-triggered invocation at 14 minutes; stay far below so a stuck Stripe call
 # fails the batch (and is retried/bisected) long before that.
 KAFKA_TIMEOUT_CEILING = Duration.minutes(5)
+# Every function's entry point is app.lambda_handler, except these (module.function).
+HANDLERS = {"public_history": "app.handler"}
+
+
+def handler_of(function: str) -> str:
+    return HANDLERS.get(function, "app.lambda_handler")
 
 
 @dataclass(frozen=True)
@@ -196,8 +203,36 @@ class Functions(Construct):
         )
 
         self._add_kafka_trigger(messaging)
+        self.kafka_mappings = [
+            child
+            for child in self.authorize_payment.node.children
+            if isinstance(child, lambda_.EventSourceMapping)
+        ]
+        # Everything that reads or writes the application's tables (not the migration itself).
+        self.database_functions: list[lambda_.Function] = list(self.service_functions)
+        self.public_history = self._add_public_history(database) if config.api.public_history else None
         for fn in [*self.service_functions, *self.custom_resource_functions]:
             self._suppress_managed_and_wildcards(fn)
+
+    def _add_public_history(self, database: Database) -> lambda_.Function:
+        """The frontend's history route: a student's own history, checked against their Clerk
+        session token by the function. Reads the tables; no Stripe secret, no Kafka. It fetches
+        Clerk's signing keys (JWKS) over the internet, through the NAT gateway."""
+        api = self._config.api
+        fn = self._function(
+            _Spec("public_history", "public history for the frontend (Clerk sign-in)", Duration.seconds(10)),
+            environment={
+                **self._only("DB_", "POWERTOOLS_"),
+                "CLERK_ISSUER": str(api.clerk_issuer),
+                "CLERK_JWKS_URL": api.jwks_url(),
+                "FRONTEND_ORIGINS": ",".join(api.frontend_origins),
+            },
+        )
+        # The application role: the only one the proxy serves. The code only reads.
+        database.proxy.grant_connect(fn, APP_ROLE)
+        self.database_functions.append(fn)
+        self._suppress_managed_and_wildcards(fn)
+        return fn
 
     def _only(self, *prefixes: str) -> dict[str, str]:
         """The shared environment's variables a deploy-time function uses, and no others."""
@@ -216,13 +251,14 @@ class Functions(Construct):
         source = FUNCTIONS_DIR / spec.name
         ident = "".join(part.title() for part in spec.name.split("_"))
         log_group = logs.LogGroup(self, f"{ident}Logs", retention=_retention(fc.log_retention_days))
-        return lambda_.Function(
+        checkov.skip(log_group, checkov.LOG_GROUP_KEY)
+        fn = lambda_.Function(
             self,
             ident,
             description=spec.description,
             runtime=RUNTIME,
             architecture=ARCH,
-            handler="app.lambda_handler",
+            handler=handler_of(spec.name),
             # Only app.py: everything else the function needs is in the shared layer.
             code=lambda_.Code.from_asset(str(source), exclude=["*", "!app.py"]),
             layers=[self.layer],
@@ -236,6 +272,9 @@ class Functions(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
         )
+        reserved = () if reserved_concurrency else (checkov.FUNCTION_CONCURRENCY,)
+        checkov.skip(fn, *checkov.SERVICE_FUNCTION, *reserved)
+        return fn
 
     def _add_kafka_trigger(self, messaging: Messaging) -> None:
         kc = self._config.kafka

@@ -8,6 +8,7 @@ from aws_cdk import RemovalPolicy, SecretValue, Stack
 from aws_cdk import aws_secretsmanager as sm
 from constructs import Construct
 
+from infra import checkov
 from infra.nag import Suppression, suppress
 
 PLACEHOLDER = "REPLACE_ME"
@@ -34,6 +35,7 @@ class StripeSecrets(Construct):
             removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
         )
         for secret in (self.secret_key, self.webhook_secret):
+            checkov.skip(secret, checkov.SECRET_KEY)
             suppress(
                 secret,
                 [

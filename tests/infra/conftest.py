@@ -21,12 +21,15 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "1")
 from aws_cdk.assertions import Template
 
 from infra.app import PIPELINE_STACK, ROOT, create_app
-from infra.config import CONTEXT_KEY
+from infra.config import CONTEXT_KEY, merge
 
 TEST_ACCOUNT = "123456789012"
 TEST_CONNECTION = (
     f"arn:aws:codeconnections:ap-southeast-1:{TEST_ACCOUNT}:connection/11111111-2222-3333-4444-555555555555"
 )
+
+CLERK_ISSUER = "https://clerk.campusg.example"
+FRONTEND_ORIGINS = ["https://campusg.example", "https://www.campusg.example"]
 
 
 def stand_in_context(**api: Any) -> dict[str, Any]:
@@ -34,8 +37,25 @@ def stand_in_context(**api: Any) -> dict[str, Any]:
     context = copy.deepcopy(json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY])
     context["account"] = TEST_ACCOUNT
     context["pipeline"]["connection_arn"] = TEST_CONNECTION
-    context["defaults"]["api"].update(api)
+    # The public history route exists once a Clerk issuer is set; two origins exercise the
+    # preflight's origin check (one origin would be a fixed header).
+    context["defaults"]["api"].update(
+        {"clerk_issuer": CLERK_ISSUER, "frontend_origins": FRONTEND_ORIGINS, **api}
+    )
     return {CONTEXT_KEY: context}
+
+
+def synth_dev(root: Path, service: dict[str, Any] | None = None, **context: Any) -> dict[str, Any]:
+    """The dev stage's template alone (no pipeline), with ``service`` merged over the stand-in
+    service context and ``context`` (e.g. ``context_file``) passed as app context."""
+    stand_in = stand_in_context()[CONTEXT_KEY]
+    stand_in["pipeline"]["connection_arn"] = None  # the service stack is enough
+    app_context = {CONTEXT_KEY: merge(stand_in, service or {}), **context}
+    outdir = root / "cdk.out"
+    create_app(context={"layer_zip": str(stand_in_layer(root)), **app_context}, outdir=str(outdir)).synth()
+    for manifest in outdir.rglob("manifest.json"):  # offline: no context lookup left to do
+        assert not json.loads(manifest.read_text()).get("missing"), manifest
+    return Synth(outdir).raw("payment-service-dev")
 
 
 def stand_in_layer(root: Path) -> Path:

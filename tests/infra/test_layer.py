@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from infra import build_layer
+from infra.components.functions import handler_of
 from infra.runtime import PIP_PLATFORM, PROVIDED_BY_RUNTIME
 
 pytestmark = pytest.mark.infra
@@ -74,7 +75,8 @@ def test_function_imports_from_the_layer_alone(
     # -I: no PYTHONPATH, no user site; -S: no site-packages (so not the venv). The path is what
     # Lambda gives a function: its own dir, then the layer, then the runtime's SDK.
     path = [str(function_dir), str(host_layer), str(lambda_runtime_sdk)]
-    code = f"import sys; sys.path[:0] = {path!r}; import app; assert callable(app.lambda_handler)"
+    handler = handler_of(function_dir.name).removeprefix("app.")
+    code = f"import sys; sys.path[:0] = {path!r}; import app; assert callable(app.{handler})"
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", code],
         capture_output=True,

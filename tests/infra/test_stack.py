@@ -41,11 +41,15 @@ REQUIRED_ENV = {
 }
 
 
+HANDLERS = ("app.lambda_handler", "app.handler")  # app.handler: the public history function
+PUBLIC_HISTORY = "public history for the frontend (Clerk sign-in)"
+
+
 def _our_functions(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         k: v["Properties"]
         for k, v in resources(raw, "AWS::Lambda::Function").items()
-        if v["Properties"].get("Handler") == "app.lambda_handler"
+        if v["Properties"].get("Handler") in HANDLERS
     }
 
 
@@ -87,7 +91,7 @@ def test_msk_serverless_with_iam_when_no_cluster_given(dev: Template) -> None:
 
 def test_functions_in_vpc_sharing_one_layer(dev_raw: dict[str, Any]) -> None:
     functions = _our_functions(dev_raw)
-    assert len(functions) == 6  # authorize, api, outbox relay, reconciler, migrations, topics
+    assert len(functions) == 7  # authorize, api, outbox relay, reconciler, migrations, topics, history
     (layer,) = resources(dev_raw, "AWS::Lambda::LayerVersion")
     for name, props in functions.items():
         assert props["Layers"] == [{"Ref": layer}], name
@@ -110,6 +114,8 @@ def test_environment_matches_payments_core_config(dev: Template, dev_raw: dict[s
     deploy_time = ("applies payments_core's SQL migrations", "creates the service's Kafka topics")
     for name, props in _our_functions(dev_raw).items():
         env = props["Environment"]["Variables"]
+        if props["Description"] == PUBLIC_HISTORY:
+            continue  # test_public_history_function
         if props["Description"] in deploy_time:
             # only what they use: no Stripe secrets, no queue for the schema migration
             assert not {k for k in env if k.startswith("STRIPE_")}, name
@@ -331,8 +337,9 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in by_metric
     for metric in ("CPUUtilization", "FreeStorageSpace", "DatabaseConnections", "AvailabilityPercentage"):
         assert ("AWS/RDS", metric) in by_metric, metric
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 4
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 4
+    # one each per function that serves traffic: authorize, API, relay, reconciler, history
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 5
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 5
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["AlarmName"].startswith("payment-service-dev-")  # per stage
@@ -372,6 +379,26 @@ def test_migrations_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> N
     # no rotation before the migration has created the application role
     for schedule in resources(dev_raw, "AWS::SecretsManager::RotationSchedule").values():
         assert migrations in schedule.get("DependsOn", []), schedule
+
+
+def test_updates_wait_for_the_schema_migration(dev_raw: dict[str, Any]) -> None:
+    """Issue 17, item 2: every function that uses the tables, and the Kafka mapping, is created
+    or updated only after the migration custom resource (the schema it needs is there)."""
+    (migrations,) = resources(dev_raw, "Custom::PaymentsSchemaMigrations")
+    waiting = {
+        props["Description"]
+        for name, props in _our_functions(dev_raw).items()
+        if migrations in dev_raw["Resources"][name].get("DependsOn", [])
+    }
+    assert waiting == {
+        "payment_commands consumer: authorize, release, revert",
+        "Stripe webhook and payment queries",
+        "publishes the outbox to payment_events",
+        "re-reads stale payments from Stripe",
+        PUBLIC_HISTORY,
+    }
+    (esm,) = resources(dev_raw, "AWS::Lambda::EventSourceMapping").values()
+    assert migrations in esm["DependsOn"]
 
 
 def test_kafka_topics_custom_resource(dev: Template, dev_raw: dict[str, Any]) -> None:

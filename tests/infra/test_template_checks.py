@@ -240,8 +240,8 @@ def reachability_failures(raw: dict[str, Any]) -> list[str]:
 
 def test_every_function_reaches_what_it_calls(dev_raw: dict[str, Any]) -> None:
     clients = _clients(dev_raw)
-    # our six functions, the two rotations, the MSK pollers
-    assert len(clients) >= 9, sorted(clients)
+    # our seven functions, the two rotations, the MSK pollers
+    assert len(clients) >= 10, sorted(clients)
     assert reachability_failures(dev_raw) == []
 
 
@@ -352,7 +352,11 @@ def capabilities(function: str) -> set[str]:
     """Which gateways a function's code uses, read from the modules it runs."""
     modules = imported_modules(function)
     sources = {m: _source(m) for m in modules}
-    found = {"db", "produce"} if {"repository", "outbox"} & modules else set()
+    found = set()
+    if {"repository", "outbox", "queries"} & modules:  # the tables, as the application role
+        found.add("db")
+    if "outbox" in modules:  # the outbox publishes what it holds
+        found.add("produce")
     if any(re.search(r"\.stripe\.\w+\(", src) for m, src in sources.items() if m != "stripe_gateway"):
         found.add("stripe")
     if "dead_letters" in modules:
@@ -435,7 +439,7 @@ def _functions(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     found = {}
     for logical, fn in resources(raw, "AWS::Lambda::Function").items():
         props = fn["Properties"]
-        if props.get("Handler") == "app.lambda_handler":
+        if props.get("Handler") in ("app.lambda_handler", "app.handler"):
             found[props["Description"]] = {**props, "_logical_id": logical}
     return found
 
@@ -448,14 +452,19 @@ FUNCTION_DIRS = {
     "re-reads stale payments from Stripe": "reconcile_payments",
     "applies payments_core's SQL migrations": "migrate_database",
     "creates the service's Kafka topics": "create_topics",
+    "public history for the frontend (Clerk sign-in)": "public_history",
 }
+# Granted before the code that uses it has landed: functions/public_history/app.py is a
+# placeholder until the Clerk-checked history function replaces it (issue 17). Its code will
+# read the tables through payments_core; any other capability it shows still has to match.
+AHEAD_OF_CODE = {"public_history": {"db"}}
 
 
 def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]:
     """What a function needs: its code's actions on the resources its environment names."""
     actions = code_actions()
     function = FUNCTION_DIRS[props["Description"]]
-    uses = capabilities(function)
+    uses = capabilities(function) | AHEAD_OF_CODE.get(function, set())
     env = props["Environment"]["Variables"]
     need: set[tuple[str, str]] = set()
 
