@@ -375,3 +375,16 @@ def test_the_payment_api_does_not_import_the_verifier() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "False"
+
+
+def test_the_event_fixtures_get_the_answers_they_describe(jwks: Jwks) -> None:
+    events = ROOT / "events"
+    preflight = json.loads((events / "public_history_preflight.json").read_text())
+    status, headers, _ = answer(preflight)
+    assert (status, headers["Access-Control-Allow-Origin"]) == (204, ORIGIN)
+    get = json.loads((events / "public_history.json").read_text())
+    status, _, body = answer(get)  # its token is a placeholder
+    assert (status, body["error"]) == (401, "INVALID_TOKEN")
+    get["headers"]["Authorization"] = get["multiValueHeaders"]["Authorization"][0] = f"Bearer {token()}"
+    status, headers, body = answer(get)
+    assert (status, body["totalSpent"], headers["Access-Control-Allow-Origin"]) == (200, 12.99, ORIGIN)
