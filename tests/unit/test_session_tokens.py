@@ -342,3 +342,33 @@ def test_a_token_longer_than_the_limit_is_refused_before_decoding() -> None:
     long = token() + "A" * MAX_TOKEN_CHARS
     with pytest.raises(InvalidToken, match="malformed token"):
         make_verifier().verify(long)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://clerk.campusg.example/.well-known/jwks.json", "file:///etc/passwd", "ftp://x/jwks", "jwks.json"],
+)
+def test_keys_are_read_over_https_only_but_from_loopback(url: str) -> None:
+    from payments_core.session_tokens import fetch_url
+
+    with pytest.raises(ValueError, match="must be https"):
+        fetch_url(url)
+    verifier = SessionTokenVerifier(ISSUER, JwksCache(url), [ORIGIN], 5)
+    with pytest.raises(KeysUnavailable):  # a 503, not a 401: the token may be fine
+        verifier.verify(token())
+
+
+def test_the_local_issuer_over_http_on_loopback_is_allowed() -> None:
+    import threading
+
+    from local.issuer import make_server
+
+    server = make_server({"keys": [JWK]}, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        verifier = SessionTokenVerifier(ISSUER, JwksCache(url), [ORIGIN], 5)
+        assert verifier.verify(token()).user_id == "user_2abc"
+    finally:
+        server.shutdown()
+        server.server_close()

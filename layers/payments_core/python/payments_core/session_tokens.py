@@ -24,6 +24,7 @@ import json
 import re
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ JWKS_TIMEOUT_SECONDS = 3.0
 JWKS_MAX_BYTES = 256 * 1024
 REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "sub")
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
@@ -68,12 +70,14 @@ Fetch = Callable[[str], bytes]
 
 
 def fetch_url(url: str) -> bytes:
-    """GET the JWKS (http or https only), at most ``JWKS_MAX_BYTES``."""
-    if not url.startswith(("https://", "http://")):
-        raise ValueError(f"the JWKS URL must be http(s), got {url!r}")
+    """GET the JWKS, at most ``JWKS_MAX_BYTES`` (+1, to tell a larger one). HTTPS only, but for a
+    loopback address (the local issuer): keys read over plain HTTP could be anyone's."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        raise ValueError(f"the JWKS URL must be https (http only on a loopback address), got {url!r}")
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 (scheme checked)
     with urllib.request.urlopen(request, timeout=JWKS_TIMEOUT_SECONDS) as response:  # noqa: S310
-        return bytes(response.read(JWKS_MAX_BYTES + 1))[: JWKS_MAX_BYTES + 1]
+        return bytes(response.read(JWKS_MAX_BYTES + 1))
 
 
 def parse_jwks(document: bytes) -> dict[str, Any]:
