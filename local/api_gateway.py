@@ -2,6 +2,15 @@
 ``sam local start-api``.
 
     python -m local.api_gateway            (started by `make local-up` on 127.0.0.1:3000)
+    python -m local.api_gateway --public   (the public face, on 127.0.0.1:3001)
+
+Two faces, as in AWS. The private one (``API_URL``) serves ``payment_api``'s routes to the
+sagas; locally it also answers CORS for the frontend's origins (``FRONTEND_ORIGINS``) itself,
+as an API Gateway with CORS enabled would, so campusG's unmodified profile page can fetch
+``/history/{user_id}`` from the browser (in AWS the private API is reachable only inside the
+VPC, never from a browser). The public one (``PUBLIC_API_URL``) serves only
+``GET``/``OPTIONS /history/{user_id}`` to ``public_history``, which answers CORS itself, and
+answers any other path 403 ``Missing Authentication Token`` as API Gateway does.
 
 Each HTTP request becomes an API Gateway REST proxy event; the handler's ``statusCode``,
 ``headers``, ``multiValueHeaders`` and ``body`` are returned as they are (a base64 body is
@@ -19,6 +28,7 @@ bodies and statuses: what Stripe's emulator actually posted, for example.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import fnmatch
@@ -53,6 +63,13 @@ ROUTES: list[tuple[str, str]] = [
     ("GET", "/history/{user_id}"),
     ("GET", "/health"),
 ]
+# The public API's resources: the frontend's history route and its preflight.
+PUBLIC_ROUTES: list[tuple[str, str]] = [
+    ("GET", "/history/{user_id}"),
+    ("OPTIONS", "/history/{user_id}"),
+]
+CORS_ALLOWED_METHODS = "GET, POST, OPTIONS"
+CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 DEFAULT_BINARY_MEDIA_TYPES = ("application/octet-stream", "image/*", "application/pdf", "application/zip")
 STAGE = "local"
 ADMIN_PATH = "/_local/requests"  # the emulator's own: recent requests, for tests and debugging
@@ -175,6 +192,10 @@ class ApiGateway:
     routes: list[Route] = field(default_factory=lambda: compile_routes(ROUTES))
     binary_media_types: tuple[str, ...] = DEFAULT_BINARY_MEDIA_TYPES
     timeout_seconds: float = 29.0  # API Gateway's integration limit
+    # origins answered CORS by the gateway itself (the private face, locally); empty: none
+    cors_origins: tuple[str, ...] = ()
+    # an undeclared path or method is answered 403 here (API Gateway), not forwarded
+    strict_routes: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # the last requests, served at GET /_local/requests (never forwarded to the handler)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
@@ -193,6 +214,14 @@ class ApiGateway:
                 "isBase64Encoded": event["isBase64Encoded"],
             }
         )
+
+    def declared(self, method: str, path: str) -> bool:
+        return any(r.method == method and r.regex.match(path) for r in self.routes)
+
+    def cors_for(self, origin: str | None) -> list[tuple[str, str]]:
+        if not origin or origin not in self.cors_origins:
+            return []
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
 
     def _load(self) -> Handler:
         if self.handler is None:
@@ -268,6 +297,29 @@ def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServe
                     200, [("Content-Type", "application/json")], json.dumps(list(gateway.recent)).encode()
                 )
                 return
+            origin = self.headers.get("Origin")
+            path_only = urlsplit(self.path).path or "/"
+            if gateway.cors_origins and self.command == "OPTIONS" and origin:
+                # a preflight, answered by the gateway (API Gateway's CORS mock integration)
+                cors = gateway.cors_for(origin)
+                if cors:
+                    cors += [
+                        ("Access-Control-Allow-Methods", CORS_ALLOWED_METHODS),
+                        ("Access-Control-Allow-Headers", CORS_ALLOWED_HEADERS),
+                        ("Access-Control-Max-Age", "600"),
+                    ]
+                self._reply(204, cors, b"")
+                return
+            if gateway.strict_routes and not gateway.declared(self.command, path_only):
+                self._reply(
+                    403,
+                    [
+                        ("Content-Type", "application/json"),
+                        ("x-amzn-ErrorType", "MissingAuthenticationTokenException"),
+                    ],
+                    json.dumps({"message": "Missing Authentication Token"}).encode(),
+                )
+                return
             event = build_event(
                 method=self.command,
                 raw_path=self.path,
@@ -279,6 +331,8 @@ def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServe
                 host=f"{host}:{port}",
             )
             status, pairs, data = gateway.invoke(event)
+            if not any(name.lower() == "access-control-allow-origin" for name, _ in pairs):
+                pairs.extend(gateway.cors_for(origin))
             pairs.append(("x-amzn-RequestId", event["requestContext"]["requestId"]))
             self._reply(status, pairs, data)
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -307,24 +361,45 @@ def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServe
     return server
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("LOCAL_EMULATOR_LOG_LEVEL", "INFO"),
         format="%(asctime)s api-gateway %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    parser = argparse.ArgumentParser(prog="python -m local.api_gateway")
+    parser.add_argument(
+        "--public", action="store_true", help="the public face (the frontend's history route)"
+    )
+    public = parser.parse_args(argv).public
     settings = load()
-    function = os.environ.get("LOCAL_API_FUNCTION") or "payment_api"
     extra_binary = tuple(t for t in os.environ.get("LOCAL_API_BINARY_MEDIA_TYPES", "").split(",") if t)
-    gateway = ApiGateway(function=function, binary_media_types=DEFAULT_BINARY_MEDIA_TYPES + extra_binary)
-    server = make_server(gateway, HOST, settings.api_port)
+    if public:
+        function = os.environ.get("LOCAL_PUBLIC_API_FUNCTION") or "public_history"
+        routes, port = PUBLIC_ROUTES, settings.public_api_port
+        gateway = ApiGateway(
+            function=function,
+            routes=compile_routes(routes),
+            binary_media_types=DEFAULT_BINARY_MEDIA_TYPES + extra_binary,
+            strict_routes=True,
+        )
+    else:
+        function = os.environ.get("LOCAL_API_FUNCTION") or "payment_api"
+        routes, port = ROUTES, settings.api_port
+        origins = tuple(o.strip().rstrip("/") for o in settings.frontend_origins.split(",") if o.strip())
+        gateway = ApiGateway(
+            function=function,
+            binary_media_types=DEFAULT_BINARY_MEDIA_TYPES + extra_binary,
+            cors_origins=origins,
+        )
+    server = make_server(gateway, HOST, port)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     if not handler_path(function).is_file():
         log.warning(
             "handler %s does not exist yet; requests answer 502 until it does", handler_path(function)
         )
-    log.info("READY: http://%s:%d -> %s", HOST, settings.api_port, handler_path(function))
-    for method, template in ROUTES:
+    log.info("READY: http://%s:%d -> %s", HOST, port, handler_path(function))
+    for method, template in routes:
         log.info("  %-5s %s", method, template)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever(poll_interval=0.5)

@@ -418,6 +418,24 @@ class ApiGateway(PythonEmulator):
     module = "local.api_gateway"
 
 
+class PublicApiGateway(PythonEmulator):
+    """The public face: the frontend's history route, served by public_history."""
+
+    module = "local.api_gateway"
+
+    def marker(self) -> str:
+        return f"-m {self.module} --public"
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--public"]
+
+
+class Issuer(PythonEmulator):
+    """The local Clerk issuer (its JWKS): a server, up before the functions that verify tokens."""
+
+    module = "local.issuer"
+
+
 class Scheduler(PythonEmulator):
     module = "local.scheduler"
 
@@ -438,8 +456,12 @@ def components(s: LocalSettings | None = None) -> list[Component]:
         Moto("moto", s, [(s.moto_port, "LOCAL_MOTO_PORT")], timeout=60),
         LocalStripe("localstripe", s, [(s.localstripe_port, "LOCAL_LOCALSTRIPE_PORT")], timeout=30),
         StripeMock("stripe-mock", s, [(s.stripe_mock_port, "LOCAL_STRIPE_MOCK_PORT")], timeout=30),
+        Issuer("issuer", s, [(s.issuer_port, "LOCAL_ISSUER_PORT")], timeout=30),
         EventSource("event-source", s, [], timeout=60, emulator=True),
         ApiGateway("api-gateway", s, [(s.api_port, "LOCAL_API_PORT")], timeout=60, emulator=True),
+        PublicApiGateway(
+            "public-api", s, [(s.public_api_port, "LOCAL_PUBLIC_API_PORT")], timeout=60, emulator=True
+        ),
         Scheduler("scheduler", s, [], timeout=60, emulator=True),
     ]
 

@@ -47,6 +47,11 @@ DEAD_LETTER_TOPIC = "payment_commands.dlq"
 DEAD_LETTER_QUEUE_NAME = "payment-commands-dlq"
 TOPIC_PARTITIONS = {PAYMENT_COMMANDS_TOPIC: 3, PAYMENT_EVENTS_TOPIC: 3, DEAD_LETTER_TOPIC: 1}
 
+# campusG's frontend (Vite's default origin): allowed by CORS on both API faces and as a
+# session token's azp. FRONTEND_ORIGINS (comma-separated) overrides it.
+FRONTEND_ORIGIN = "http://localhost:5173"
+SESSION_TOKEN_LEEWAY_SECONDS = 5
+
 WEBHOOK_PATH = "/api/stripe-webhook"
 WEBHOOK_ID = "campusg-local"
 
@@ -73,6 +78,8 @@ class LocalSettings:
     stripe_mock_port: int
     moto_port: int
     api_port: int
+    public_api_port: int  # the public face: the frontend's history route (public_history)
+    issuer_port: int  # the local Clerk issuer: its JWKS (local/issuer.py)
     state_dir: Path  # data, logs and pid files (git-ignored)
     cache_dir: Path  # downloaded jars and binaries, shared by every checkout
 
@@ -108,6 +115,23 @@ class LocalSettings:
         return f"http://{HOST}:{self.api_port}"
 
     @property
+    def public_api_url(self) -> str:
+        return f"http://{HOST}:{self.public_api_port}"
+
+    @property
+    def issuer_url(self) -> str:
+        return f"http://{HOST}:{self.issuer_port}"
+
+    @property
+    def issuer_key_path(self) -> Path:
+        """The local issuer's RSA signing key, made at each start of the issuer (git-ignored)."""
+        return self.state_dir / "issuer" / "signing-key.pem"
+
+    @property
+    def frontend_origins(self) -> str:
+        return os.environ.get("FRONTEND_ORIGINS") or FRONTEND_ORIGIN
+
+    @property
     def dead_letter_queue_url(self) -> str:
         return f"{self.aws_endpoint}/{AWS_ACCOUNT_ID}/{DEAD_LETTER_QUEUE_NAME}"
 
@@ -137,6 +161,8 @@ def load() -> LocalSettings:
         stripe_mock_port=_port("LOCAL_STRIPE_MOCK_PORT", 12111),
         moto_port=_port("LOCAL_MOTO_PORT", 4566),
         api_port=_port("LOCAL_API_PORT", 3000),
+        public_api_port=_port("LOCAL_PUBLIC_API_PORT", 3001),
+        issuer_port=_port("LOCAL_ISSUER_PORT", 3002),
         state_dir=state.resolve(),
         cache_dir=cache.expanduser().resolve(),
     )
@@ -183,8 +209,13 @@ def client_env(settings: LocalSettings | None = None) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY_ID,
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,
         "LOCAL_DEAD_LETTER_QUEUE_URL": s.dead_letter_queue_url,
-        # local API Gateway
+        # local API Gateway: the private face (the sagas) and the public one (the frontend)
         "API_URL": s.api_url,
+        "PUBLIC_API_URL": s.public_api_url,
+        # the public history route: the local Clerk issuer and the frontend's origin
+        "CLERK_ISSUER": s.issuer_url,
+        "FRONTEND_ORIGINS": s.frontend_origins,
+        "SESSION_TOKEN_LEEWAY_SECONDS": str(SESSION_TOKEN_LEEWAY_SECONDS),
         # Powertools
         "POWERTOOLS_SERVICE_NAME": "payment-service",
         "POWERTOOLS_METRICS_NAMESPACE": "CampusG/Payments",

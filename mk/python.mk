@@ -24,3 +24,8 @@ lint: venv ## ruff and mypy
 format: venv ## apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The browser test (tests/integration/test_browser_history.py) drives Debian's headless Chromium.
+.PHONY: chromium
+chromium: ## install Debian's chromium for the browser test when it is missing (apt-get, as root)
+	@command -v chromium >/dev/null || { apt-get update && apt-get install -y chromium; }

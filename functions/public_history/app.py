@@ -1,14 +1,20 @@
-"""PLACEHOLDER, written by the infrastructure change (issue 17) only so the stack synthesizes:
-the real function (Clerk session check, then the student's own history) replaces this file.
-Until then the route answers 503 and reads nothing."""
+"""Public history function: behind the public API Gateway, ``GET`` and ``OPTIONS``
+``/history/{user_id}`` from campusG's frontend with a Clerk session token. Every decision
+(token, CORS, the totals) is in payments_core.public_api."""
 
-import json
 from typing import Any
 
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from payments_core.observability import logger, metrics, tracer
+from payments_core.public_api import history_answer
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return {
-        "statusCode": 503,
-        "headers": {"Content-Type": "application/json"},
-        "body": json.dumps({"message": "public history is not deployed yet"}),
-    }
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return history_answer(event)
+
+
+handler = lambda_handler  # `app.handler` and `app.lambda_handler` (the name every function here uses)

@@ -454,17 +454,13 @@ FUNCTION_DIRS = {
     "creates the service's Kafka topics": "create_topics",
     "public history for the frontend (Clerk sign-in)": "public_history",
 }
-# Granted before the code that uses it has landed: functions/public_history/app.py is a
-# placeholder until the Clerk-checked history function replaces it (issue 17). Its code will
-# read the tables through payments_core; any other capability it shows still has to match.
-AHEAD_OF_CODE = {"public_history": {"db"}}
 
 
 def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]:
     """What a function needs: its code's actions on the resources its environment names."""
     actions = code_actions()
     function = FUNCTION_DIRS[props["Description"]]
-    uses = capabilities(function) | AHEAD_OF_CODE.get(function, set())
+    uses = capabilities(function)
     env = props["Environment"]["Variables"]
     need: set[tuple[str, str]] = set()
 

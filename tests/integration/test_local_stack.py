@@ -217,6 +217,8 @@ def test_local_up_reports_a_foreign_port_in_one_line(tmp_path: Path) -> None:
         "LOCAL_STRIPE_MOCK_PORT",
         "LOCAL_MOTO_PORT",
         "LOCAL_API_PORT",
+        "LOCAL_PUBLIC_API_PORT",
+        "LOCAL_ISSUER_PORT",
     ):
         env[name] = str(_free_port())
     env["LOCAL_POSTGRES_PORT"] = str(taken)

@@ -40,6 +40,8 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
 
 
 COMMAND_WORKERS_CEILING = 32
+DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
+MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
 
 
@@ -103,10 +105,25 @@ class Settings:
     # No record is started with less time left in the invocation than this: enough for one
     # Stripe call (STRIPE_TIMEOUT_SECONDS), its database commit and the events' publish.
     command_start_margin_ms: int = 15_000
+    # The frontend's history route (public_history): Clerk session tokens. An empty issuer
+    # verifies nothing (every request is answered 503); no origins, no CORS and no token's
+    # azp accepted.
+    clerk_issuer: str = ""
+    clerk_jwks_url: str = ""  # default: the issuer's /.well-known/jwks.json
+    frontend_origins: tuple[str, ...] = ()
+    # clock skew allowed on exp and nbf (Clerk's session tokens live 60 s)
+    session_token_leeway_seconds: int = DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS
+
+
+def _origins(name: str) -> tuple[str, ...]:
+    """Comma-separated origins (``scheme://host[:port]``), compared exactly as browsers send them."""
+    raw = os.environ.get(name) or ""
+    return tuple(dict.fromkeys(o.strip().rstrip("/") for o in raw.split(",") if o.strip()))
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    issuer = _str("CLERK_ISSUER", "").rstrip("/")
     return Settings(
         kafka_bootstrap_servers=_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         kafka_security_protocol=_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
@@ -148,4 +165,14 @@ def get_settings() -> Settings:
         stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),
         command_start_margin_ms=max(0, _int("COMMAND_START_MARGIN_MS", 15_000)),
         metrics_namespace=_str("POWERTOOLS_METRICS_NAMESPACE", "CampusG/Payments"),
+        clerk_issuer=issuer,
+        clerk_jwks_url=_str("CLERK_JWKS_URL", f"{issuer}/.well-known/jwks.json" if issuer else ""),
+        frontend_origins=_origins("FRONTEND_ORIGINS"),
+        session_token_leeway_seconds=max(
+            0,
+            min(
+                MAX_SESSION_TOKEN_LEEWAY_SECONDS,
+                _int("SESSION_TOKEN_LEEWAY_SECONDS", DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS),
+            ),
+        ),
     )
