@@ -28,6 +28,9 @@ SKIP = "skip"
 CALLER_GROUPS = ("release_revert", "read")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
 _ORIGIN = re.compile(r"https?://[^/\s*]+")
+_IN_CONTEXT_FILE = (
+    "set it in the deployment's context file (CONTEXT_FILE=…, e.g. infra/examples/prod.context.json)"
+)
 
 
 @dataclass(frozen=True)
@@ -233,11 +236,12 @@ class IntegrationsConfig:
         if production and not self.user_service_url:
             raise ValueError(
                 "integrations.user_service_url is required in production: campusG's user service, "
-                "which the command function asks for a runner's payout destination"
+                f"which the command function asks for a runner's payout destination; {_IN_CONTEXT_FILE}"
             )
         if production and not self.return_url_origins:
             raise ValueError(
-                "integrations.return_url_origins is required in production: the frontend's origins"
+                f"integrations.return_url_origins is required in production: the frontend's origins; "
+                f"{_IN_CONTEXT_FILE}"
             )
 
 
