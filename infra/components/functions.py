@@ -382,7 +382,10 @@ def _read_secret(fn: lambda_.Function, secret: ISecret) -> None:
 def _command_integrations(config: StageConfig) -> dict[str, str]:
     """What the command function needs of campusG's other services and the business limits."""
     integrations = config.integrations
-    env = {"RETURN_URL_ORIGINS": ",".join(integrations.return_url_origins)}
+    env = {}
+    # None set: the layer's default (the local frontend, http and https://localhost:5173).
+    if integrations.return_url_origins:
+        env["RETURN_URL_ORIGINS"] = ",".join(integrations.return_url_origins)
     if integrations.user_service_url:
         env["USER_SERVICE_URL"] = integrations.user_service_url
     if config.business.payout_velocity_max_per_hour is not None:

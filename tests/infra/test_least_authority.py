@@ -353,6 +353,8 @@ def test_command_function_environment(dev_raw: dict[str, Any], iam_dev: dict[str
 
 
 def test_production_needs_the_user_service_and_https_origins(synth: Synth) -> None:
+    staging = _functions(synth.nested("Staging"))[AUTHORIZE]["Environment"]["Variables"]
+    assert "RETURN_URL_ORIGINS" not in staging and "USER_SERVICE_URL" not in staging  # layer defaults
     prod = _functions(synth.nested("Production"))[AUTHORIZE]["Environment"]["Variables"]
     assert prod["USER_SERVICE_URL"] == USER_SERVICE_URL
     assert prod["RETURN_URL_ORIGINS"] == "https://campusg.example"
