@@ -469,7 +469,7 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
         found.add("stripe")
     if "dead_letters" in modules:
         found.add("dead_letters")
-    if any(src.startswith("def webhook_secret(") for src in code.get("secret_checks", [])):
+    if "stripe_webhook_secret_id" in runs:  # the code reads the signing secret it names
         found.add("webhook_secret")
     if "topics" in modules:
         found.add("admin")
