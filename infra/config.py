@@ -8,6 +8,7 @@ Nothing here looks anything up in an AWS account: synth works offline, without c
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -22,6 +23,14 @@ T = TypeVar("T")
 INTERFACE_ENDPOINTS = ("secrets_manager", "sqs", "sts", "lambda", "execute_api")
 ENDPOINT_NAMES = (*INTERFACE_ENDPOINTS, "s3")
 SKIP = "skip"
+
+# api.callers: who may call which of the private API's routes when api.saga_auth is "iam".
+CALLER_GROUPS = ("release_revert", "read")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+")
+_ORIGIN = re.compile(r"https?://[^/\s*]+")
+_IN_CONTEXT_FILE = (
+    "set it in the deployment's context file (CONTEXT_FILE=…, e.g. infra/examples/prod.context.json)"
+)
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,13 @@ class ApiConfig:
     webhook_throttle_burst_limit: int
     waf_rate_limit: int  # requests per source IP per 5 minutes on the public API
     # "none": the private API admits any caller through its VPC endpoint (campusG's unsigned
-    # calls); "iam": every saga route needs SigV4 too (callers that can sign)
+    # calls); "iam": every saga route needs SigV4 too, and the resource policy names, per route,
+    # the IAM roles in ``callers`` that may invoke it (the production setting)
     saga_auth: str = "none"
+    # With saga_auth "iam": {"release_revert": [role ARNs], "read": [role ARNs]}. release_revert
+    # (the complete-order saga) may POST release and revert and read; read may only GET status,
+    # details, history and health. Account-specific: set in the deployment's context file.
+    callers: dict[str, list[str]] = field(default_factory=dict)
     # The public history route (GET /history/{user_id} on the public API, Clerk-authenticated by
     # its function): created only once clerk_issuer is set.
     clerk_issuer: str | None = None  # e.g. https://clerk.campusg.example
@@ -143,6 +157,7 @@ class ApiConfig:
         return bool(self.clerk_issuer)
 
     def validate(self) -> None:
+        self._validate_callers()
         if not self.public_history:
             return
         if not str(self.clerk_issuer).startswith("https://"):
@@ -155,6 +170,29 @@ class ApiConfig:
             # An origin is scheme://host[:port]: no path, no wildcard (credentials are sent).
             if not origin.startswith("https://") or "*" in origin or origin.count("/") != 2:
                 raise ValueError(f"api.frontend_origins: {origin!r} is not an https origin")
+
+    def _validate_callers(self) -> None:
+        unknown = set(self.callers) - set(CALLER_GROUPS)
+        if unknown:
+            raise ValueError(f"api.callers: unknown groups {sorted(unknown)}; use {list(CALLER_GROUPS)}")
+        for group, arns in self.callers.items():
+            for arn in arns:
+                if not _ROLE_ARN.fullmatch(str(arn)):
+                    raise ValueError(f"api.callers.{group}: {arn!r} is not an IAM role ARN")
+        if self.saga_auth != "iam":
+            if any(self.callers.values()):
+                raise ValueError(
+                    "api.callers is enforced only with api.saga_auth=iam: set it, or remove the callers"
+                )
+            return
+        missing = [g for g in CALLER_GROUPS if not self.callers.get(g)]
+        if missing:
+            raise ValueError(
+                f"api.saga_auth=iam needs api.callers.{' and api.callers.'.join(missing)}: the IAM role "
+                "ARNs of campusG's callers (release_revert: the complete-order saga; read: the services "
+                "that only read). They are account-specific: put them in the deployment's context file "
+                "(CONTEXT_FILE=…, e.g. infra/examples/prod.context.json), or set api.saga_auth=none"
+            )
 
     def jwks_url(self) -> str:
         assert self.clerk_issuer
@@ -170,6 +208,41 @@ class BusinessConfig:
     reconcile_requires_action_after_seconds: int
     reconcile_authorized_after_seconds: int
     reconcile_batch_size: int
+    # Payouts to one runner's account per hour above which the command function refuses a
+    # release (PAYOUT_VELOCITY_MAX_PER_HOUR); None: the layer's own default.
+    payout_velocity_max_per_hour: int | None = None
+
+
+@dataclass(frozen=True)
+class IntegrationsConfig:
+    """campusG's other services and web origins the command function talks to or trusts."""
+
+    # campusG's user service (USER_SERVICE_URL): where the command function checks a runner's
+    # payout destination. Required in production.
+    user_service_url: str | None = None
+    # Origins a 3-D Secure return_url may point at (RETURN_URL_ORIGINS, comma-joined).
+    return_url_origins: list[str] = field(default_factory=list)
+
+    def validate(self, production: bool) -> None:
+        for origin in self.return_url_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"integrations.return_url_origins: {origin!r} is not an origin (scheme://host[:port])"
+                )
+            if production and not origin.startswith("https://"):
+                raise ValueError(f"integrations.return_url_origins: {origin!r} must be https in production")
+        if self.user_service_url and not str(self.user_service_url).startswith(("https://", "http://")):
+            raise ValueError(f"integrations.user_service_url must be a URL, got {self.user_service_url!r}")
+        if production and not self.user_service_url:
+            raise ValueError(
+                "integrations.user_service_url is required in production: campusG's user service, "
+                f"which the command function asks for a runner's payout destination; {_IN_CONTEXT_FILE}"
+            )
+        if production and not self.return_url_origins:
+            raise ValueError(
+                f"integrations.return_url_origins is required in production: the frontend's origins; "
+                f"{_IN_CONTEXT_FILE}"
+            )
 
 
 @dataclass(frozen=True)
@@ -178,6 +251,9 @@ class MonitoringConfig:
     outbox_backlog_threshold: int
     offset_lag_threshold: int
     api_5xx_threshold: int
+    # WebhookSignatureRejected per 5 minutes at which on-call hears of it: a few are Stripe's
+    # retries of a stale delivery, many are someone probing the public webhook or a rolled secret.
+    webhook_signature_rejected_threshold: int = 10
 
 
 @dataclass(frozen=True)
@@ -190,6 +266,7 @@ class StageConfig:
     api: ApiConfig
     business: BusinessConfig
     monitoring: MonitoringConfig
+    integrations: IntegrationsConfig = field(default_factory=IntegrationsConfig)
     name: str = "dev"
 
 

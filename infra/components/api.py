@@ -59,6 +59,7 @@ class PaymentApi(Construct):
         *,
         config: ApiConfig,
         handler: lambda_.IFunction,
+        webhook_handler: lambda_.IFunction,
         stage: str,
         vpc_endpoint: ec2.IInterfaceVpcEndpoint,
         history_handler: lambda_.IFunction | None = None,
@@ -70,7 +71,10 @@ class PaymentApi(Construct):
         if config.saga_auth not in SAGA_AUTH:
             raise ValueError(f"api.saga_auth must be one of {sorted(SAGA_AUTH)}, got {config.saga_auth!r}")
         self._stage = stage
-        integration = apigw.LambdaIntegration(handler)
+        # No test-invoke-stage permission: the console's "Test" would invoke the functions
+        # outside the stage's throttles, WAF and resource policy.
+        integration = apigw.LambdaIntegration(handler, allow_test_invoke=False)
+        webhook_integration = apigw.LambdaIntegration(webhook_handler, allow_test_invoke=False)
         stack_name = Stack.of(self).stack_name
 
         webhook_route = f"/{WEBHOOK_PATH}/POST"
@@ -109,7 +113,7 @@ class PaymentApi(Construct):
             .add_resource("stripe-webhook")
             .add_method(
                 "POST",
-                integration,
+                webhook_integration,
                 authorization_type=apigw.AuthorizationType.NONE,
                 # Unsigned requests are turned away by API Gateway before they cost an invocation.
                 request_parameters={"method.request.header.Stripe-Signature": True},
@@ -133,24 +137,7 @@ class PaymentApi(Construct):
                 types=[apigw.EndpointType.PRIVATE], vpc_endpoints=[vpc_endpoint]
             ),
             cloud_watch_role=False,  # the account-level role is set by the public API above
-            policy=iam.PolicyDocument(
-                statements=[
-                    iam.PolicyStatement(
-                        effect=iam.Effect.ALLOW,
-                        principals=[iam.AnyPrincipal()],
-                        actions=["execute-api:Invoke"],
-                        resources=["execute-api:/*"],
-                        conditions={"StringEquals": {"aws:SourceVpce": endpoint_id}},
-                    ),
-                    iam.PolicyStatement(
-                        effect=iam.Effect.DENY,
-                        principals=[iam.AnyPrincipal()],
-                        actions=["execute-api:Invoke"],
-                        resources=["execute-api:/*"],
-                        conditions={"StringNotEquals": {"aws:SourceVpce": endpoint_id}},
-                    ),
-                ]
-            ),
+            policy=iam.PolicyDocument(statements=saga_policy(config, endpoint_id)),
             deploy_options=self._stage_options(
                 "SagaAccessLogs", config.throttle_rate_limit, config.throttle_burst_limit, {}
             ),
@@ -201,7 +188,7 @@ class PaymentApi(Construct):
         )
         get = resource.add_method(
             "GET",
-            apigw.LambdaIntegration(handler),
+            apigw.LambdaIntegration(handler, allow_test_invoke=False),
             # The function verifies the Clerk session token (issuer, signature, expiry) and
             # that it belongs to {user_id}; API Gateway has no Clerk authorizer to do it.
             authorization_type=apigw.AuthorizationType.NONE,
@@ -412,6 +399,55 @@ class PaymentApi(Construct):
                 )
             ],
         )
+
+
+def saga_policy(config: ApiConfig, endpoint_id: str) -> list[iam.PolicyStatement]:
+    """The private API's resource policy. Always: only requests through the VPC endpoint. With
+    saga_auth "iam": per route, only the IAM roles api.callers names (the request is SigV4-signed,
+    so API Gateway knows the caller's role): release_revert may POST release and revert and read,
+    read may only GET. A role named nowhere is denied by default (no statement allows it)."""
+
+    def invoke(
+        effect: iam.Effect, principals: list[iam.IPrincipal], resources: list[str], **conditions: object
+    ) -> iam.PolicyStatement:
+        return iam.PolicyStatement(
+            effect=effect,
+            principals=principals,
+            actions=["execute-api:Invoke"],
+            resources=resources,
+            conditions=dict(conditions) if conditions else None,
+        )
+
+    from_endpoint = {"StringEquals": {"aws:SourceVpce": endpoint_id}}
+    outside = invoke(
+        iam.Effect.DENY,
+        [iam.AnyPrincipal()],
+        ["execute-api:/*"],
+        StringNotEquals={"aws:SourceVpce": endpoint_id},
+    )
+    if config.saga_auth != "iam":
+        return [invoke(iam.Effect.ALLOW, [iam.AnyPrincipal()], ["execute-api:/*"], **from_endpoint), outside]
+    saga = config.callers["release_revert"]
+    readers = list(dict.fromkeys([*config.callers["read"], *saga]))  # the saga reads the status too
+    statements = []
+    for method, roles in (("POST", saga), ("GET", readers)):
+        routes = [route_arn(method, path) for path, http in SAGA_ROUTES if http == method]
+        statements.append(
+            invoke(iam.Effect.ALLOW, [iam.ArnPrincipal(arn) for arn in roles], routes, **from_endpoint)
+        )
+        # In the API's own account an identity policy alone (an admin's execute-api:*) would
+        # otherwise suffice: every other principal is denied these routes explicitly.
+        statements.append(
+            invoke(iam.Effect.DENY, [iam.AnyPrincipal()], routes, StringNotEquals={"aws:PrincipalArn": roles})
+        )
+    return [*statements, outside]
+
+
+def route_arn(method: str, path: str) -> str:
+    """A route in a resource policy: execute-api:/<stage>/<METHOD>/<path>, any stage, path
+    variables as wildcards (one level each)."""
+    parts = ["*" if p.startswith("{") else p for p in path.split("/")]
+    return f"execute-api:/*/{method}/{'/'.join(parts)}"
 
 
 def _visibility(name: str) -> waf.CfnWebACL.VisibilityConfigProperty:

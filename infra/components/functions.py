@@ -65,6 +65,7 @@ class Functions(Construct):
             raise ValueError(
                 "functions.authorize_timeout_seconds must stay well under the 14-minute Kafka limit"
             )
+        config.integrations.validate(config.production)
         if not layer_zip.is_file():
             raise FileNotFoundError(f"{layer_zip} is missing: run `make build` first")
 
@@ -93,8 +94,7 @@ class Functions(Construct):
             "DB_PORT": str(database.port),
             "DB_NAME": database.config.name,
             "DB_SSL": "true",
-            "STRIPE_SECRET_KEY_SECRET_ID": stripe.secret_key.secret_arn,
-            "STRIPE_WEBHOOK_SECRET_ID": stripe.webhook_secret.secret_arn,
+            # Each Stripe caller's own restricted key is added to its environment below.
             "STRIPE_API_BASE": bc.stripe_api_base,
             "DEFAULT_CURRENCY": bc.default_currency,
             "PLATFORM_FEE_BPS": str(bc.platform_fee_bps),
@@ -121,15 +121,29 @@ class Functions(Construct):
             memory_mb=fc.authorize_memory_mb,
             environment={
                 **self.environment,
+                **self._stripe_key(stripe, "authorize_payment"),
                 "COMMAND_WORKERS": str(fc.command_workers),
                 "STRIPE_MAX_IN_FLIGHT": str(fc.stripe_max_in_flight),
                 "COMMAND_START_MARGIN_MS": str(fc.command_start_margin_ms),
+                **_command_integrations(config),
             },
         )
         self.payment_api = self._function(
             _Spec(
-                "payment_api", "Stripe webhook and payment queries", Duration.seconds(20)
+                "payment_api", "the saga's payment queries, release and revert", Duration.seconds(20)
             )  # API GW waits 29 s
+        )
+        # Stripe's webhook has a function of its own: the signing secret and a restricted key
+        # that can only cancel, and no command topic (it publishes events only).
+        self.stripe_webhook = self._function(
+            _Spec(
+                "stripe_webhook", "Stripe webhook: verifies and applies signed events", Duration.seconds(20)
+            ),
+            environment={
+                **self.environment,
+                **self._stripe_key(stripe, "stripe_webhook"),
+                "STRIPE_WEBHOOK_SECRET_ID": stripe.webhook_secret.secret_arn,
+            },
         )
         self.outbox_relay = self._function(
             _Spec(
@@ -139,11 +153,13 @@ class Functions(Construct):
         self.reconcile_payments = self._function(
             _Spec(
                 "reconcile_payments", "re-reads stale payments from Stripe", Duration.minutes(4)
-            )  # < 5 min rate
+            ),  # < 5 min rate
+            environment={**self.environment, **self._stripe_key(stripe, "reconcile_payments")},
         )
         self.service_functions = [
             self.authorize_payment,
             self.payment_api,
+            self.stripe_webhook,
             self.outbox_relay,
             self.reconcile_payments,
         ]
@@ -185,16 +201,24 @@ class Functions(Construct):
         # services.stripe, the dead-letter queue where dead_letters is imported (in AWS it is the
         # SQS queue, never the topic), events everywhere, the database as the application role.
         kafka_topics = {fn: [kc.events_topic] for fn in self.service_functions}
-        # The API queues release/revert commands for the authorize function (issue 10).
-        kafka_topics[self.payment_api].append(kc.commands_topic)
+        # The API queues release/revert commands for the authorize function (issue 10) and,
+        # since the webhook has its own function, publishes no event itself.
+        kafka_topics[self.payment_api] = [kc.commands_topic]
         for fn in self.service_functions:
             database.proxy.grant_connect(fn, APP_ROLE)
             messaging.grant_produce(fn, *kafka_topics[fn])
-        # The API function calls Stripe too: a webhook reporting a hold on a payment that is
-        # already final cancels it (reconciliation.cancel_stray_hold).
-        for fn in (self.authorize_payment, self.reconcile_payments, self.payment_api):
-            _read_secret(fn, stripe.secret_key)
-        _read_secret(self.payment_api, stripe.webhook_secret)
+        # Each Stripe caller reads its own restricted key, and only the webhook function the
+        # signing secret; the secrets' resource policies name exactly these roles (seal).
+        # The webhook function calls Stripe too: a webhook reporting a hold on a payment that
+        # is already final cancels it (reconciliation.cancel_stray_hold).
+        for name, fn in (
+            ("authorize_payment", self.authorize_payment),
+            ("stripe_webhook", self.stripe_webhook),
+            ("reconcile_payments", self.reconcile_payments),
+        ):
+            stripe.grant_read(stripe.restricted_keys[name], fn)
+        stripe.grant_read(stripe.webhook_secret, self.stripe_webhook)
+        stripe.seal()
         # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
         self.authorize_payment.add_to_role_policy(
             iam.PolicyStatement(
@@ -233,6 +257,10 @@ class Functions(Construct):
         self.database_functions.append(fn)
         self._suppress_managed_and_wildcards(fn)
         return fn
+
+    def _stripe_key(self, stripe: StripeSecrets, function: str) -> dict[str, str]:
+        """The function's own restricted key (payments_core.config: STRIPE_SECRET_KEY_SECRET_ID)."""
+        return {"STRIPE_SECRET_KEY_SECRET_ID": stripe.restricted_keys[function].secret_arn}
 
     def _only(self, *prefixes: str) -> dict[str, str]:
         """The shared environment's variables a deploy-time function uses, and no others."""
@@ -349,6 +377,20 @@ def _read_secret(fn: lambda_.Function, secret: ISecret) -> None:
     fn.add_to_role_policy(
         iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
     )
+
+
+def _command_integrations(config: StageConfig) -> dict[str, str]:
+    """What the command function needs of campusG's other services and the business limits."""
+    integrations = config.integrations
+    env = {}
+    # None set: the layer's default (the local frontend, http and https://localhost:5173).
+    if integrations.return_url_origins:
+        env["RETURN_URL_ORIGINS"] = ",".join(integrations.return_url_origins)
+    if integrations.user_service_url:
+        env["USER_SERVICE_URL"] = integrations.user_service_url
+    if config.business.payout_velocity_max_per_hour is not None:
+        env["PAYOUT_VELOCITY_MAX_PER_HOUR"] = str(config.business.payout_velocity_max_per_hour)
+    return env
 
 
 def metric_namespace(stage: str) -> str:

@@ -185,6 +185,36 @@ class Monitoring(Construct):
             "a runner's transfer could not be reversed",
         )
         alarm(
+            "PayoutDestinationRefused",
+            service_metric_("PayoutDestinationRefused", "Sum"),
+            0,
+            "a release was refused because the runner's payout destination is not the one campusG's "
+            "user service knows: possible account takeover, a person must look",
+        )
+        alarm(
+            "PayoutVelocityHigh",
+            service_metric_("PayoutVelocityHigh", "Sum"),
+            0,
+            "payouts to one runner's account exceeded the hourly limit (PAYOUT_VELOCITY_MAX_PER_HOUR)",
+        )
+        rejected = cw.Alarm(
+            self,
+            "WebhookSignatureRejected",
+            alarm_name=f"{stack_name}-WebhookSignatureRejected",
+            metric=service_metric_("WebhookSignatureRejected", "Sum"),
+            threshold=config.webhook_signature_rejected_threshold,
+            evaluation_periods=1,
+            # at least the threshold in 5 minutes: someone probing the webhook, or a rolled
+            # signing secret that the operator has not stored yet
+            comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description=f"{config.webhook_signature_rejected_threshold} or more webhooks with a bad "
+            "Stripe signature in 5 minutes",
+        )
+        rejected.add_alarm_action(action)
+        rejected.add_ok_action(action)
+        self.alarms.append(rejected)
+        alarm(
             "SecretMisconfigured",
             service_metric_("SecretMisconfigured", "Sum"),
             0,

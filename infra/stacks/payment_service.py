@@ -62,6 +62,7 @@ class PaymentServiceStack(Stack):
             "Api",
             config=config.api,
             handler=functions.payment_api,
+            webhook_handler=functions.stripe_webhook,
             stage=config.name,
             vpc_endpoint=network.execute_api_endpoint,
             history_handler=functions.public_history,
@@ -188,10 +189,14 @@ class PaymentServiceStack(Stack):
             ),
             "DeadLetterQueueUrl": (self.messaging.dead_letter_queue.queue_url, "failed commands and events"),
             "DeadLetterQueueArn": (self.messaging.dead_letter_queue.queue_arn, "failed commands and events"),
-            "StripeSecretKeySecretName": (
-                self.stripe.secret_key.secret_name,
-                "aws secretsmanager put-secret-value --secret-id <this> --secret-string sk_…",
-            ),
+            **{
+                f"Stripe{''.join(p.title() for p in function.split('_'))}KeySecretName": (
+                    secret.secret_name,
+                    f"{function}'s Stripe restricted key: aws secretsmanager put-secret-value "
+                    "--secret-id <this> --secret-string rk_…",
+                )
+                for function, secret in self.stripe.restricted_keys.items()
+            },
             "StripeWebhookSecretName": (
                 self.stripe.webhook_secret.secret_name,
                 "aws secretsmanager put-secret-value --secret-id <this> --secret-string whsec_…",

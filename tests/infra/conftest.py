@@ -28,6 +28,18 @@ TEST_CONNECTION = (
     f"arn:aws:codeconnections:ap-southeast-1:{TEST_ACCOUNT}:connection/11111111-2222-3333-4444-555555555555"
 )
 
+# campusG's callers of the private API (api.callers), in the stand-in account: the saga's role may
+# release and revert, the reader's only read. Prod sets api.saga_auth=iam in cdk.json and so needs
+# them, with the other settings a production deploy must name (integrations).
+SAGA_ROLE = f"arn:aws:iam::{TEST_ACCOUNT}:role/campusg-complete-order-saga"
+READER_ROLE = f"arn:aws:iam::{TEST_ACCOUNT}:role/campusg-order-service"
+CALLERS = {"release_revert": [SAGA_ROLE], "read": [READER_ROLE]}
+USER_SERVICE_URL = "https://users.campusg.internal"
+PROD_SETTINGS = {
+    "api": {"callers": CALLERS},
+    "integrations": {"user_service_url": USER_SERVICE_URL, "return_url_origins": ["https://campusg.example"]},
+}
+
 CLERK_ISSUER = "https://clerk.campusg.example"
 FRONTEND_ORIGINS = ["https://campusg.example", "https://www.campusg.example"]
 
@@ -42,6 +54,7 @@ def stand_in_context(**api: Any) -> dict[str, Any]:
     context["defaults"]["api"].update(
         {"clerk_issuer": CLERK_ISSUER, "frontend_origins": FRONTEND_ORIGINS, **api}
     )
+    context["stages"]["prod"] = merge(context["stages"]["prod"], PROD_SETTINGS)
     return {CONTEXT_KEY: context}
 
 
@@ -111,3 +124,20 @@ def dev_raw(synth: Synth) -> dict[str, Any]:
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+# The settings a production-like deploy names, on the dev stage: SigV4 with per-route callers
+# (api.saga_auth=iam) and every integration setting (issue 18).
+PAYOUT_VELOCITY_MAX_PER_HOUR = 4
+IAM_SETTINGS = {
+    "defaults": {
+        "api": {"saga_auth": "iam", "callers": CALLERS},
+        "integrations": {"user_service_url": USER_SERVICE_URL},
+        "business": {"payout_velocity_max_per_hour": PAYOUT_VELOCITY_MAX_PER_HOUR},
+    }
+}
+
+
+@pytest.fixture(scope="session")
+def iam_dev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return synth_dev(tmp_path_factory.mktemp("cdk-iam"), IAM_SETTINGS)

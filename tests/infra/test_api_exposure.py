@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from infra.app import create_app
-from tests.infra.conftest import Synth, resources, stand_in_context, stand_in_layer
+from tests.infra.conftest import resources
 
 pytestmark = pytest.mark.infra
 
@@ -62,14 +61,12 @@ def test_only_the_webhook_and_the_history_route_are_public(dev_raw: dict[str, An
     assert routes[public][WEBHOOK]["AuthorizationType"] == "NONE"
     assert routes[public][WEBHOOK]["RequestParameters"] == {"method.request.header.Stripe-Signature": True}
     assert set(routes[private]) == SAGA_ROUTES
-    # The same function behind the webhook and the saga's routes (the history route has its own).
-    targets = {
-        str(props["Integration"]["Uri"])
-        for api in routes.values()
-        for route, props in api.items()
-        if route not in HISTORY or api is routes[private]
-    }
-    assert len(targets) == 1, targets
+    # One function behind all the saga's routes; the webhook and the history route have their own.
+    saga_targets = {str(props["Integration"]["Uri"]) for props in routes[private].values()}
+    assert len(saga_targets) == 1, saga_targets
+    webhook_target = str(routes[public][WEBHOOK]["Integration"]["Uri"])
+    assert webhook_target not in saga_targets
+    assert "FunctionsStripeWebhook" in webhook_target
     # WAF guards the public API's stage only (WAF cannot attach to a private API).
     (assoc,) = resources(dev_raw, "AWS::WAFv2::WebACLAssociation").values()
     assert public in str(assoc["Properties"]["ResourceArn"]) or "ApiDeploymentStage" in str(
@@ -108,17 +105,6 @@ def test_outputs_name_both_base_urls(dev_raw: dict[str, Any]) -> None:
     assert public in str(outputs["PublicApiUrl"]["Value"])
     assert private in str(outputs["SagaApiUrl"]["Value"])
     assert private in str(outputs["SagaApiEndpointUrl"]["Value"])
-
-
-@pytest.fixture(scope="module")
-def iam_dev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("cdk-iam")
-    context = stand_in_context(saga_auth="iam")
-    context["payment-service"]["pipeline"]["connection_arn"] = None  # the service stack is enough
-    create_app(
-        context={"layer_zip": str(stand_in_layer(root)), **context}, outdir=str(root / "cdk.out")
-    ).synth()
-    return Synth(root / "cdk.out").raw("payment-service-dev")
 
 
 def test_iam_switch_signs_every_saga_route(iam_dev: dict[str, Any]) -> None:

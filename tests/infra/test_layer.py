@@ -129,3 +129,42 @@ def test_layer_zip_is_deterministic(tmp_path: Path) -> None:
     (src / "m.py").touch()
     second = build_layer._zip(tmp_path / "layer", tmp_path / "b.zip").read_bytes()
     assert first == second
+
+
+@pytest.mark.parametrize("event", ["api_release.json", "api_payment_status.json", "api_history.json"])
+def test_webhook_function_answers_only_the_webhook_route(
+    event: str, host_layer: Path, lambda_runtime_sdk: Path
+) -> None:
+    """The webhook function shares payments_core.api's resolver with the API function but has
+    other permissions: a saga route sent to it is answered 404 before anything is resolved."""
+    function_dir = ROOT / "functions" / "stripe_webhook"
+    path = [str(function_dir), str(host_layer), str(lambda_runtime_sdk)]
+    code = f"""
+import json, sys
+sys.path[:0] = {path!r}
+import app
+
+class Context:
+    function_name = "stripe_webhook"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:ap-southeast-1:123456789012:function:stripe_webhook"
+    aws_request_id = "test"
+
+answer = app.lambda_handler(json.load(open({str(ROOT / "events" / event)!r})), Context())
+assert answer["statusCode"] == 404, answer
+assert json.loads(answer["body"])["error"] == "NOT_FOUND", answer
+"""
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=function_dir,
+        env={
+            "AWS_DEFAULT_REGION": "ap-southeast-1",
+            "POWERTOOLS_TRACE_DISABLED": "1",
+            "POWERTOOLS_METRICS_NAMESPACE": "CampusG/Payments/test",
+            "PATH": "/usr/bin:/bin",
+        },
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -26,8 +26,6 @@ REQUIRED_ENV = {
     "DB_PORT",
     "DB_NAME",
     "DB_SSL",
-    "STRIPE_SECRET_KEY_SECRET_ID",
-    "STRIPE_WEBHOOK_SECRET_ID",
     "STRIPE_API_BASE",
     "DEFAULT_CURRENCY",
     "PLATFORM_FEE_BPS",
@@ -91,7 +89,8 @@ def test_msk_serverless_with_iam_when_no_cluster_given(dev: Template) -> None:
 
 def test_functions_in_vpc_sharing_one_layer(dev_raw: dict[str, Any]) -> None:
     functions = _our_functions(dev_raw)
-    assert len(functions) == 7  # authorize, api, outbox relay, reconciler, migrations, topics, history
+    # authorize, api, webhook, outbox relay, reconciler, migrations, topics, history
+    assert len(functions) == 8
     (layer,) = resources(dev_raw, "AWS::Lambda::LayerVersion")
     for name, props in functions.items():
         assert props["Layers"] == [{"Ref": layer}], name
@@ -285,10 +284,11 @@ def test_production_database_is_protected(synth: Synth) -> None:
 
 
 def test_secrets(dev: Template, dev_raw: dict[str, Any]) -> None:
-    dev.has_resource_properties(
-        "AWS::SecretsManager::Secret",
-        {"Name": "payment-service-dev/stripe/secret-key", "SecretString": "REPLACE_ME"},
-    )
+    for function in ("authorize-payment", "stripe-webhook", "reconcile-payments"):
+        dev.has_resource_properties(
+            "AWS::SecretsManager::Secret",
+            {"Name": f"payment-service-dev/stripe/{function}-key", "SecretString": "REPLACE_ME"},
+        )
     dev.has_resource_properties(
         "AWS::SecretsManager::Secret",
         {"Name": "payment-service-dev/stripe/webhook-secret", "SecretString": "REPLACE_ME"},
@@ -337,9 +337,9 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in by_metric
     for metric in ("CPUUtilization", "FreeStorageSpace", "DatabaseConnections", "AvailabilityPercentage"):
         assert ("AWS/RDS", metric) in by_metric, metric
-    # one each per function that serves traffic: authorize, API, relay, reconciler, history
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 5
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 5
+    # one each per function that serves traffic: authorize, API, webhook, relay, reconciler, history
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 6
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 6
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["AlarmName"].startswith("payment-service-dev-")  # per stage
@@ -392,7 +392,8 @@ def test_updates_wait_for_the_schema_migration(dev_raw: dict[str, Any]) -> None:
     }
     assert waiting == {
         "payment_commands consumer: authorize, release, revert",
-        "Stripe webhook and payment queries",
+        "the saga's payment queries, release and revert",
+        "Stripe webhook: verifies and applies signed events",
         "publishes the outbox to payment_events",
         "re-reads stale payments from Stripe",
         PUBLIC_HISTORY,
@@ -423,7 +424,9 @@ def test_outputs(dev_raw: dict[str, Any]) -> None:
         "SagaApiUrl",
         "SagaApiEndpointUrl",
         "DeadLetterQueueUrl",
-        "StripeSecretKeySecretName",
+        "StripeAuthorizePaymentKeySecretName",
+        "StripeStripeWebhookKeySecretName",
+        "StripeReconcilePaymentsKeySecretName",
         "StripeWebhookSecretName",
     ):
         assert name in outputs, name

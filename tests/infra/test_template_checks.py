@@ -323,45 +323,153 @@ def code_actions() -> dict[str, set[str]]:
 FUNCTIONS_DIR = ROOT / "functions"
 
 
-def imported_modules(function: str) -> set[str]:
-    """The payments_core modules a function's code runs: the import closure of its app.py, not
-    descending into ``services`` (the container that wires every gateway, used or not)."""
-    seen: set[str] = set()
-    todo = [FUNCTIONS_DIR / function / "app.py"]
+@dataclass(frozen=True)
+class _Module:
+    """One module's top-level names and what its payments_core imports bind them to."""
+
+    name: str
+    defs: dict[str, ast.AST]  # functions, classes and assigned names at the top level
+    modules: dict[str, str]  # local name -> payments_core module (``from payments_core import x``)
+    names: dict[str, tuple[str, str]]  # local name -> (module, name) (``from payments_core.m import n``)
+    source: str
+
+
+def _parse(path: Path, name: str) -> _Module:
+    source = path.read_text()
+    tree = ast.parse(source)
+    defs: dict[str, ast.AST] = {}
+    modules: dict[str, str] = {}
+    names: dict[str, tuple[str, str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defs[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    defs[target.id] = node
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "payments_core":
+            modules.update({a.asname or a.name: a.name for a in node.names})
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("payments_core."):
+            module = str(node.module).split(".")[1]
+            names.update({a.asname or a.name: (module, a.name) for a in node.names})
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("payments_core.") and a.asname:
+                    modules[a.asname] = a.name.split(".")[1]
+    return _Module(name, defs, modules, names, source)
+
+
+_MODULES: dict[str, _Module] = {}
+
+
+def _module(name: str) -> _Module | None:
+    path = PAYMENTS_CORE / f"{name}.py"
+    if name not in _MODULES and path.is_file():
+        _MODULES[name] = _parse(path, name)
+    return _MODULES.get(name)
+
+
+def _references(module: _Module, node: ast.AST) -> set[tuple[str, str]]:
+    found = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            if sub.id in module.defs:
+                found.add((module.name, sub.id))
+            elif sub.id in module.names:
+                found.add(module.names[sub.id])
+        elif (
+            isinstance(sub, ast.Attribute)
+            and isinstance(sub.value, ast.Name)
+            and sub.value.id in module.modules
+        ):
+            found.add((module.modules[sub.value.id], sub.attr))
+    return found
+
+
+def _route_key(method: str, path: str) -> tuple[str, str]:
+    """(METHOD, path) with every path variable alike: API Gateway's {id}, the resolver's <id>."""
+    return method.upper(), re.sub(r"\{[^}]+\}|<[^>]+>", "{}", path)
+
+
+def _handlers_of(module: _Module, resolver: str, routes: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The functions registered on ``resolver`` that run for ``routes``: its route functions for
+    those routes only, and its exception and not-found handlers."""
+    found = set()
+    for name, node in module.defs.items():
+        for decorator in getattr(node, "decorator_list", []):
+            call = decorator if isinstance(decorator, ast.Call) else None
+            func = call.func if call else decorator
+            if not (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.value.id == resolver
+            ):
+                continue
+            if func.attr in ("get", "post", "put", "patch", "delete") and call and call.args:
+                path = call.args[0]
+                if isinstance(path, ast.Constant) and _route_key(func.attr, str(path.value)) in routes:
+                    found.add((module.name, name))
+            elif func.attr in ("exception_handler", "not_found"):
+                found.add((module.name, name))
+    return found
+
+
+def reachable(function: str, routes: set[tuple[str, str]] = frozenset()) -> dict[str, list[str]]:  # type: ignore[assignment]
+    """The payments_core code a function runs: {module: [source of each reachable top-level
+    function, class or name]}, from its app.py's handler through every reference, not descending
+    into ``services`` (the container that wires every gateway, used or not: its gateways are
+    seen where they are called, ``services.stripe.…``). A resolver (payments_core.api's ``app``)
+    leads only to the route functions of ``routes``, the routes API Gateway sends the function."""
+    app = _parse(FUNCTIONS_DIR / function / "app.py", "app")
+    todo = list(_references(app, app.defs.get("lambda_handler") or app.defs["handler"]))
+    seen: set[tuple[str, str]] = set()
     while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "payments_core":
-                    names = [a.name for a in node.names]
-                elif node.module.startswith("payments_core."):
-                    names = [node.module.split(".")[1]]
-            elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith("payments_core.")]
-            for name in names:
-                path = PAYMENTS_CORE / f"{name}.py"
-                if name not in seen and path.is_file():
-                    seen.add(name)
-                    if name != "services":
-                        todo.append(path)
-    return seen
+        key = todo.pop()
+        module = _module(key[0])
+        if key in seen or module is None or module.name == "services":
+            continue
+        seen.add(key)
+        node = module.defs.get(key[1])
+        if node is None:
+            if key[1] in module.names:  # a re-export
+                todo.append(module.names[key[1]])
+            continue
+        todo.extend(_references(module, node))
+        if isinstance(node, ast.Assign) and "Resolver(" in ast.unparse(node.value):
+            todo.extend(_handlers_of(module, key[1], routes))
+    found: dict[str, list[str]] = {}
+    for module_name, name in sorted(seen):
+        module = _MODULES[module_name]
+        if name in module.defs:
+            found.setdefault(module_name, []).append(
+                ast.get_source_segment(module.source, module.defs[name]) or ""
+            )
+    return found
 
 
-def capabilities(function: str) -> set[str]:
-    """Which gateways a function's code uses, read from the modules it runs."""
-    modules = imported_modules(function)
-    sources = {m: _source(m) for m in modules}
+def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> set[str]:  # type: ignore[assignment]
+    """Which gateways a function's code uses, read from the code it runs."""
+    code = reachable(function, routes)
+    modules = set(code)
+    # What the code does, not the gateway's own methods nor the settings' declarations.
+    runs = "\n".join(
+        src for m, sources in code.items() for src in sources if m not in ("stripe_gateway", "config")
+    )
     found = set()
     if {"repository", "outbox", "queries"} & modules:  # the tables, as the application role
         found.add("db")
-    if "outbox" in modules:  # the outbox publishes what it holds
-        found.add("produce")
-    if any(re.search(r"\.stripe\.\w+\(", src) for m, src in sources.items() if m != "stripe_gateway"):
+    if re.search(r"publisher\.publish\(", runs):
+        if "payment_events_topic" in runs:  # the outbox publishes what it holds
+            found.add("produce")
+        if "payment_commands_topic" in runs:  # release/revert over HTTP queue commands (issue 10)
+            found.add("produce_commands")
+    if re.search(r"\.stripe\.\w+\(", runs):
         found.add("stripe")
     if "dead_letters" in modules:
         found.add("dead_letters")
-    if "webhooks" in modules:
+    if "stripe_webhook_secret_id" in runs:  # the code reads the signing secret it names
         found.add("webhook_secret")
     if "topics" in modules:
         found.add("admin")
@@ -447,7 +555,8 @@ def _functions(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # Each function's description (infra/components/functions.py) -> its directory under functions/.
 FUNCTION_DIRS = {
     "payment_commands consumer: authorize, release, revert": "authorize_payment",
-    "Stripe webhook and payment queries": "payment_api",
+    "the saga's payment queries, release and revert": "payment_api",
+    "Stripe webhook: verifies and applies signed events": "stripe_webhook",
     "publishes the outbox to payment_events": "outbox_relay",
     "re-reads stale payments from Stripe": "reconcile_payments",
     "applies payments_core's SQL migrations": "migrate_database",
@@ -460,12 +569,16 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     """What a function needs: its code's actions on the resources its environment names."""
     actions = code_actions()
     function = FUNCTION_DIRS[props["Description"]]
-    uses = capabilities(function)
+    uses = capabilities(function, served_routes(raw, props["_logical_id"]))
     env = props["Environment"]["Variables"]
     need: set[tuple[str, str]] = set()
 
     def secret(env_name: str) -> None:
         need.update((a, _resource_kind(env[env_name], raw)) for a in actions["secrets"])
+        # A secret under a customer key: reading it decrypts with that key (through Secrets Manager).
+        key = raw["Resources"][env[env_name]["Ref"]]["Properties"].get("KmsKeyId")
+        if key:
+            need.add(("kms:Decrypt", _resource_kind(key, raw)))
 
     produce = actions["kafka_gateway"]
     cluster_produce = {
@@ -488,10 +601,10 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     if "dead_letters" in uses:  # in AWS the queue (DEAD_LETTER_QUEUE_URL is set), never the topic
         assert env["DEAD_LETTER_QUEUE_URL"]
         need.update((a, "queue") for a in actions["dead_letters"])
-    if "produce" in uses:
-        topics = [env["PAYMENT_EVENTS_TOPIC"]]
-        if function == "payment_api":
-            topics.append(env["PAYMENT_COMMANDS_TOPIC"])  # release/revert over HTTP queue commands (issue 10)
+    topics = [env["PAYMENT_EVENTS_TOPIC"]] if "produce" in uses else []
+    if "produce_commands" in uses:
+        topics.append(env["PAYMENT_COMMANDS_TOPIC"])
+    if topics:
         need.update((a, "cluster") for a in cluster_produce)
         need.update((a, f"topic:{t}") for t in topics for a in produce - cluster_produce)
     mappings = [
@@ -515,6 +628,24 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     return need
 
 
+def served_routes(raw: dict[str, Any], function: str) -> set[tuple[str, str]]:
+    """The (METHOD, path) routes of the template's REST APIs that integrate ``function``."""
+    parents = resources(raw, "AWS::ApiGateway::Resource")
+
+    def path(ref: dict[str, Any]) -> str:
+        if "Ref" not in ref:  # the API's root resource
+            return ""
+        props = parents[ref["Ref"]]["Properties"]
+        return f"{path(props['ParentId'])}/{props['PathPart']}"
+
+    return {
+        _route_key(props["HttpMethod"], path(props["ResourceId"]) or "/")
+        for method in resources(raw, "AWS::ApiGateway::Method").values()
+        for props in [method["Properties"]]
+        if f'"{function}"' in json.dumps(props.get("Integration", {}).get("Uri", ""))
+    }
+
+
 def permission_failures(raw: dict[str, Any]) -> list[str]:
     failures = []
     for description, props in _functions(raw).items():
@@ -536,11 +667,38 @@ def test_code_actions_are_found_in_the_gateways() -> None:
     assert "kafka-cluster:WriteDataIdempotently" in actions["kafka_gateway"]
 
 
+WEBHOOK_ROUTE = {("POST", "/api/stripe-webhook")}
+SAGA_ROUTES = {
+    _route_key(m, p)
+    for m, p in (
+        ("GET", "/payment/{id}/status"),
+        ("GET", "/payment/{id}/details"),
+        ("POST", "/payment/{id}/release"),
+        ("POST", "/payment/{id}/revert"),
+        ("GET", "/history/{user_id}"),
+        ("GET", "/health"),
+    )
+}
+
+
 def test_capabilities_are_read_from_the_code() -> None:
     assert capabilities("authorize_payment") >= {"db", "produce", "stripe", "dead_letters"}
     assert "stripe" not in capabilities("outbox_relay") and "dead_letters" not in capabilities("outbox_relay")
-    assert "webhook_secret" in capabilities("payment_api")
     assert capabilities("migrate_database") == {"migrate"}
+    # The resolver serves what API Gateway sends it: the webhook route needs the signing secret,
+    # Stripe (a stray hold's cancel) and the events topic; the saga's routes only queue commands.
+    assert capabilities("stripe_webhook", WEBHOOK_ROUTE) == {"db", "produce", "stripe", "webhook_secret"}
+    assert capabilities("payment_api", SAGA_ROUTES) == {"db", "produce_commands"}
+    # The same resolver given the webhook route would need what the webhook function has.
+    assert capabilities("payment_api", SAGA_ROUTES | WEBHOOK_ROUTE) >= {"stripe", "webhook_secret", "produce"}
+    # no route: none of the resolver's route functions runs
+    assert not {"stripe", "webhook_secret", "produce"} & capabilities("stripe_webhook")
+
+
+def test_served_routes_are_read_from_the_template(dev_raw: dict[str, Any]) -> None:
+    functions = {FUNCTION_DIRS[d]: props["_logical_id"] for d, props in _functions(dev_raw).items()}
+    assert served_routes(dev_raw, functions["stripe_webhook"]) == WEBHOOK_ROUTE
+    assert served_routes(dev_raw, functions["payment_api"]) == SAGA_ROUTES
 
 
 def test_every_role_grants_exactly_what_its_code_does(dev_raw: dict[str, Any]) -> None:
