@@ -41,6 +41,7 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
 
 COMMAND_WORKERS_CEILING = 32
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
+MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
 
@@ -113,6 +114,15 @@ class Settings:
     frontend_origins: tuple[str, ...] = ()
     # clock skew allowed on exp and nbf (Clerk's session tokens live 60 s)
     session_token_leeway_seconds: int = DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS
+    # campusG's user service: who a runner is and which Connect account is theirs. Every payout
+    # destination is checked against it before anything is captured; empty: releases naming an
+    # account wait (retried) until it is set. Its calls run under the order's lease, so the
+    # timeout stays far below the lease's time to live (capped at MAX_USER_SERVICE_TIMEOUT_SECONDS).
+    user_service_url: str = ""
+    user_service_timeout_seconds: float = 5.0
+    # More transfers than this to one Connect account within an hour raise PayoutVelocityHigh
+    # (a warning and a metric to alarm on; the payout itself is not held back).
+    payout_velocity_max_per_hour: int = 40
 
 
 def _origins(name: str) -> tuple[str, ...]:
@@ -175,4 +185,9 @@ def get_settings() -> Settings:
                 _int("SESSION_TOKEN_LEEWAY_SECONDS", DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS),
             ),
         ),
+        user_service_url=_str("USER_SERVICE_URL", "").rstrip("/"),
+        user_service_timeout_seconds=max(
+            0.1, min(MAX_USER_SERVICE_TIMEOUT_SECONDS, float(_str("USER_SERVICE_TIMEOUT_SECONDS", "5")))
+        ),
+        payout_velocity_max_per_hour=max(1, _int("PAYOUT_VELOCITY_MAX_PER_HOUR", 40)),
     )
