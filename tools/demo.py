@@ -473,7 +473,9 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
     else:
         t.deviation("no payment_id from step 1: release not sent")
 
-    t.step("5b. release the 3-D Secure order to an account that is not the runner's -> refused, nothing captured")
+    t.step(
+        "5b. release the 3-D Secure order to an account that is not the runner's -> refused, nothing captured"
+    )
     wrong = command(
         "release_payment", order_id=tds.order_id, runner_id=runner, runner_connect_account_id="acct_runner2"
     )
