@@ -57,7 +57,7 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
         seen.append(event)
         return webhooks.WebhookOutcome("applied", "order-1")
 
-    monkeypatch.setattr(secret_checks, "read_secret_string", lambda secret_id: SECRET)
+    monkeypatch.setattr(secret_checks, "read_secret_string", lambda secret_id, **_: SECRET)
     monkeypatch.setattr(webhooks, "apply_event", fake_apply)
     set_services(Services(db=FakeDb(), stripe=None, publisher=None, settings=get_settings()))  # type: ignore[arg-type]
     yield seen

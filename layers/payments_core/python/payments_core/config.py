@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from payments_core.return_urls import parse_origins
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -44,6 +46,8 @@ DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
 MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
+# Vite's local origin, where campusG's saga points return_url (https://localhost:5173/customer/history)
+DEFAULT_RETURN_URL_ORIGINS = ("http://localhost:5173", "https://localhost:5173")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Settings:
     frontend_origins: tuple[str, ...] = ()
     # clock skew allowed on exp and nbf (Clerk's session tokens live 60 s)
     session_token_leeway_seconds: int = DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS
+    # The origins an authorize's return_url may be on (Stripe appends the client secret to it)
+    return_url_origins: tuple[str, ...] = DEFAULT_RETURN_URL_ORIGINS
     # campusG's user service: who a runner is and which Connect account is theirs. Every payout
     # destination is checked against it before anything is captured; empty: releases naming an
     # account wait (retried) until it is set. Its calls run under the order's lease, so the
@@ -185,6 +191,7 @@ def get_settings() -> Settings:
                 _int("SESSION_TOKEN_LEEWAY_SECONDS", DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS),
             ),
         ),
+        return_url_origins=parse_origins(_str("RETURN_URL_ORIGINS", ",".join(DEFAULT_RETURN_URL_ORIGINS))),
         user_service_url=_str("USER_SERVICE_URL", "").rstrip("/"),
         user_service_timeout_seconds=max(
             0.1, min(MAX_USER_SERVICE_TIMEOUT_SECONDS, float(_str("USER_SERVICE_TIMEOUT_SECONDS", "5")))

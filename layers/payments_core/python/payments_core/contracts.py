@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from payments_core import return_urls
 from payments_core.errors import Rejection
 
 SOURCE = "payment-service"
@@ -46,6 +47,7 @@ AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"  # extension
 AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"  # extension: 3-D Secure never completed
 REVERT_FAILED = "REVERT_FAILED"  # extension: Stripe refused the cancel or refund; money not yet given back
 ORDER_REVERTED = "ORDER_REVERTED"  # extension: the order was reverted before it was authorized
+RETURN_URL_NOT_ALLOWED = "RETURN_URL_NOT_ALLOWED"  # extension: return_url not on RETURN_URL_ORIGINS
 # extension: the release names a payout destination campusG's records and Stripe do not confirm
 PAYOUT_DESTINATION_REFUSED = "PAYOUT_DESTINATION_REFUSED"
 
@@ -112,7 +114,11 @@ class AuthorizePayment(_Model):
     order_id: NonEmpty
     customer: Customer
     order: Order
-    return_url: str | None = Field(default=None, max_length=2000)
+    return_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="An http(s) URL on one of the configured origins (RETURN_URL_ORIGINS); refused otherwise",
+    )
 
 
 class _ByPaymentOrOrder(_Model):
@@ -215,6 +221,13 @@ def parse_command(raw: bytes | None) -> Command:
         raise reject(code, describe_errors(exc)) from None
     if isinstance(body, AuthorizePayment) and body.order.amount < _minimum_amount():
         raise reject(INVALID_AMOUNT, f"order.amount must be an integer of at least {_minimum_amount()} cents")
+    # Stripe appends the client secret to return_url: refused before any hold is placed. An
+    # empty one is sent to Stripe as none, as before.
+    if isinstance(body, AuthorizePayment) and body.return_url and not _return_url_allowed(body.return_url):
+        raise reject(
+            RETURN_URL_NOT_ALLOWED,
+            "return_url must be an http(s) URL, without user info, on one of the allowed origins",
+        )
     return Command(type=envelope.type, correlation_id=envelope.correlation_id, body=body, raw=raw)  # type: ignore[arg-type]
 
 
@@ -233,6 +246,12 @@ def _minimum_amount() -> int:
     from payments_core.config import get_settings
 
     return get_settings().minimum_amount_cents
+
+
+def _return_url_allowed(url: str) -> bool:
+    from payments_core.config import get_settings
+
+    return return_urls.is_allowed(url, get_settings().return_url_origins)
 
 
 def _load(raw: bytes | None) -> tuple[dict[str, Any], bool]:

@@ -10,6 +10,9 @@ redelivers once the secret is fixed, and commands are retried rather than failed
 
 from __future__ import annotations
 
+import json
+from typing import NoReturn
+
 from payments_core.errors import TransientError
 from payments_core.observability import count, logger
 from payments_core.secrets import read_secret_string
@@ -24,9 +27,44 @@ class SecretMisconfigured(TransientError):
     """A Stripe credential is missing, a placeholder or of the wrong kind."""
 
 
-def webhook_secret(secret_id: str) -> str:
-    """The webhook signing secret, if it is one (``whsec_…``)."""
-    return _require(secret_id, "the Stripe webhook signing secret (whsec_…)", WEBHOOK_SECRET_PREFIXES)
+WEBHOOK_SIGNING_HINT = (
+    'the Stripe webhook signing secret (whsec_…), or during a roll {"current": "whsec_…", "next": "whsec_…"}'
+)
+# The keys of a webhook secret held as a JSON object: the one Stripe signs with now and the
+# one it will sign with after the roll. Another key is refused (a typo would drop a secret).
+WEBHOOK_SECRET_KEYS = ("current", "next")
+
+
+def webhook_secrets(secret_id: str, *, fresh: bool = False) -> tuple[str, ...]:
+    """The webhook signing secrets to accept, each a ``whsec_…`` value: the secret's value as
+    a plain string, or during a roll a JSON object ``{"current": …, "next": …}`` ("next"
+    optional) or a JSON list of them. ``fresh``: read Secrets Manager, not the cache."""
+    value = read_secret_string(secret_id, fresh=fresh)
+    if not value.startswith(("{", "[")):
+        return (_checked(secret_id, value, WEBHOOK_SECRET_PREFIXES, WEBHOOK_SIGNING_HINT),)
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError:
+        _refuse(secret_id, "is not valid JSON", WEBHOOK_SIGNING_HINT)
+    if isinstance(document, dict):
+        unknown = sorted(set(document) - set(WEBHOOK_SECRET_KEYS))
+        if unknown or "current" not in document:
+            what = f"has unknown keys {unknown}" if unknown else 'has no "current"'
+            _refuse(secret_id, what, WEBHOOK_SIGNING_HINT)
+        members = [(f'its "{key}"', document[key]) for key in WEBHOOK_SECRET_KEYS if key in document]
+    elif isinstance(document, list) and document:
+        members = [(f"its item {i}", item) for i, item in enumerate(document)]
+    else:
+        _refuse(secret_id, "is neither a JSON object nor a non-empty list", WEBHOOK_SIGNING_HINT)
+    secrets: list[str] = []
+    for name, member in members:
+        if not isinstance(member, str):
+            _refuse(secret_id, f"holds {name} that is not a string", WEBHOOK_SIGNING_HINT)
+        wrong = problem(member.strip(), WEBHOOK_SECRET_PREFIXES)
+        if wrong is not None:
+            _refuse(secret_id, f"holds {name} that {wrong}", WEBHOOK_SIGNING_HINT)
+        secrets.append(member.strip())
+    return tuple(dict.fromkeys(secrets))
 
 
 def api_key(secret_id: str) -> str:
@@ -48,10 +86,17 @@ def problem(value: str, prefixes: tuple[str, ...]) -> str | None:
 
 
 def _require(secret_id: str, expected: str, prefixes: tuple[str, ...]) -> str:
-    value = read_secret_string(secret_id)
+    return _checked(secret_id, read_secret_string(secret_id), prefixes, expected)
+
+
+def _checked(secret_id: str, value: str, prefixes: tuple[str, ...], expected: str) -> str:
     wrong = problem(value, prefixes)
     if wrong is None:
         return value
+    _refuse(secret_id, wrong, expected)
+
+
+def _refuse(secret_id: str, wrong: str, expected: str) -> NoReturn:
     message = (
         f"refusing to use secret {secret_id}: it {wrong}; put {expected} into it "
         "(aws secretsmanager put-secret-value)"

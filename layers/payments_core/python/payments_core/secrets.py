@@ -9,11 +9,12 @@ from typing import Any
 SECRET_MAX_AGE_SECONDS = 300
 
 
-def read_secret_string(secret_id: str) -> str:
-    """The secret's value, stripped; possibly empty (``secret_checks`` judges what it holds)."""
+def read_secret_string(secret_id: str, *, fresh: bool = False) -> str:
+    """The secret's value, stripped; possibly empty (``secret_checks`` judges what it holds).
+    ``fresh``: read Secrets Manager now, not the cache (which is then refreshed)."""
     from aws_lambda_powertools.utilities import parameters
 
-    value = parameters.get_secret(secret_id, max_age=SECRET_MAX_AGE_SECONDS)
+    value = parameters.get_secret(secret_id, max_age=SECRET_MAX_AGE_SECONDS, force_fetch=fresh)
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     return value.strip() if isinstance(value, str) else ""

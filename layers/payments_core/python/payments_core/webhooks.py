@@ -8,6 +8,8 @@ manual-capture authorization."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,24 +51,63 @@ class WebhookOutcome:
     order_id: str | None = None
 
 
-def verify_event(raw_body: bytes, signature_header: str | None, services: Services) -> dict[str, Any]:
-    """The Stripe event, if and only if its signature verifies over the raw body."""
-    import stripe
+# Counted for every request whose signature none of the accepted secrets verifies (alarmed:
+# a roll gone wrong rejects Stripe's own events).
+SIGNATURE_REJECTED_METRIC = "WebhookSignatureRejected"
+# After a signature failure the secret is read again from Secrets Manager (not the ~300 s
+# cache), at most this often per container: a secret rolled at Stripe and updated in Secrets
+# Manager is then accepted within seconds, while forged requests cannot drive Secrets Manager.
+SECRET_REFETCH_INTERVAL_SECONDS = 30.0
+_NO_MATCH = "No signatures found matching"
 
+
+class _RefetchGate:
+    """Allows one fresh read of a secret per interval (monotonic clock), per container."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, secret_id: str, interval: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(secret_id)
+            if last is not None and now - last < interval:
+                return False
+            self._last[secret_id] = now
+            return True
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last.clear()
+
+
+secret_refetch = _RefetchGate()
+
+
+def verify_event(raw_body: bytes, signature_header: str | None, services: Services) -> dict[str, Any]:
+    """The Stripe event, if and only if its signature verifies over the raw body with one of
+    the accepted signing secrets (the current one and, during a roll, the next)."""
     if not signature_header:
         raise WebhookRejected("missing Stripe-Signature header", MISSING_SIGNATURE)
     try:
         payload = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise WebhookRejected("body is not UTF-8", INVALID_PAYLOAD) from exc
-    # Never verify with a placeholder: refuses (log line, metric, 500) unless it is a whsec_ value.
-    secret = secret_checks.webhook_secret(services.settings.stripe_webhook_secret_id)
-    try:
-        stripe.WebhookSignature.verify_header(
-            payload, signature_header, secret, tolerance=services.settings.webhook_tolerance_seconds
-        )
-    except stripe.SignatureVerificationError as exc:
-        raise WebhookRejected(f"signature verification failed: {exc.user_message or exc}") from None
+    secret_id = services.settings.stripe_webhook_secret_id
+    tolerance = services.settings.webhook_tolerance_seconds
+    # Never verify with a placeholder: refuses (log line, metric, 500) unless each is a whsec_ value.
+    secrets = secret_checks.webhook_secrets(secret_id)
+    failure = _signature_failure(payload, signature_header, secrets, tolerance)
+    if failure is not None and secret_refetch.allow(secret_id, SECRET_REFETCH_INTERVAL_SECONDS):
+        # The secret may have been rolled since it was cached.
+        fresh = secret_checks.webhook_secrets(secret_id, fresh=True)
+        if fresh != secrets:
+            logger.info("webhook signing secret changed in Secrets Manager", extra={"secret_id": secret_id})
+            failure = _signature_failure(payload, signature_header, fresh, tolerance)
+    if failure is not None:
+        count(SIGNATURE_REJECTED_METRIC)
+        raise WebhookRejected(f"signature verification failed: {failure}")
     try:
         event = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -78,6 +119,24 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     ):
         raise WebhookRejected("body is not a Stripe event", INVALID_PAYLOAD)
     return event
+
+
+def _signature_failure(payload: str, header: str, secrets: tuple[str, ...], tolerance: int) -> str | None:
+    """None when one of ``secrets`` verifies the header, else why not. stripe-python accepts
+    any of the header's ``v1`` signatures (Stripe sends one per active secret during its own
+    roll) but takes one secret: each is tried. A signature that matches but is too old says so
+    rather than "no match"."""
+    import stripe
+
+    reasons: list[str] = []
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=tolerance)
+        except stripe.SignatureVerificationError as exc:
+            reasons.append(str(exc.user_message or exc))
+        else:
+            return None
+    return next((r for r in reasons if not r.startswith(_NO_MATCH)), reasons[0] if reasons else "no secret")
 
 
 # Stripe objects other than PaymentIntents that feed the settlement audit: a transfer or a
