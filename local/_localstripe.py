@@ -14,6 +14,7 @@ from aiohttp import web
 from localstripe import resources, server  # type: ignore[import-untyped]
 from localstripe.webhooks import schedule_webhook  # type: ignore[import-untyped]
 
+from local.campus_users import seed_accounts
 from local.settings import HOST
 
 # Parameters real Stripe accepts on a PaymentIntent that localstripe rejects as "Unexpected".
@@ -83,6 +84,74 @@ def _accept_real_stripe_parameters() -> None:
     )
 
 
+class Account(resources.StripeObject):  # type: ignore[misc]
+    """Connect accounts, which localstripe lacks: ``POST /v1/accounts``, ``GET /v1/accounts/{id}``
+    (404 for an account the platform does not have, as Stripe answers), ``POST
+    /v1/accounts/{id}`` (update), ``GET /v1/accounts``. As in Stripe, an account has the
+    ``transfers`` capability only when it was requested (``capabilities[transfers][requested]=true``);
+    here a requested capability is ``active`` at once (Stripe's test mode after onboarding with
+    test data), and can be changed with ``capabilities[transfers][requested]=false`` (then
+    ``inactive``). The seeded runners' accounts (``local.campus_users``) exist from the start."""
+
+    object = "account"
+    _id_prefix = "acct_"
+
+    def __init__(
+        self,
+        type: str | None = None,
+        country: str | None = None,
+        email: str | None = None,
+        capabilities: dict[str, Any] | None = None,
+        business_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(id=id)
+        self.type = type or "express"
+        self.country = country or "SG"
+        self.email = email
+        self.business_type = business_type
+        self.metadata = metadata or {}
+        self.capabilities: dict[str, str] = {}
+        self._set_capabilities(capabilities or {})
+
+    def _set_capabilities(self, capabilities: dict[str, Any]) -> None:
+        for name, wanted in capabilities.items():
+            requested = str((wanted or {}).get("requested", "")).lower() == "true"
+            if requested:
+                self.capabilities[name] = "active"
+            elif name in self.capabilities:
+                self.capabilities[name] = "inactive"
+        active = self.capabilities.get("transfers") == "active"
+        self.charges_enabled = active
+        self.payouts_enabled = active
+        self.details_submitted = active
+
+    def _update(self, capabilities: dict[str, Any] | None = None, **data: Any) -> None:
+        for key in ("email", "business_type", "metadata"):
+            if key in data:
+                setattr(self, key, data[key])
+        self._set_capabilities(capabilities or {})
+
+    @classmethod
+    def _api_create(cls, **data: Any) -> Any:
+        data.pop("id", None)
+        return cls(**data)
+
+
+def _add_connect_accounts() -> None:
+    """Serve Account at Stripe's routes; create the seeded runners' accounts."""
+    for method, url, make in (
+        ("POST", "/v1/accounts", server.api_create),
+        ("GET", "/v1/accounts/{id}", server.api_retrieve),
+        ("POST", "/v1/accounts/{id}", server.api_update),
+        ("GET", "/v1/accounts", server.api_list_all),
+    ):
+        server.app.router.add_route(method, url, make(Account, url))
+    for account_id in seed_accounts():
+        Account(id=account_id, capabilities={"transfers": {"requested": "true"}})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8420)
@@ -90,6 +159,7 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true", help="accepted for parity; always true")
     args = parser.parse_args()
     _accept_real_stripe_parameters()
+    _add_connect_accounts()
 
     access = logging.getLogger("aiohttp.access")
     access.setLevel(logging.DEBUG)

@@ -436,6 +436,12 @@ class Issuer(PythonEmulator):
     module = "local.issuer"
 
 
+class UserService(PythonEmulator):
+    """The stand-in for campusG's user service: up before the functions that check payouts."""
+
+    module = "local.user_service"
+
+
 class Scheduler(PythonEmulator):
     module = "local.scheduler"
 
@@ -457,6 +463,7 @@ def components(s: LocalSettings | None = None) -> list[Component]:
         LocalStripe("localstripe", s, [(s.localstripe_port, "LOCAL_LOCALSTRIPE_PORT")], timeout=30),
         StripeMock("stripe-mock", s, [(s.stripe_mock_port, "LOCAL_STRIPE_MOCK_PORT")], timeout=30),
         Issuer("issuer", s, [(s.issuer_port, "LOCAL_ISSUER_PORT")], timeout=30),
+        UserService("user-service", s, [(s.user_service_port, "LOCAL_USER_SERVICE_PORT")], timeout=30),
         EventSource("event-source", s, [], timeout=60, emulator=True),
         ApiGateway("api-gateway", s, [(s.api_port, "LOCAL_API_PORT")], timeout=60, emulator=True),
         PublicApiGateway(

@@ -80,6 +80,7 @@ class LocalSettings:
     api_port: int
     public_api_port: int  # the public face: the frontend's history route (public_history)
     issuer_port: int  # the local Clerk issuer: its JWKS (local/issuer.py)
+    user_service_port: int  # the stand-in for campusG's user service (local/user_service.py)
     state_dir: Path  # data, logs and pid files (git-ignored)
     cache_dir: Path  # downloaded jars and binaries, shared by every checkout
 
@@ -123,6 +124,10 @@ class LocalSettings:
         return f"http://{HOST}:{self.issuer_port}"
 
     @property
+    def user_service_url(self) -> str:
+        return f"http://{HOST}:{self.user_service_port}"
+
+    @property
     def issuer_key_path(self) -> Path:
         """The local issuer's RSA signing key, made at each start of the issuer (git-ignored)."""
         return self.state_dir / "issuer" / "signing-key.pem"
@@ -163,6 +168,7 @@ def load() -> LocalSettings:
         api_port=_port("LOCAL_API_PORT", 3000),
         public_api_port=_port("LOCAL_PUBLIC_API_PORT", 3001),
         issuer_port=_port("LOCAL_ISSUER_PORT", 3002),
+        user_service_port=_port("LOCAL_USER_SERVICE_PORT", 3003),
         state_dir=state.resolve(),
         cache_dir=cache.expanduser().resolve(),
     )
@@ -216,6 +222,8 @@ def client_env(settings: LocalSettings | None = None) -> dict[str, str]:
         "CLERK_ISSUER": s.issuer_url,
         "FRONTEND_ORIGINS": s.frontend_origins,
         "SESSION_TOKEN_LEEWAY_SECONDS": str(SESSION_TOKEN_LEEWAY_SECONDS),
+        # campusG's user service (the stand-in): every payout destination is checked against it
+        "USER_SERVICE_URL": s.user_service_url,
         # Powertools
         "POWERTOOLS_SERVICE_NAME": "payment-service",
         "POWERTOOLS_METRICS_NAMESPACE": "CampusG/Payments",

@@ -5,7 +5,7 @@
 
 - ``StripeLatencyDouble`` answers the requests this service makes (PaymentIntents: create
   with confirm, list by customer, retrieve, capture, cancel; refunds and transfers, and their
-  lists; transfer reversals) like Stripe, after sleeping ``delay_s``: no CPU cost, so what it
+  lists; transfer reversals; Connect accounts, every one connected with transfers active) like Stripe, after sleeping ``delay_s``: no CPU cost, so what it
   measures is the service's own concurrency (localstripe saturates one core at about 15
   requests/s). Every create is held with manual capture (``requires_capture``); an
   ``Idempotency-Key`` seen before gets the first answer again, as Stripe does.
@@ -225,6 +225,10 @@ class StripeLatencyDouble(_LatencyServer):
             if method == "POST" and parts[2:] == ["cancel"]:
                 intent.update(status="canceled", amount_capturable=0)
                 return 200, intent
+        if method == "GET" and len(parts) == 2 and parts[0] == "accounts":
+            # every account is one of the platform's, able to receive transfers: the payout
+            # destination check reads it before a release captures
+            return 200, {"id": parts[1], "object": "account", "capabilities": {"transfers": "active"}}
         if method == "POST" and parts in (["refunds"], ["transfers"]):
             kind = parts[0]
             made = {"id": self._id("re" if kind == "refunds" else "tr"), "object": kind[:-1], **_ints(form)}

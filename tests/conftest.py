@@ -21,7 +21,7 @@ from local.lambda_runtime import FakeLambdaContext, handler_path, load_module
 from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, LocalSettings, client_env
 from local.settings import load as load_local_settings
 
-REQUIRED_COMPONENTS = ("kafka", "postgres", "moto", "localstripe", "stripe-mock")
+REQUIRED_COMPONENTS = ("kafka", "postgres", "moto", "localstripe", "stripe-mock", "user-service")
 
 
 def _clear_service_settings_cache() -> None:

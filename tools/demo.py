@@ -3,10 +3,13 @@ HTTP only, as campusG's orchestrator, complete-order saga and frontend would.
 
     python -m tools.demo        (make demo: creates the venv and starts the stack first)
 
-Setup (the client side's job, not the service's): customers and cards in localstripe. Then, over
+Setup (the client side's job, not the service's): customers and cards in localstripe, and the
+runner's Connect account registered on campusG's user service (the local stand-in), since the
+service pays only a runner's own account. Then, over
 Kafka: authorize (card OK); authorize with a 3-D Secure card, authentication completed at
 localstripe, its webhook reaching the API; authorize with a declined card; the same authorize
-command sent twice; release; revert of another order. Over HTTP, with plain unsigned ``requests``
+command sent twice; release; a release to an account that is not the runner's (refused, nothing
+captured); revert of another order. Over HTTP, with plain unsigned ``requests``
 as the complete-order saga makes them: release and a repeated release, revert after the release
 (refund), and what the routes refuse (400, 404, 409). A revert that overtakes its own authorize
 (answered REVERTED, the late authorize holds nothing). The frontend's GET /history for the
@@ -41,7 +44,7 @@ CARD_OK = "4242424242424242"
 CARD_3DS = "4000002760003184"
 CARD_DECLINED = "4000000000000341"
 WAIT_SECONDS = 30.0
-NEEDED = ("kafka", "postgres", "moto", "localstripe", "event-source", "api-gateway")
+NEEDED = ("kafka", "postgres", "moto", "localstripe", "user-service", "event-source", "api-gateway")
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -115,10 +118,20 @@ class Saga:
         self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.api = os.environ["API_URL"]
         self.stripe_base = os.environ["STRIPE_API_BASE"]
+        self.user_service = os.environ["USER_SERVICE_URL"]
 
     def close(self) -> None:
         self.producer.close(timeout=5)
         self.consumer.close()
+
+    def register_runner(self, runner: str, account: str) -> bool:
+        """campusG's onboarding: the runner's Connect account, on the user service."""
+        answer = requests.put(
+            f"{self.user_service}/api/user/{urllib.parse.quote(runner, safe='')}/connect-account",
+            json={"stripe_connect_account_id": account},
+            timeout=10,
+        )
+        return answer.status_code == 200 and answer.json().get("stripe_connect_account_id") == account
 
     # Kafka ------------------------------------------------------------------------------------
 
@@ -373,8 +386,10 @@ class Order:
 def play(saga: Saga, t: Timeline) -> list[Order]:
     run = uuid.uuid4().hex[:6]
     user, runner = f"user_demo_{run}", f"user_runner_{run}"  # fresh ids, so GET /history is exact
-    runner_account = "acct_demo_runner"
+    runner_account = "acct_demo_runner"  # a Connect account of the local Stripe (local.campus_users)
     orders: list[Order] = []
+    t.say("  $", f"campusG's user service: {runner} registers Connect account {runner_account}")
+    t.check(saga.register_runner(runner, runner_account), "runner registered", "the user service refused it")
 
     t.step("1. authorize, card 4242 4242 4242 4242 -> payment.authorized")
     customer, method = saga.new_card(CARD_OK)
@@ -457,6 +472,23 @@ def play(saga: Saga, t: Timeline) -> list[Order]:
         saga.api_status(ok.order_id, "SUCCEEDED")
     else:
         t.deviation("no payment_id from step 1: release not sent")
+
+    t.step(
+        "5b. release the 3-D Secure order to an account that is not the runner's -> refused, nothing captured"
+    )
+    wrong = command(
+        "release_payment", order_id=tds.order_id, runner_id=runner, runner_connect_account_id="acct_runner2"
+    )
+    saga.send(wrong)
+    saga.expect(
+        tds.order_id,
+        "payment.failed",
+        correlation_id=wrong["correlation_id"],
+        error="PAYOUT_DESTINATION_REFUSED",
+        status="AUTHORIZED",
+    )
+    saga.show_intent(tds.customer_id, tds.order_id, "requires_capture")
+    saga.api_status(tds.order_id, "AUTHORIZED")
 
     t.step("6. revert another order (the one sent twice) over Kafka -> payment.released REVERTED")
     if twice.payment_id:

@@ -289,7 +289,7 @@ def test_transfer_redelivered_after_a_lost_answer_carries_the_same_idempotency_k
         "release_payment",
         payment_id=payment_id,
         runner_id="user_runner",
-        runner_connect_account_id="acct_1Qrunner",
+        runner_connect_account_id="acct_runner1",
     )
 
     first = handle_command_batch(msk_event(release, first_offset=7), None, make_services(stripe=stripe))
@@ -308,7 +308,7 @@ def test_transfer_redelivered_after_a_lost_answer_carries_the_same_idempotency_k
     assert localstripe_client.v1.payment_intents.retrieve(row["payment_intent_id"]).status == "succeeded"
     stored = payment_row(order_id)
     assert stored["status"] == "SUCCEEDED" and stored["transfer_id"].startswith("tr_")
-    assert stored["runner_connect_account_id"] == "acct_1Qrunner" and stored["transfer_failure"] is None
+    assert stored["runner_connect_account_id"] == "acct_runner1" and stored["transfer_failure"] is None
     (released,) = {e["event_id"]: e for e in _events(published_events, order_id, "payment.released")}.values()
     assert released["payload"]["transfer_id"] == stored["transfer_id"]
 
@@ -334,7 +334,7 @@ def test_runner_is_paid_when_the_webhook_records_the_capture_before_the_redelive
         "release_payment",
         order_id=order_id,
         runner_id="user_runner",
-        runner_connect_account_id="acct_1Qrunner",
+        runner_connect_account_id="acct_runner1",
     )
     assert handle_command_batch(msk_event(release), None, make_services(stripe=stripe))["batchItemFailures"]
     intent = localstripe_client.v1.payment_intents.retrieve(row["payment_intent_id"]).to_dict()
@@ -349,7 +349,7 @@ def test_runner_is_paid_when_the_webhook_records_the_capture_before_the_redelive
         )
     stored = payment_row(order_id)
     assert stored["transfer_id"] and stored["transfer_id"].startswith("tr_"), "the runner was never paid"
-    assert stored["runner_id"] == "user_runner" and stored["runner_connect_account_id"] == "acct_1Qrunner"
+    assert stored["runner_id"] == "user_runner" and stored["runner_connect_account_id"] == "acct_runner1"
     keys = stripe_mock_proxy.idempotency_keys("POST", "/v1/transfers")
     assert keys == [f"campusg-payments:transfer:{payment_id}"] * 2, (
         "re-sent once with the same key, then never"
@@ -367,7 +367,7 @@ def test_transfer_refused_for_good_still_releases_and_keeps_the_reason(
         "release_payment",
         order_id=order_id,
         runner_id="user_runner",
-        runner_connect_account_id="acct_1Qrunner",
+        runner_connect_account_id="acct_runner1",
     )
     assert handle_command_batch(msk_event(release), None, make_services(stripe=stripe)) == NO_FAILURES
     assert (
@@ -454,7 +454,7 @@ def test_revert_after_a_transfer_reverses_it_then_refunds(
         "release_payment",
         order_id=order_id,
         runner_id="user_runner",
-        runner_connect_account_id="acct_1Qrunner",
+        runner_connect_account_id="acct_runner1",
     )
     revert = command("revert_payment", order_id=order_id, reason="order disputed")
     assert handle_command_batch(msk_event(release), None, make_services(stripe=stripe)) == NO_FAILURES

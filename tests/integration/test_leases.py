@@ -170,7 +170,10 @@ def test_no_statement_that_pins_a_proxy_connection_is_ever_sent(
     order_id = cmd["payload"]["order_id"]
     assert handle_command_batch(msk_event(cmd), None, services) == NO_FAILURES
     release = command(
-        "release_payment", order_id=order_id, runner_id="user_runner", runner_connect_account_id="acct_runner"
+        "release_payment",
+        order_id=order_id,
+        runner_id="user_runner",
+        runner_connect_account_id="acct_runner1",
     )
     assert handle_command_batch(msk_event(release, first_offset=5), None, services) == NO_FAILURES
     revert = command("revert_payment", order_id=order_id, reason="drill")

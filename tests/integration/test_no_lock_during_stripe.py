@@ -46,7 +46,10 @@ def test_no_session_is_in_a_transaction_or_holds_a_lock_while_stripe_answers(
     auth = authorize_command(Card("cus_latency", "pm_latency"))
     order_id = auth["payload"]["order_id"]
     release = command(
-        "release_payment", order_id=order_id, runner_id="user_runner", runner_connect_account_id="acct_runner"
+        "release_payment",
+        order_id=order_id,
+        runner_id="user_runner",
+        runner_connect_account_id="acct_runner1",
     )
     answers: list[dict[str, Any]] = []
     worker = threading.Thread(

@@ -43,6 +43,7 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
 
 COMMAND_WORKERS_CEILING = 32
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
+MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
 # Vite's local origin, where campusG's saga points return_url (https://localhost:5173/customer/history)
@@ -119,6 +120,15 @@ class Settings:
     session_token_leeway_seconds: int = DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS
     # The origins an authorize's return_url may be on (Stripe appends the client secret to it)
     return_url_origins: tuple[str, ...] = DEFAULT_RETURN_URL_ORIGINS
+    # campusG's user service: who a runner is and which Connect account is theirs. Every payout
+    # destination is checked against it before anything is captured; empty: releases naming an
+    # account wait (retried) until it is set. Its calls run under the order's lease, so the
+    # timeout stays far below the lease's time to live (capped at MAX_USER_SERVICE_TIMEOUT_SECONDS).
+    user_service_url: str = ""
+    user_service_timeout_seconds: float = 5.0
+    # More transfers than this to one Connect account within an hour raise PayoutVelocityHigh
+    # (a warning and a metric to alarm on; the payout itself is not held back).
+    payout_velocity_max_per_hour: int = 40
 
 
 def _origins(name: str) -> tuple[str, ...]:
@@ -182,4 +192,9 @@ def get_settings() -> Settings:
             ),
         ),
         return_url_origins=parse_origins(_str("RETURN_URL_ORIGINS", ",".join(DEFAULT_RETURN_URL_ORIGINS))),
+        user_service_url=_str("USER_SERVICE_URL", "").rstrip("/"),
+        user_service_timeout_seconds=max(
+            0.1, min(MAX_USER_SERVICE_TIMEOUT_SECONDS, float(_str("USER_SERVICE_TIMEOUT_SECONDS", "5")))
+        ),
+        payout_velocity_max_per_hour=max(1, _int("PAYOUT_VELOCITY_MAX_PER_HOUR", 40)),
     )

@@ -48,6 +48,8 @@ AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"  # extension: 3-D Secure never c
 REVERT_FAILED = "REVERT_FAILED"  # extension: Stripe refused the cancel or refund; money not yet given back
 ORDER_REVERTED = "ORDER_REVERTED"  # extension: the order was reverted before it was authorized
 RETURN_URL_NOT_ALLOWED = "RETURN_URL_NOT_ALLOWED"  # extension: return_url not on RETURN_URL_ORIGINS
+# extension: the release names a payout destination campusG's records and Stripe do not confirm
+PAYOUT_DESTINATION_REFUSED = "PAYOUT_DESTINATION_REFUSED"
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
 

@@ -8,7 +8,7 @@ out is the settlement audit's to find."""
 
 from __future__ import annotations
 
-from payments_core import leases, lifecycle, outbox, repository
+from payments_core import leases, lifecycle, outbox, payouts, repository
 from payments_core.contracts import (
     INVALID_AMOUNT,
     PAYMENT_NOT_CAPTURABLE,
@@ -58,6 +58,9 @@ def release(services: Services, command: Command) -> str:
                 payment_id=payment.payment_id,
                 correlation_id=cid,
             )
+        # Before anything is recorded or captured: a refused destination leaves the hold as it
+        # is and the payment AUTHORIZED (a later release naming the right account can proceed).
+        _verify_destination(services, payment, body, cid)
         _record_runner(db, payment, body)
         intent = services.stripe.retrieve(payment.payment_intent_id or "")
         if intent.status == "requires_capture":
@@ -89,7 +92,21 @@ def release(services: Services, command: Command) -> str:
                 transfer_failure=transfer_failure,
             )
         count("PaymentReleased")
+        if transfer_id:
+            payouts.note_velocity(services, payment.runner_connect_account_id)
         return order_id
+
+
+def _verify_destination(services: Services, payment: Payment, body: ReleasePayment, cid: str | None) -> None:
+    """Check the destination this release would pay: the runner already recorded stands (see
+    _record_runner), else the one the release names."""
+    payouts.verify_destination(
+        services,
+        payment,
+        payment.runner_id or body.runner_id,
+        payment.runner_connect_account_id or body.runner_connect_account_id,
+        cid,
+    )
 
 
 def release_is_complete(payment: Payment) -> bool:
@@ -131,6 +148,7 @@ def _complete_release(services: Services, payment: Payment, body: ReleasePayment
         or body.runner_id
         or body.runner_connect_account_id
     ):
+        _verify_destination(services, payment, body, cid)
         _record_runner(db, payment, body)
         captured = payment.captured_amount_cents or payment.amount_cents
         transfer_id, transfer_failure = _pay_runner(services, payment, captured)
@@ -150,6 +168,8 @@ def _complete_release(services: Services, payment: Payment, body: ReleasePayment
                 correlation_id=cid,
             )
         count("PaymentReleased")
+        if transfer_id:
+            payouts.note_velocity(services, payment.runner_connect_account_id)
         return
     count("DuplicateCommand")
     with db.transaction():

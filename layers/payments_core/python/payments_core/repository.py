@@ -9,7 +9,12 @@ from payments_core.db import Database
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import StatusChanged
 
-_COLUMNS = frozenset(Payment.__dataclass_fields__) - {"payment_id", "created_at", "updated_at"}
+_COLUMNS = frozenset(Payment.__dataclass_fields__) - {
+    "payment_id",
+    "created_at",
+    "updated_at",
+    "transferred_at",
+}
 
 
 def insert_pending(db: Database, payment: Payment) -> bool:
@@ -107,6 +112,9 @@ def update(db: Database, payment_id: str, *, expected_status: PaymentStatus, **c
         raise ValueError(f"not payment columns: {sorted(unknown)}")
     values = {k: (v.value if isinstance(v, PaymentStatus) else v) for k, v in changes.items()}
     assignments = ", ".join(f"{column} = :{column}" for column in values)
+    if values.get("transfer_id"):
+        # when the runner was paid, on the database's clock: the payout velocity counts it
+        assignments += ", transferred_at = coalesce(transferred_at, now())"
     written = db.execute(
         f"UPDATE payments SET {assignments}, updated_at = now()"  # noqa: S608 - column names are whitelisted above
         " WHERE payment_id = CAST(:payment_id AS uuid) AND status = :expected_status",
@@ -116,6 +124,17 @@ def update(db: Database, payment_id: str, *, expected_status: PaymentStatus, **c
     )
     if written != 1:
         raise StatusChanged(f"payment {payment_id} is no longer {expected_status.value}")
+
+
+def transfers_to_account(db: Database, account_id: str, within_seconds: float) -> int:
+    """How many payments transferred to this Connect account in the last ``within_seconds``."""
+    rows = db.query(
+        "SELECT count(*) AS n FROM payments WHERE runner_connect_account_id = :account_id"
+        " AND transferred_at > now() - make_interval(secs => :within)",
+        account_id=account_id,
+        within=float(within_seconds),
+    )
+    return int(rows[0]["n"]) if rows else 0
 
 
 def count_create_attempt(db: Database, payment_id: str) -> None:

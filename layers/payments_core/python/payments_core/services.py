@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from payments_core.config import Settings, get_settings
 from payments_core.db import Database, get_database
 from payments_core.kafka_gateway import EventPublisher, KafkaEventPublisher
 from payments_core.stripe_gateway import StripeApiGateway, StripeGateway
+from payments_core.user_service import HttpUserDirectory, UserDirectory
 
 
 @dataclass
@@ -17,6 +18,12 @@ class Services:
     stripe: StripeGateway
     publisher: EventPublisher
     settings: Settings
+    # campusG's user service; built from the settings unless a test passes a double
+    users: UserDirectory = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.users is None:
+            self.users = HttpUserDirectory(self.settings)
 
 
 _services: Services | None = None

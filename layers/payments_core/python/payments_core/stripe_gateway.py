@@ -70,6 +70,32 @@ class IntentSnapshot:
         )
 
 
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """What a payout needs to know of a connected account: can it receive a transfer?"""
+
+    id: str
+    transfers_capability: str | None  # Stripe's capabilities.transfers: active, inactive, pending
+    payouts_enabled: bool = False
+
+    @property
+    def can_receive_transfers(self) -> bool:
+        # Stripe accepts a transfer to a connected account only while its transfers
+        # capability is active; payouts_enabled is about the account's own bank payouts.
+        return self.transfers_capability == "active"
+
+    @classmethod
+    def from_stripe(cls, obj: Any) -> AccountSnapshot:
+        data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+        capabilities = data.get("capabilities") or {}
+        transfers = capabilities.get("transfers") if isinstance(capabilities, dict) else None
+        return cls(
+            id=str(data["id"]),
+            transfers_capability=transfers if isinstance(transfers, str) else None,
+            payouts_enabled=bool(data.get("payouts_enabled")),
+        )
+
+
 # How far find_hold looks through a customer's PaymentIntents before giving up (and retrying
 # later) rather than risk creating a second hold.
 FIND_HOLD_MAX_PAGES = 20
@@ -157,6 +183,7 @@ class StripeGateway(Protocol):
     def order_intents(self, payment: Payment) -> list[IntentSnapshot]: ...
     def order_transfers(self, payment: Payment) -> list[dict[str, Any]]: ...
     def intent_refunds(self, payment_intent_id: str) -> list[dict[str, Any]]: ...
+    def connected_account(self, account_id: str) -> AccountSnapshot | None: ...
 
 
 class StripeApiGateway:
@@ -383,6 +410,23 @@ class StripeApiGateway:
             self._stripe().refunds.list, params={"payment_intent": payment_intent_id, "limit": 100}
         )
         return [refund.to_dict() for refund in page.data]
+
+    def connected_account(self, account_id: str) -> AccountSnapshot | None:
+        """The platform's view of a Connect account (GET /v1/accounts/{id}); None when Stripe
+        says the platform has no such account: 404, or 403 ``account_invalid`` (the account
+        does not exist or is not connected to this platform). Other refusals (a restricted key
+        without the accounts read permission) are configuration errors: transient."""
+        import stripe
+
+        try:
+            return AccountSnapshot.from_stripe(self._call(self._stripe().accounts.retrieve, account_id))
+        except (TransientError, Rejection) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, stripe.StripeError) and (
+                cause.http_status in (400, 404) or cause.code == "account_invalid"
+            ):
+                return None
+            raise
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         """Pay the runner, once: a transfer made by an earlier attempt (its answer lost to a
