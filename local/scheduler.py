@@ -2,9 +2,11 @@
 
     python -m local.scheduler            (started by `make local-up`)
 
-Intervals: ``LOCAL_RELAY_INTERVAL_S`` (default 1) for ``functions/outbox_relay/app.py`` and
-``LOCAL_RECONCILE_INTERVAL_S`` (default 5) for ``functions/reconcile_payments/app.py``.
-Both run in one thread, one invocation at a time, like two functions that never overlap
+Intervals: ``LOCAL_RELAY_INTERVAL_S`` (default 1) for ``functions/outbox_relay/app.py``,
+``LOCAL_RECONCILE_INTERVAL_S`` (default 5) for ``functions/reconcile_payments/app.py`` and
+``LOCAL_RETAIN_INTERVAL_S`` (default 86400, daily as in AWS, first run one interval after the
+start so it never runs in the middle of a test session; tests invoke it themselves) for
+``functions/retain_data/app.py``. All run in one thread, one invocation at a time, like two functions that never overlap
 here (they share the process's database connection). A handler that does not exist yet is
 logged and looked for again on its next tick.
 """
@@ -47,6 +49,7 @@ def scheduled_event(rule: str) -> dict[str, Any]:
 class Job:
     function: str
     interval_s: float
+    start_delay_s: float = 0.0  # first run this long after the scheduler starts
     handler: Handler | None = None
     next_due: float = 0.0
     runs: int = 0
@@ -79,7 +82,7 @@ class Job:
         if handler is None:
             return
         context = FakeLambdaContext(
-            function_name_of(self.function), timeout_seconds=max(self.interval_s * 10, 30)
+            function_name_of(self.function), timeout_seconds=min(max(self.interval_s * 10, 30), 900)
         )
         started = time.monotonic()
         try:
@@ -100,7 +103,7 @@ class Scheduler:
     def run(self) -> None:
         now = time.monotonic()
         for job in self.jobs:
-            job.next_due = now
+            job.next_due = now + job.start_delay_s
         while not self.stop_event.is_set():
             job = min(self.jobs, key=lambda j: j.next_due)
             wait = job.next_due - time.monotonic()
@@ -124,6 +127,8 @@ def main() -> int:
         Job("outbox_relay", float(os.environ.get("LOCAL_RELAY_INTERVAL_S") or 1)),
         Job("reconcile_payments", float(os.environ.get("LOCAL_RECONCILE_INTERVAL_S") or 5)),
     ]
+    retain_interval = float(os.environ.get("LOCAL_RETAIN_INTERVAL_S") or 86400)
+    jobs.append(Job("retain_data", retain_interval, start_delay_s=retain_interval))
     scheduler = Scheduler(jobs)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     signal.signal(signal.SIGINT, lambda *_: scheduler.stop())

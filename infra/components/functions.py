@@ -235,6 +235,7 @@ class Functions(Construct):
         # Everything that reads or writes the application's tables (not the migration itself).
         self.database_functions: list[lambda_.Function] = list(self.service_functions)
         self.public_history = self._add_public_history(database) if config.api.public_history else None
+        self.retain_data = self._add_retention(database)
         for fn in [*self.service_functions, *self.custom_resource_functions]:
             self._suppress_managed_and_wildcards(fn)
 
@@ -253,6 +254,22 @@ class Functions(Construct):
             },
         )
         # The application role: the only one the proxy serves. The code only reads.
+        database.proxy.grant_connect(fn, APP_ROLE)
+        self.database_functions.append(fn)
+        self._suppress_managed_and_wildcards(fn)
+        return fn
+
+    def _add_retention(self, database: Database) -> lambda_.Function:
+        """The daily retention job (payments_core.retention): deletes expired rows of the outbox,
+        webhook ids, leases, money calls and command outcomes. The database only, as the
+        application role (its DELETE covers exactly those tables: payments_core.migrate); no
+        Stripe key, no Kafka, no secret to read (IAM auth through the proxy)."""
+        fn = self._function(
+            # Batches of 1,000 until done: the first run on a grown table may need several days'
+            # runs; each stops 10 s before its timeout and the next goes on.
+            _Spec("retain_data", "deletes rows past their retention", Duration.minutes(10)),
+            environment=self._only("DB_", "POWERTOOLS_"),
+        )
         database.proxy.grant_connect(fn, APP_ROLE)
         self.database_functions.append(fn)
         self._suppress_managed_and_wildcards(fn)

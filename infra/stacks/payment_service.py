@@ -68,7 +68,11 @@ class PaymentServiceStack(Stack):
             history_handler=functions.public_history,
         )
         schedules = Schedules(
-            self, "Schedules", outbox_relay=functions.outbox_relay, reconciler=functions.reconcile_payments
+            self,
+            "Schedules",
+            outbox_relay=functions.outbox_relay,
+            reconciler=functions.reconcile_payments,
+            retention=functions.retain_data,
         )
         monitoring = Monitoring(
             self,

@@ -41,6 +41,7 @@ REQUIRED_ENV = {
 
 HANDLERS = ("app.lambda_handler", "app.handler")  # app.handler: the public history function
 PUBLIC_HISTORY = "public history for the frontend (Clerk sign-in)"
+RETENTION = "deletes rows past their retention"
 
 
 def _our_functions(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -89,8 +90,8 @@ def test_msk_serverless_with_iam_when_no_cluster_given(dev: Template) -> None:
 
 def test_functions_in_vpc_sharing_one_layer(dev_raw: dict[str, Any]) -> None:
     functions = _our_functions(dev_raw)
-    # authorize, api, webhook, outbox relay, reconciler, migrations, topics, history
-    assert len(functions) == 8
+    # authorize, api, webhook, outbox relay, reconciler, migrations, topics, history, retention
+    assert len(functions) == 9
     (layer,) = resources(dev_raw, "AWS::Lambda::LayerVersion")
     for name, props in functions.items():
         assert props["Layers"] == [{"Ref": layer}], name
@@ -115,6 +116,11 @@ def test_environment_matches_payments_core_config(dev: Template, dev_raw: dict[s
         env = props["Environment"]["Variables"]
         if props["Description"] == PUBLIC_HISTORY:
             continue  # test_public_history_function
+        if props["Description"] == RETENTION:
+            # the database and its logs and metrics only: no Stripe key, no Kafka, no queue
+            assert {k for k in env if not k.startswith(("DB_", "POWERTOOLS_"))} == set(), name
+            assert env["POWERTOOLS_METRICS_NAMESPACE"] == "CampusG/Payments/dev"
+            continue
         if props["Description"] in deploy_time:
             # only what they use: no Stripe secrets, no queue for the schema migration
             assert not {k for k in env if k.startswith("STRIPE_")}, name
@@ -313,6 +319,10 @@ def test_schedules(dev: Template) -> None:
     dev.has_resource_properties(
         "AWS::Events::Rule", {"ScheduleExpression": "rate(5 minutes)", "State": "ENABLED"}
     )
+    # the retention job, daily at 03:30 Singapore time
+    dev.has_resource_properties(
+        "AWS::Events::Rule", {"ScheduleExpression": "cron(30 19 * * ? *)", "State": "ENABLED"}
+    )
 
 
 def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
@@ -337,9 +347,10 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible") in by_metric
     for metric in ("CPUUtilization", "FreeStorageSpace", "DatabaseConnections", "AvailabilityPercentage"):
         assert ("AWS/RDS", metric) in by_metric, metric
-    # one each per function that serves traffic: authorize, API, webhook, relay, reconciler, history
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 6
-    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 6
+    # one each per function on the tables: authorize, API, webhook, relay, reconciler, history,
+    # retention (a failing retention job is storage growing again)
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Errors") == 7
+    assert sum(1 for a in alarms if a["Properties"].get("MetricName") == "Throttles") == 7
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic}]
         assert alarm["Properties"]["AlarmName"].startswith("payment-service-dev-")  # per stage
@@ -397,6 +408,7 @@ def test_updates_wait_for_the_schema_migration(dev_raw: dict[str, Any]) -> None:
         "publishes the outbox to payment_events",
         "re-reads stale payments from Stripe",
         PUBLIC_HISTORY,
+        RETENTION,  # its indexes (0009) and its DELETE grant come with the migration run
     }
     (esm,) = resources(dev_raw, "AWS::Lambda::EventSourceMapping").values()
     assert migrations in esm["DependsOn"]

@@ -458,7 +458,7 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
         src for m, sources in code.items() for src in sources if m not in ("stripe_gateway", "config")
     )
     found = set()
-    if {"repository", "outbox", "queries"} & modules:  # the tables, as the application role
+    if {"repository", "outbox", "queries", "retention"} & modules:  # the tables, as the application role
         found.add("db")
     if re.search(r"publisher\.publish\(", runs):
         if "payment_events_topic" in runs:  # the outbox publishes what it holds
@@ -559,6 +559,7 @@ FUNCTION_DIRS = {
     "Stripe webhook: verifies and applies signed events": "stripe_webhook",
     "publishes the outbox to payment_events": "outbox_relay",
     "re-reads stale payments from Stripe": "reconcile_payments",
+    "deletes rows past their retention": "retain_data",
     "applies payments_core's SQL migrations": "migrate_database",
     "creates the service's Kafka topics": "create_topics",
     "public history for the frontend (Clerk sign-in)": "public_history",

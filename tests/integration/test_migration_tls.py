@@ -369,6 +369,7 @@ def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
             "DROP TABLE outbox",
             "CREATE TABLE sneaky (id integer)",
             "DELETE FROM payments",
+            "DELETE FROM reverted_orders",
             "SELECT * FROM schema_migrations",
         ):
             with pytest.raises(pg8000.native.DatabaseError) as refused:
@@ -377,6 +378,9 @@ def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
                 ddl,
                 refused.value,
             )  # insufficient privilege
+        # The retention job (payments_core.retention) deletes from exactly these tables.
+        for table in migrate.RETENTION_TABLES:
+            app.run(f"DELETE FROM {table} WHERE false")  # noqa: S608 - names from RETENTION_TABLES
     finally:
         app.close()
 

@@ -357,7 +357,7 @@ def test_in_flight_stripe_calls_never_exceed_the_cap() -> None:
 
 
 @pytest.mark.parametrize(
-    "function", ["authorize_payment", "payment_api", "outbox_relay", "reconcile_payments"]
+    "function", ["authorize_payment", "payment_api", "outbox_relay", "reconcile_payments", "retain_data"]
 )
 def test_handler_import_defers_xray_and_stripe(function: str) -> None:
     """The X-Ray SDK and stripe are loaded by the first invocation that needs them, not by

@@ -41,6 +41,74 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     return values
 
 
+# Retention (payments_core.retention): how long each kind of row is kept, in days, and the
+# least each setting accepts. A floor is what correctness needs, not taste: a lower value would
+# delete rows something may still read, so it is refused (ValueError) rather than clamped.
+# - stripe_events: Stripe retries a webhook for up to 3 days; an id forgotten sooner would let
+#   a retried event be applied twice.
+# - command_outcomes: a Kafka record can be re-delivered while the topic keeps it (7 days, the
+#   MSK and Kafka default retention.ms: topics.py sets none); once its answer is gone a
+#   re-delivery is judged afresh against a payment that has moved on.
+# - outbox: published rows; the order's latest row and rows a kept command_outcome names are
+#   kept regardless (a re-delivery re-queues its answer only while it is the latest).
+# - order_leases / stripe_money_calls: only of payments that are over and settled (see the
+#   retention module); a day is far beyond any lease (40 s) or the audit's in-doubt horizon.
+RETENTION_FLOOR_DAYS = {
+    "outbox": 4,
+    "stripe_events": 4,
+    "order_leases": 1,
+    "stripe_money_calls": 1,
+    "command_outcomes": 8,
+}
+RETENTION_DEFAULT_DAYS = {
+    "outbox": 7,
+    "stripe_events": 30,
+    "order_leases": 7,
+    "stripe_money_calls": 30,
+    "command_outcomes": 8,
+}
+RETENTION_ENV = {
+    "outbox": "RETAIN_OUTBOX_DAYS",
+    "stripe_events": "RETAIN_STRIPE_EVENTS_DAYS",
+    "order_leases": "RETAIN_ORDER_LEASES_DAYS",
+    "stripe_money_calls": "RETAIN_MONEY_CALLS_DAYS",
+    "command_outcomes": "RETAIN_COMMAND_OUTCOMES_DAYS",
+}
+DEFAULT_RETENTION_BATCH_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Days each table's rows are kept (see RETENTION_DEFAULT_DAYS for the defaults' reasons)."""
+
+    outbox_days: int = RETENTION_DEFAULT_DAYS["outbox"]
+    stripe_events_days: int = RETENTION_DEFAULT_DAYS["stripe_events"]
+    order_leases_days: int = RETENTION_DEFAULT_DAYS["order_leases"]
+    stripe_money_calls_days: int = RETENTION_DEFAULT_DAYS["stripe_money_calls"]
+    command_outcomes_days: int = RETENTION_DEFAULT_DAYS["command_outcomes"]
+    # rows per DELETE statement: each one is short, so no lock is held for long
+    batch_rows: int = DEFAULT_RETENTION_BATCH_ROWS
+
+    def days(self, table: str) -> int:
+        return int(getattr(self, f"{table}_days"))
+
+
+def retention_settings() -> RetentionSettings:
+    """RETAIN_*_DAYS (whole days, at least the table's floor) and RETENTION_BATCH_ROWS (1-10000)."""
+    days: dict[str, int] = {}
+    for table, env in RETENTION_ENV.items():
+        value = _int(env, RETENTION_DEFAULT_DAYS[table])
+        if value < RETENTION_FLOOR_DAYS[table]:
+            raise ValueError(
+                f"{env} must be at least {RETENTION_FLOOR_DAYS[table]} days (rows still needed), got {value}"
+            )
+        days[f"{table}_days"] = value
+    batch = _int("RETENTION_BATCH_ROWS", DEFAULT_RETENTION_BATCH_ROWS)
+    if not 1 <= batch <= 10_000:
+        raise ValueError(f"RETENTION_BATCH_ROWS must be between 1 and 10000, got {batch}")
+    return RetentionSettings(**days, batch_rows=batch)
+
+
 COMMAND_WORKERS_CEILING = 32
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
 MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
@@ -129,6 +197,8 @@ class Settings:
     # More transfers than this to one Connect account within an hour raise PayoutVelocityHigh
     # (a warning and a metric to alarm on; the payout itself is not held back).
     payout_velocity_max_per_hour: int = 40
+    # How long the retention job keeps each kind of row (payments_core.retention)
+    retention: RetentionSettings = RetentionSettings()
 
 
 def _origins(name: str) -> tuple[str, ...]:
@@ -197,4 +267,5 @@ def get_settings() -> Settings:
             0.1, min(MAX_USER_SERVICE_TIMEOUT_SECONDS, float(_str("USER_SERVICE_TIMEOUT_SECONDS", "5")))
         ),
         payout_velocity_max_per_hour=max(1, _int("PAYOUT_VELOCITY_MAX_PER_HOUR", 40)),
+        retention=retention_settings(),
     )

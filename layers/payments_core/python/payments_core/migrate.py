@@ -2,8 +2,10 @@
 schema_migrations. Safe to run on every deploy and from several processes at once.
 
 Then the application role: the functions connect as ``payments_app``, which may read and write
-rows (SELECT, INSERT, UPDATE: the code deletes nothing) and nothing else: no DDL, no ownership,
-no schema_migrations. Its grants are re-applied on every run, so a table added later is
+rows (SELECT, INSERT, UPDATE) and nothing else: no DDL, no ownership, no schema_migrations, and
+DELETE only on the tables the retention job prunes (``RETENTION_TABLES``: never payments). That
+DELETE is for the retention function alone; a role of its own (its secret, its RDS Proxy auth
+entry) so the other functions cannot delete at all is the next step (README, "Retention"). Its grants are re-applied on every run, so a table added later is
 covered; its password comes from its own secret (``DB_APP_SECRET_ID``) when one is configured."""
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from payments_core.secrets import get_secret_json
 MIGRATION_LOCK_NAME = "schema-migrations"
 MIGRATION_LOCK_WAIT_SECONDS = 120
 APP_ROLE = "payments_app"
+# What payments_core.retention deletes from, and nothing else (no payments, no reverted_orders).
+RETENTION_TABLES = ("outbox", "stripe_events", "order_leases", "stripe_money_calls", "command_outcomes")
 
 
 def migration_files() -> list[tuple[str, str]]:
@@ -93,6 +97,7 @@ def ensure_app_role(db: Database, password: str | None = None) -> None:
         f"GRANT USAGE ON SCHEMA public TO {role}",
         f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        f"GRANT DELETE ON {', '.join(RETENTION_TABLES)} TO {role}",
         f"REVOKE ALL ON schema_migrations FROM {role}",
     ):
         db.execute(statement)
