@@ -239,8 +239,8 @@ def requeue(
     """Publish the chosen letters' commands to payment_commands (acknowledged by every in-sync
     replica); one result per letter."""
     s = settings or get_settings()
-    pub = publisher or KafkaEventPublisher(s)
-    results = pub.publish([requeue_message(letter, s.payment_commands_topic) for letter in letters])
+    publisher = publisher or KafkaEventPublisher(s)
+    results = publisher.publish([requeue_message(letter, s.payment_commands_topic) for letter in letters])
     outcome = []
     for letter, error in zip(letters, results, strict=True):
         if error is None:
