@@ -13,3 +13,23 @@ bench: venv ## measure authorize/webhook overhead, end-to-end latency, cold impo
 demo: venv ## play the campusG payment conversation against the local stack (starts it; leaves it running)
 	@$(PY) -m local.stack up
 	@$(PY) -m tools.demo
+
+# Dead letters: list them, show each command, re-queue the chosen ones to payment_commands.
+# Locally against the local stack; with STAGE=… on the command line, through the stage's
+# redrive_commands function (MSK is reachable only from its VPC), with the AWS CLI's credentials.
+.PHONY: redrive
+REDRIVE_PAYLOAD = {$(if $(ALL),"all": true,"ids": [$(subst $(eval) ,$(comma),$(patsubst %,"%",$(IDS)))])}
+comma := ,
+ifeq ($(origin STAGE),command line)
+redrive: ## list dead letters; IDS="0:12 0:13" or ALL=1 re-queues them (STAGE=… runs it in AWS)
+	@fn=$$(aws cloudformation describe-stacks --stack-name payment-service-$(STAGE) \
+	      --query "Stacks[0].Outputs[?OutputKey=='RedriveFunctionName'].OutputValue" --output text) \
+	 && test -n "$$fn" && test "$$fn" != None \
+	 || { echo "redrive: error: no RedriveFunctionName output on payment-service-$(STAGE): deploy the stage (make deploy STAGE=$(STAGE))" >&2; exit 2; }; \
+	 out=$$(mktemp) && aws lambda invoke --function-name "$$fn" --cli-binary-format raw-in-base64-out \
+	      --payload '$(REDRIVE_PAYLOAD)' "$$out" >/dev/null && $(PY) -m json.tool "$$out" \
+	 && ! grep -q '"error"' "$$out"
+else
+redrive: venv ## list dead letters; IDS="0:12 0:13" or ALL=1 re-queues them (STAGE=… runs it in AWS)
+	@$(PY) -m tools.redrive $(if $(ALL),--all) $(IDS)
+endif

@@ -108,8 +108,9 @@ class Functions(Construct):
         }
         self._config = config
         self._network = network
-        # The dead-letter topic is for local runs only: in AWS dead letters go to the SQS queue.
-        self.topics = [kc.commands_topic, kc.events_topic]
+        # The dead-letter topic is the mapping's on-failure destination (records kept whole, for
+        # `make redrive`); the service's own dead letters (no order) go to the SQS queue.
+        self.topics = [kc.commands_topic, kc.events_topic, kc.dead_letter_topic]
 
         self.authorize_payment = self._function(
             _Spec(
@@ -227,6 +228,18 @@ class Functions(Construct):
         )
 
         self._add_kafka_trigger(messaging)
+        # Redrive (`make redrive STAGE=…` invokes it: MSK is reachable only from the VPC): reads the
+        # dead-letter topic without a consumer group and re-queues commands to payment_commands.
+        self.redrive_commands = self._function(
+            _Spec(
+                "redrive_commands",
+                "re-queues dead-lettered commands to payment_commands",
+                Duration.minutes(1),
+            ),
+            environment=self._only("KAFKA_", "PAYMENT_COMMANDS_TOPIC", "DEAD_LETTER_TOPIC", "POWERTOOLS_"),
+        )
+        messaging.grant_read(self.redrive_commands, kc.dead_letter_topic)
+        messaging.grant_produce(self.redrive_commands, kc.commands_topic)
         self.kafka_mappings = [
             child
             for child in self.authorize_payment.node.children
@@ -236,7 +249,7 @@ class Functions(Construct):
         self.database_functions: list[lambda_.Function] = list(self.service_functions)
         self.public_history = self._add_public_history(database) if config.api.public_history else None
         self.retain_data = self._add_retention(database)
-        for fn in [*self.service_functions, *self.custom_resource_functions]:
+        for fn in [*self.service_functions, *self.custom_resource_functions, self.redrive_commands]:
             self._suppress_managed_and_wildcards(fn)
 
     def _add_public_history(self, database: Database) -> lambda_.Function:
@@ -338,7 +351,10 @@ class Functions(Construct):
             bisect_batch_on_error=True,
             retry_attempts=kc.retry_attempts,
             max_record_age=Duration.seconds(kc.max_record_age_seconds),
-            on_failure=sources.SqsDlq(messaging.dead_letter_queue),
+            # A Kafka topic keeps the failed record itself (an SQS destination gets only its topic,
+            # partition and offsets): what `make redrive` re-queues. Same cluster, created with the
+            # others (an imported cluster's operator creates it).
+            on_failure=sources.KafkaDlq(kc.dead_letter_topic),
             provisioned_poller_config=sources.ProvisionedPollerConfig(
                 minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
             ),
@@ -352,6 +368,13 @@ class Functions(Construct):
             ),
         )
         self.authorize_payment.add_event_source(self.trigger)
+        # The mapping writes the records it gives up on with the function's role.
+        self.authorize_payment.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
+                resources=[messaging.topic_arn(kc.dead_letter_topic)],
+            )
+        )
         messaging.grant_consume(self.authorize_payment, kc.commands_topic, kc.consumer_group_id)
 
     def _suppress_managed_and_wildcards(self, fn: lambda_.Function) -> None:

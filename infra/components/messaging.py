@@ -162,6 +162,18 @@ class Messaging(Construct):
             )
         )
 
+    def grant_read(self, grantee: iam.IGrantable, topic: str) -> None:
+        """Read a topic without a consumer group (assign and seek: payments_core.redrive)."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["kafka-cluster:Connect"], resources=[self.cluster_arn])
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"],
+                resources=[self.topic_arn(topic)],
+            )
+        )
+
     def grant_produce(self, grantee: iam.IGrantable, *topics: str) -> None:
         """What an idempotent producer (payments_core.kafka_gateway: enable_idempotence) needs:
         MSK IAM checks WriteDataIdempotently on the cluster when the producer asks for a

@@ -53,6 +53,7 @@ class Monitoring(Construct):
         instance: rds.DatabaseInstance,
         proxy: rds.DatabaseProxy,
         secret_arns: list[str],
+        kafka_mapping_id: str | None = None,
     ):
         super().__init__(scope, id)
         stack_name = Stack.of(self).stack_name
@@ -119,6 +120,23 @@ class Monitoring(Construct):
             0,
             "the service dead-lettered a command or event",
         )
+        if kafka_mapping_id is not None:
+            # The mapping's on-failure destination is a Kafka topic (the record kept for redrive),
+            # which the DeadLetters queue alarm cannot see: the mapping's own count of records it
+            # delivered there (an EventCount metric of the mapping's MetricsConfig).
+            alarm(
+                "MappingDeadLettered",
+                cw.Metric(
+                    namespace="AWS/Lambda",
+                    metric_name="OnFailureDestinationDeliveredEventCount",
+                    dimensions_map={"EventSourceMappingUUID": kafka_mapping_id},
+                    statistic="Sum",
+                    period=Duration.minutes(5),
+                ),
+                0,
+                "the payment_commands mapping gave up on records: they wait on the dead-letter topic "
+                "(make redrive STAGE=<stage>)",
+            )
         alarm(
             "ConsumerOffsetLag",
             cw.Metric(

@@ -80,6 +80,7 @@ class PaymentServiceStack(Stack):
             config=config.monitoring,
             functions={fn.node.id: fn for fn in functions.database_functions},
             kafka_consumer=functions.authorize_payment,
+            kafka_mapping_id=functions.trigger.event_source_mapping_id,
             dead_letter_queue=messaging.dead_letter_queue,
             api=api.api,
             saga_api=api.private_api,
@@ -211,6 +212,10 @@ class PaymentServiceStack(Stack):
                 "admit this group on port 9098 in an imported MSK cluster's security group",
             ),
             "AlarmTopicArn": (self.monitoring.topic.topic_arn, "subscribe on-call here"),
+            "RedriveFunctionName": (
+                self.functions.redrive_commands.function_name,
+                "lists and re-queues dead-lettered commands: make redrive STAGE=<stage>",
+            ),
         }
         if self.functions.public_history:
             outputs["PublicHistoryUrl"] = (

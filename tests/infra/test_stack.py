@@ -68,7 +68,8 @@ def test_kafka_trigger(dev: Template, dev_raw: dict[str, Any]) -> None:
             # long enough to ride out a database restart or a Stripe outage; then the DLQ
             "MaximumRetryAttempts": 1000,
             "MaximumRecordAgeInSeconds": 21600,
-            "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [_dlq_id(dev_raw), "Arn"]}}},
+            # the record itself, on a topic of the same cluster (README, Operations): what redrive reads
+            "DestinationConfig": {"OnFailure": {"Destination": "kafka://payment_commands.dev.dlq"}},
             "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "payment-service-authorize-dev"},
             "MetricsConfig": {"Metrics": Match.array_with(["KafkaMetrics"])},
             "StartingPosition": "TRIM_HORIZON",
@@ -90,8 +91,9 @@ def test_msk_serverless_with_iam_when_no_cluster_given(dev: Template) -> None:
 
 def test_functions_in_vpc_sharing_one_layer(dev_raw: dict[str, Any]) -> None:
     functions = _our_functions(dev_raw)
-    # authorize, api, webhook, outbox relay, reconciler, migrations, topics, history, retention
-    assert len(functions) == 9
+    # authorize, api, webhook, outbox relay, reconciler, migrations, topics, history, retention,
+    # redrive
+    assert len(functions) == 10
     (layer,) = resources(dev_raw, "AWS::Lambda::LayerVersion")
     for name, props in functions.items():
         assert props["Layers"] == [{"Ref": layer}], name
@@ -111,7 +113,11 @@ def test_authorize_timeout_well_under_the_kafka_limit(dev_raw: dict[str, Any]) -
 
 
 def test_environment_matches_payments_core_config(dev: Template, dev_raw: dict[str, Any]) -> None:
-    deploy_time = ("applies payments_core's SQL migrations", "creates the service's Kafka topics")
+    deploy_time = (
+        "applies payments_core's SQL migrations",
+        "creates the service's Kafka topics",
+        "re-queues dead-lettered commands to payment_commands",  # an operator's tool, Kafka only
+    )
     for name, props in _our_functions(dev_raw).items():
         env = props["Environment"]["Variables"]
         if props["Description"] == PUBLIC_HISTORY:
@@ -140,7 +146,10 @@ def test_environment_matches_payments_core_config(dev: Template, dev_raw: dict[s
             # the master user, straight to the instance, for DDL only
             assert env["DB_IAM_AUTH"] == "false" and "DB_SECRET_ID" in env and "DB_APP_SECRET_ID" in env
             assert env["DB_HOST"] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
-        elif "Kafka topics" not in props["Description"]:
+        elif props["Description"] in deploy_time[1:]:
+            # Kafka only: no database at all
+            assert not {k for k in env if k.startswith("DB_")}, name
+        else:
             # the application role through the proxy with an IAM token: no password anywhere
             assert env["DB_IAM_AUTH"] == "true" and env["DB_USER"] == "payments_app", name
             assert "DB_SECRET_ID" not in env, name
@@ -418,7 +427,7 @@ def test_kafka_topics_custom_resource(dev: Template, dev_raw: dict[str, Any]) ->
     dev.has_resource_properties(
         "Custom::PaymentsKafkaTopics",
         {
-            "Topics": ["payment_commands.dev", "payment_events.dev"],
+            "Topics": ["payment_commands.dev", "payment_events.dev", "payment_commands.dev.dlq"],
             "Partitions": "3",
             "ReplicationFactor": "3",
         },
@@ -483,3 +492,19 @@ def test_pipeline_stages(synth: Synth) -> None:
     assert "make test" in buildspecs and "make synth" in buildspecs
     assert resources(synth.nested("Staging"), "AWS::Lambda::EventSourceMapping")
     assert resources(synth.nested("Production"), "AWS::Lambda::EventSourceMapping")
+
+
+def test_the_mappings_dead_letters_raise_an_alarm(dev: Template, dev_raw: dict[str, Any]) -> None:
+    """The mapping's on-failure destination is a Kafka topic, which the queue's DeadLetters alarm
+    cannot see: an alarm counts what the mapping delivered there."""
+    (esm,) = resources(dev_raw, "AWS::Lambda::EventSourceMapping")
+    dev.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "AlarmName": "payment-service-dev-MappingDeadLettered",
+            "Namespace": "AWS/Lambda",
+            "MetricName": "OnFailureDestinationDeliveredEventCount",
+            "Dimensions": [{"Name": "EventSourceMappingUUID", "Value": {"Ref": esm}}],
+            "Threshold": 0,
+        },
+    )

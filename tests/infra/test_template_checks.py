@@ -317,6 +317,11 @@ def code_actions() -> dict[str, set[str]]:
         if "create_topics(" in admin:
             kafka.add("kafka-cluster:CreateTopic")
         actions["topics"] = kafka
+    # The redrive's reader: a consumer without a group (assign and seek), so no group actions.
+    redrive = _source("redrive")
+    if "KafkaConsumer(" in redrive:
+        assert re.search(r'"group_id":\s*None', redrive), "a group would need DescribeGroup/AlterGroup"
+        actions["redrive"] = {"kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"}
     return actions
 
 
@@ -475,6 +480,8 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
         found.add("admin")
     if "migrate" in modules:
         found.add("migrate")
+    if "redrive" in modules:  # reads the dead-letter topic (no consumer group)
+        found.add("read_dead_letters")
     return found
 
 
@@ -487,9 +494,8 @@ MAPPING_ACTIONS = {
     "kafka-cluster:AlterGroup",
     "kafka-cluster:DescribeTopic",
     "kafka-cluster:ReadData",
-    "sqs:SendMessage",
-    "sqs:GetQueueAttributes",
-    "sqs:GetQueueUrl",
+    # the on-failure destination: a Kafka topic of the same cluster (the mapping writes to it)
+    "kafka-cluster:WriteData",
     # CDK's ManagedKafkaEventSource grants these three for every MSK mapping, whatever its auth
     # (ListScramSecrets only lists secret names); the mapping reads the brokers with them.
     "kafka:DescribeCluster",
@@ -563,6 +569,7 @@ FUNCTION_DIRS = {
     "applies payments_core's SQL migrations": "migrate_database",
     "creates the service's Kafka topics": "create_topics",
     "public history for the frontend (Clerk sign-in)": "public_history",
+    "re-queues dead-lettered commands to payment_commands": "redrive_commands",
 }
 
 
@@ -591,7 +598,7 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     if "admin" in uses:
         admin = actions["topics"]
         need.add(("kafka-cluster:Connect", "cluster"))
-        topics = (env["PAYMENT_COMMANDS_TOPIC"], env["PAYMENT_EVENTS_TOPIC"])
+        topics = (env["PAYMENT_COMMANDS_TOPIC"], env["PAYMENT_EVENTS_TOPIC"], env["DEAD_LETTER_TOPIC"])
         need.update((a, f"topic:{t}") for t in topics for a in admin - {"kafka-cluster:Connect"})
     if "db" in uses and env.get("DB_IAM_AUTH") == "true":
         need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
@@ -602,6 +609,9 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     if "dead_letters" in uses:  # in AWS the queue (DEAD_LETTER_QUEUE_URL is set), never the topic
         assert env["DEAD_LETTER_QUEUE_URL"]
         need.update((a, "queue") for a in actions["dead_letters"])
+    if "read_dead_letters" in uses:
+        need.add(("kafka-cluster:Connect", "cluster"))
+        need.update((a, f"topic:{env['DEAD_LETTER_TOPIC']}") for a in actions["redrive"])  # + Connect above
     topics = [env["PAYMENT_EVENTS_TOPIC"]] if "produce" in uses else []
     if "produce_commands" in uses:
         topics.append(env["PAYMENT_COMMANDS_TOPIC"])
@@ -616,8 +626,10 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     for mapping in mappings:
         group = mapping["AmazonManagedKafkaEventSourceConfig"]["ConsumerGroupId"]
         for action in MAPPING_ACTIONS:
-            if action.startswith("sqs:"):
-                need.add((action, "queue"))
+            if action == "kafka-cluster:WriteData":  # kafka://<topic>: the dead-letter topic
+                destination = mapping["DestinationConfig"]["OnFailure"]["Destination"]
+                need.add((action, f"topic:{destination.removeprefix('kafka://')}"))
+                need.add(("kafka-cluster:DescribeTopic", f"topic:{destination.removeprefix('kafka://')}"))
             elif action.startswith("kafka:"):
                 need.add((action, "cluster"))
             elif action in ("kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"):
@@ -690,6 +702,8 @@ def test_capabilities_are_read_from_the_code() -> None:
     # Stripe (a stray hold's cancel) and the events topic; the saga's routes only queue commands.
     assert capabilities("stripe_webhook", WEBHOOK_ROUTE) == {"db", "produce", "stripe", "webhook_secret"}
     assert capabilities("payment_api", SAGA_ROUTES) == {"db", "produce_commands"}
+    # redrive: reads the dead-letter topic and queues commands; no database, Stripe or events
+    assert capabilities("redrive_commands") == {"read_dead_letters", "produce_commands"}
     # The same resolver given the webhook route would need what the webhook function has.
     assert capabilities("payment_api", SAGA_ROUTES | WEBHOOK_ROUTE) >= {"stripe", "webhook_secret", "produce"}
     # no route: none of the resolver's route functions runs
