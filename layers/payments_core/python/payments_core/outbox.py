@@ -28,7 +28,8 @@ ORDERS_OF_OLDEST_UNSENT = """
     ) AS oldest
     GROUP BY order_id ORDER BY min(id) LIMIT :limit
 """
-# - The unsent rows of given orders, oldest first (outbox_unsent_by_order_idx). Orders another
+# - The unsent rows of given orders, oldest first (outbox_unsent_by_order_idx, 0010; before it,
+#   outbox_order_idx, which also walks the orders' published rows). Orders another
 #   publisher holds are skipped: it publishes them in order, and we must not interleave. The
 #   CTE takes each order's lock exactly once (a CTE with a volatile function is materialized),
 #   so an order's rows are either all ours or all skipped.
