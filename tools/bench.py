@@ -1068,9 +1068,10 @@ def bench_outbox_drain(report: Report, rate: float, outage_s: float, timeout: fl
     # The load's own publish after each batch waits for the broker at most ~1.5 s (not the
     # default 6 s), so a batch during the outage still fits its slot.
     settings = dataclasses.replace(get_settings(), kafka_send_timeout_seconds=0.5)
+    stripe: Any = InstantStripe()  # the StripeGateway protocol, by duck typing as in make_services
     services = Services(
         db=Database(settings),
-        stripe=InstantStripe(),
+        stripe=stripe,
         publisher=KafkaEventPublisher(settings),
         settings=settings,
     )
