@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -199,3 +200,81 @@ def test_concurrent_relays_publish_no_row_twice(new_card, make_services, pg_conn
     assert set(counts.values()) == {1}, "no row published twice"
     for order_id in order_ids:
         assert published[order_id] == _outbox_event_ids(pg_connection, order_id)
+
+
+# --- issue 19: draining a backlog -------------------------------------------------------------
+
+
+def test_unsent_rows_are_read_through_their_partial_indexes(pg_connection):
+    """With a backlog the size of a peak outage (100k unsent rows, inserted in a transaction
+    that is rolled back, so no relay ever sees them), both reads of a publish use an index
+    instead of scanning the backlog."""
+    pg_connection.run("START TRANSACTION")
+    try:
+        pg_connection.run(
+            "INSERT INTO outbox (event_id, order_id, event_type, envelope)"
+            " SELECT gen_random_uuid(), 'explain-' || (g % 20000), 'payment.authorized', '{}'"
+            " FROM generate_series(1, 100000) AS g"
+        )
+        pg_connection.run("ANALYZE outbox")  # counts this transaction's rows; rolled back too
+
+        def plan(sql: str, **params: Any) -> str:
+            return "\n".join(r[0] for r in pg_connection.run("EXPLAIN " + sql, **params))
+
+        oldest = plan(outbox.ORDERS_OF_OLDEST_UNSENT, rows=800, limit=200)
+        assert "Index Scan using outbox_unpublished_idx" in oldest, oldest
+        assert "Seq Scan" not in oldest, oldest
+        of_orders = plan(outbox.UNSENT_OF_ORDERS, orders=[f"explain-{i}" for i in range(200)])
+        assert "Index Scan using outbox_unsent_by_order_idx" in of_orders, of_orders
+        assert "Seq Scan" not in of_orders, of_orders
+    finally:
+        pg_connection.run("ROLLBACK")
+
+
+def _backlog_of(services: Services, new_card: Callable[..., Any], orders: int) -> list[str]:
+    """``orders`` authorized-then-released orders whose events (two each) all wait in the outbox."""
+    order_ids = [str(uuid.uuid4()) for _ in range(orders)]
+    for order_id in order_ids:
+        cmd = authorize_command(new_card(), order_id=order_id)
+        release = command("release_payment", order_id=order_id, runner_id="user_runner")
+        assert handle_command_batch(msk_event(cmd, release), None, services) == NO_FAILURES
+    return order_ids
+
+
+def test_relay_stops_at_its_deadline_and_when_nothing_moves(
+    new_card, make_services, pg_connection, scheduler_paused
+):
+    writer = make_services(publisher=Unreachable())
+    order_ids = _backlog_of(writer, new_card, 2)
+    assert len(_unsent(pg_connection, order_ids)) == 4
+
+    # the invocation's time is already up: no batch starts, the backlog is still reported
+    timed_out = relay_outbox(make_services(), deadline=time.monotonic() - 1)
+    assert timed_out["batches"] == 0 and timed_out["published"] == 0
+    assert timed_out["backlog"] >= 4
+    assert len(_unsent(pg_connection, order_ids)) == 4
+
+    # the broker is down: one batch fails and the relay returns instead of retrying at once
+    down = relay_outbox(writer)
+    assert down["batches"] == 1 and down["published"] == 0 and down["failed"] >= 4
+    assert len(_unsent(pg_connection, order_ids)) == 4
+
+
+def test_relay_drains_a_backlog_batch_after_batch_in_order(
+    new_card, make_services, pg_connection, topic_reader, scheduler_paused
+):
+    writer = make_services(publisher=Unreachable())
+    order_ids = _backlog_of(writer, new_card, 5)
+    assert len(_unsent(pg_connection, order_ids)) == 10
+
+    result = relay_outbox(make_services(), deadline=time.monotonic() + 60, batch_orders=2)
+    assert _unsent(pg_connection, order_ids) == [], "one invocation drains the whole backlog"
+    assert result["batches"] >= 4, "in batches of two orders, until one publishes nothing"
+    assert result["published"] >= 10 and result["failed"] == 0
+    assert result["backlog"] == 0
+
+    published = topic_reader(order_ids, 10)
+    for order_id in order_ids:
+        assert published[order_id] == _outbox_event_ids(pg_connection, order_id), (
+            "each outbox row exactly once, in the order's outbox order"
+        )

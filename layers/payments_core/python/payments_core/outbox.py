@@ -14,6 +14,35 @@ from payments_core.config import get_settings
 from payments_core.db import Database
 from payments_core.kafka_gateway import EventPublisher, event_message
 
+# The two reads every publish makes; each has its partial index (WHERE published_at IS NULL),
+# so their cost follows the batch, not the backlog (tests/integration/test_outbox_relay.py
+# checks the plans).
+# - The relay's batch: the orders of the oldest unsent rows (outbox_unpublished_idx, in id
+#   order). Only the oldest rows are read, not every unsent row: grouping the whole backlog
+#   made each batch cost a scan of it after an outage. The first :limit distinct orders by id
+#   are the orders whose oldest unsent row is oldest; when orders have many rows the batch
+#   simply holds fewer orders.
+ORDERS_OF_OLDEST_UNSENT = """
+    SELECT order_id FROM (
+        SELECT order_id, id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT :rows
+    ) AS oldest
+    GROUP BY order_id ORDER BY min(id) LIMIT :limit
+"""
+# - The unsent rows of given orders, oldest first (outbox_unsent_by_order_idx, 0010; before it,
+#   outbox_order_idx, which also walks the orders' published rows). Orders another
+#   publisher holds are skipped: it publishes them in order, and we must not interleave. The
+#   CTE takes each order's lock exactly once (a CTE with a volatile function is materialized),
+#   so an order's rows are either all ours or all skipped.
+UNSENT_OF_ORDERS = """
+    WITH locked AS MATERIALIZED (
+        SELECT o.order_id FROM unnest(CAST(:orders AS text[])) AS o(order_id)
+        WHERE pg_try_advisory_xact_lock(hashtextextended('outbox:' || o.order_id, 0))
+    )
+    SELECT id, order_id, envelope FROM outbox
+    WHERE published_at IS NULL AND order_id IN (SELECT order_id FROM locked)
+    ORDER BY id
+"""
+
 
 @dataclass(frozen=True)
 class PublishReport:
@@ -64,12 +93,11 @@ def publish_best_effort(db: Database, publisher: EventPublisher, order_ids: list
 
 
 def relay(db: Database, publisher: EventPublisher, *, max_orders: int = 200) -> PublishReport:
-    """Publish what is waiting, oldest first: the scheduled relay's one pass."""
+    """Publish one batch of what is waiting: the orders of the oldest unsent rows, each order's
+    rows all, oldest first."""
     rows = db.query(
-        """
-        SELECT order_id FROM outbox WHERE published_at IS NULL
-        GROUP BY order_id ORDER BY min(id) LIMIT :limit
-        """,
+        ORDERS_OF_OLDEST_UNSENT,
+        rows=max_orders * 4,
         limit=max_orders,
     )
     return _publish(db, publisher, [str(r["order_id"]) for r in rows])
@@ -89,19 +117,8 @@ def _publish(db: Database, publisher: EventPublisher, order_ids: list[str]) -> P
         return PublishReport(0, 0)
     topic = get_settings().payment_events_topic
     with db.transaction():
-        # Skip orders another publisher holds: it publishes them in order, and we must not
-        # interleave. The CTE takes each order's lock exactly once (a CTE with a volatile
-        # function is materialized), so an order's rows are either all ours or all skipped.
         rows = db.query(
-            """
-            WITH locked AS MATERIALIZED (
-                SELECT o.order_id FROM unnest(CAST(:orders AS text[])) AS o(order_id)
-                WHERE pg_try_advisory_xact_lock(hashtextextended('outbox:' || o.order_id, 0))
-            )
-            SELECT id, order_id, envelope FROM outbox
-            WHERE published_at IS NULL AND order_id IN (SELECT order_id FROM locked)
-            ORDER BY id
-            """,
+            UNSENT_OF_ORDERS,
             orders=order_ids,
         )
         if not rows:
