@@ -29,7 +29,8 @@ FUNCTION_CONCURRENCY = Ack(
     "CKV_AWS_115",
     "No reserved concurrency: Lambda keeps 10 of the account's concurrency unreserved, so a "
     "reservation fails in an account still at the 10 quota; functions.authorize_reserved_concurrency "
-    "reserves it for the authorize function where the quota allows (README).",
+    "and functions.api_reserved_concurrency reserve it for the authorize and API functions where the "
+    "quota allows (README).",
 )
 FUNCTION_NO_DLQ = Ack(
     "CKV_AWS_116",

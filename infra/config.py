@@ -8,6 +8,7 @@ Nothing here looks anything up in an AWS account: synth works offline, without c
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 from dataclasses import dataclass, field
@@ -118,6 +119,10 @@ class FunctionsConfig:
     # unreserved, so reserving anything fails in an account whose quota is still the new-account
     # 10; set it (at least the partition count) only where the quota allows (README).
     authorize_reserved_concurrency: int | None
+    # The saga API's function. None (the default everywhere, for the same quota): no reservation,
+    # so nothing bounds its database sessions; otherwise at least what capacity.orders_per_second
+    # needs and at most capacity.api_db_connections (infra/capacity.py checks both).
+    api_reserved_concurrency: int | None
     command_workers: int
     stripe_max_in_flight: int  # per container; x partitions / Stripe latency must stay under Stripe's limit
     command_start_margin_ms: int
@@ -127,12 +132,18 @@ class FunctionsConfig:
 
 @dataclass(frozen=True)
 class ApiConfig:
-    throttle_rate_limit: int
-    throttle_burst_limit: int
     webhook_max_body_kb: int  # 16, 32, 48 or 64: WAF's body inspection sizes for API Gateway
-    webhook_throttle_rate_limit: int  # the webhook's own route limit, apart from the saga's API
-    webhook_throttle_burst_limit: int
-    waf_rate_limit: int  # requests per source IP per 5 minutes on the public API
+    # The limits below are derived from capacity.orders_per_second (infra/capacity.py) unless
+    # set; a value set too low for that rate fails the synth.
+    throttle_rate_limit: int | None = None  # the saga API's stage (and the public stage's default)
+    throttle_burst_limit: int | None = None
+    webhook_throttle_rate_limit: int | None = None  # the webhook's own route, apart from the saga's API
+    webhook_throttle_burst_limit: int | None = None
+    waf_rate_limit: int | None = None  # per source IP per 5 minutes on the public API, bar /history/
+    # Stripe's published webhook addresses (https://docs.stripe.com/ips#webhook-notifications),
+    # exempt from waf_rate_limit: Stripe sends every endpoint's webhooks from these few. Keep it
+    # in step with Stripe's list (README, "The Stripe webhook's limits").
+    stripe_webhook_ips: list[str] = field(default_factory=list)
     # "none": the private API admits any caller through its VPC endpoint (campusG's unsigned
     # calls); "iam": every saga route needs SigV4 too, and the resource policy names, per route,
     # the IAM roles in ``callers`` that may invoke it (the production setting)
@@ -158,6 +169,11 @@ class ApiConfig:
 
     def validate(self) -> None:
         self._validate_callers()
+        for ip in self.stripe_webhook_ips:
+            try:
+                ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise ValueError(f"api.stripe_webhook_ips: {ip!r} is not an IPv4 address") from None
         if not self.public_history:
             return
         if not str(self.clerk_issuer).startswith("https://"):
@@ -257,8 +273,20 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class CapacityConfig:
+    """What a stage is sized for; infra/capacity.py derives the API's limits from it."""
+
+    orders_per_second: float  # the target rate of orders, end to end
+    # The RDS Proxy sessions the saga API's function may hold (one per concurrent container):
+    # the ceiling of functions.api_reserved_concurrency. Well under the instance's
+    # max_connections (t4g.micro ~ 80, t4g.small ~ 180), which the other functions share.
+    api_db_connections: int
+
+
+@dataclass(frozen=True)
 class StageConfig:
     production: bool
+    capacity: CapacityConfig
     network: NetworkConfig
     kafka: KafkaConfig
     database: DatabaseConfig

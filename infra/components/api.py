@@ -29,6 +29,7 @@ from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
 
 from infra import checkov
+from infra.capacity import Limits
 from infra.config import ApiConfig
 from infra.nag import Suppression, suppress
 
@@ -58,6 +59,7 @@ class PaymentApi(Construct):
         id: str,
         *,
         config: ApiConfig,
+        limits: Limits,
         handler: lambda_.IFunction,
         webhook_handler: lambda_.IFunction,
         stage: str,
@@ -80,8 +82,8 @@ class PaymentApi(Construct):
         webhook_route = f"/{WEBHOOK_PATH}/POST"
         method_options = {
             webhook_route: apigw.MethodDeploymentOptions(
-                throttling_rate_limit=config.webhook_throttle_rate_limit,
-                throttling_burst_limit=config.webhook_throttle_burst_limit,
+                throttling_rate_limit=limits.webhook_rate,
+                throttling_burst_limit=limits.webhook_burst,
             )
         }
         if history_handler:
@@ -99,10 +101,7 @@ class PaymentApi(Construct):
             cloud_watch_role=True,
             cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
             deploy_options=self._stage_options(
-                "PublicAccessLogs",
-                config.throttle_rate_limit,
-                config.throttle_burst_limit,
-                method_options,
+                "PublicAccessLogs", limits.saga_rate, limits.saga_burst, method_options
             ),
         )
         validator = self.api.add_request_validator(
@@ -138,9 +137,7 @@ class PaymentApi(Construct):
             ),
             cloud_watch_role=False,  # the account-level role is set by the public API above
             policy=iam.PolicyDocument(statements=saga_policy(config, endpoint_id)),
-            deploy_options=self._stage_options(
-                "SagaAccessLogs", config.throttle_rate_limit, config.throttle_burst_limit, {}
-            ),
+            deploy_options=self._stage_options("SagaAccessLogs", limits.saga_rate, limits.saga_burst, {}),
         )
         self.private_api.node.add_dependency(self.api)  # after the account's CloudWatch role
         saga_validator = self.private_api.add_request_validator(
@@ -170,7 +167,7 @@ class PaymentApi(Construct):
             f"https://{self.private_api.rest_api_id}-{endpoint_id}.execute-api."
             f"{Stack.of(self).region}.{Stack.of(self).url_suffix}/{stage}/"
         )
-        self._add_waf(config)
+        self._add_waf(config, limits)
         self._suppress()
 
     def _add_history(
@@ -232,7 +229,7 @@ class PaymentApi(Construct):
             tracing_enabled=True,
         )
 
-    def _add_waf(self, config: ApiConfig) -> None:
+    def _add_waf(self, config: ApiConfig, limits: Limits) -> None:
         limit = config.webhook_max_body_kb
         acl = waf.CfnWebACL(
             self,
@@ -270,7 +267,7 @@ class PaymentApi(Construct):
                     ),
                     visibility_config=_visibility("BodySizeLimit"),
                 ),
-                *self._rate_rules(config),
+                *self._rate_rules(config, limits),
                 waf.CfnWebACL.RuleProperty(
                     name="AwsCommonRules",
                     priority=3,
@@ -311,11 +308,13 @@ class PaymentApi(Construct):
             web_acl_arn=acl.attr_arn,
         )
 
-    def _rate_rules(self, config: ApiConfig) -> list[waf.CfnWebACL.RuleProperty]:
+    def _rate_rules(self, config: ApiConfig, limits: Limits) -> list[waf.CfnWebACL.RuleProperty]:
         """Per source IP and 5 minutes: one limit for the history route (a campus NAT carries
-        many students), another for everything else (the webhook: Stripe's few addresses)."""
+        many students), another for everything else (the webhook), from which Stripe's listed
+        webhook addresses are exempt: Stripe sends every order's webhooks from those few."""
+        not_stripe = self._not_stripe(config)
         if not self.history_methods:
-            return [_rate_rule("RatePerIp", 1, config.waf_rate_limit, None)]
+            return [_rate_rule("RatePerIp", 1, limits.waf_rate_per_ip, not_stripe)]
         history = waf.CfnWebACL.StatementProperty(
             byte_match_statement=waf.CfnWebACL.ByteMatchStatementProperty(
                 field_to_match=waf.CfnWebACL.FieldToMatchProperty(uri_path={}),
@@ -327,10 +326,37 @@ class PaymentApi(Construct):
         not_history = waf.CfnWebACL.StatementProperty(
             not_statement=waf.CfnWebACL.NotStatementProperty(statement=history)
         )
+        scope = not_history
+        if not_stripe:
+            scope = waf.CfnWebACL.StatementProperty(
+                and_statement=waf.CfnWebACL.AndStatementProperty(statements=[not_history, not_stripe])
+            )
         return [
-            _rate_rule("RatePerIp", 1, config.waf_rate_limit, not_history),
+            _rate_rule("RatePerIp", 1, limits.waf_rate_per_ip, scope),
             _rate_rule("HistoryRatePerIp", 2, config.history_waf_rate_limit, history),
         ]
+
+    def _not_stripe(self, config: ApiConfig) -> waf.CfnWebACL.StatementProperty | None:
+        """NOT (source IP in Stripe's webhook addresses); None without a list (nobody exempt)."""
+        if not config.stripe_webhook_ips:
+            return None
+        self.stripe_ip_set = waf.CfnIPSet(
+            self,
+            "StripeWebhookIps",
+            scope="REGIONAL",
+            ip_address_version="IPV4",
+            addresses=[f"{ip}/32" for ip in config.stripe_webhook_ips],
+            description="Stripe published webhook addresses, exempt from the per-IP rate rule",
+        )
+        # The direct peer's address: API Gateway is the edge, so no proxy header to trust.
+        in_set = waf.CfnWebACL.StatementProperty(
+            ip_set_reference_statement=waf.CfnWebACL.IPSetReferenceStatementProperty(
+                arn=self.stripe_ip_set.attr_arn
+            )
+        )
+        return waf.CfnWebACL.StatementProperty(
+            not_statement=waf.CfnWebACL.NotStatementProperty(statement=in_set)
+        )
 
     def _suppress(self) -> None:
         for api in (self.api, self.private_api):

@@ -132,7 +132,9 @@ class Functions(Construct):
         self.payment_api = self._function(
             _Spec(
                 "payment_api", "the saga's payment queries, release and revert", Duration.seconds(20)
-            )  # API GW waits 29 s
+            ),  # API GW waits 29 s
+            # Bounds its RDS Proxy sessions (one per container); sized in infra/capacity.py.
+            reserved_concurrency=fc.api_reserved_concurrency,
         )
         # Stripe's webhook has a function of its own: the signing secret and a restricted key
         # that can only cancel, and no command topic (it publishes events only).

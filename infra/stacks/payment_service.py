@@ -11,7 +11,7 @@ from aws_cdk import aws_secretsmanager as sm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from infra import checkov
+from infra import capacity, checkov
 from infra.components.api import PaymentApi
 from infra.components.data import Database
 from infra.components.functions import Functions, metric_namespace
@@ -41,6 +41,7 @@ class PaymentServiceStack(Stack):
         Tags.of(self).add("service", "payment-service", exclude_resource_types=untaggable)
         Tags.of(self).add("stage", config.name, exclude_resource_types=untaggable)
 
+        limits = capacity.limits(config)  # before anything: an under-sized stage fails here
         network = Network(self, "Network", config=config.network, availability_zones=availability_zones)
         messaging = Messaging(self, "Messaging", config=config.kafka, network=network)
         database = Database(
@@ -61,6 +62,7 @@ class PaymentServiceStack(Stack):
             self,
             "Api",
             config=config.api,
+            limits=limits,
             handler=functions.payment_api,
             webhook_handler=functions.stripe_webhook,
             stage=config.name,

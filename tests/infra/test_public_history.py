@@ -66,7 +66,8 @@ def test_route_has_its_own_throttle(dev_raw: dict[str, Any]) -> None:
     history = settings[("/~1history~1{user_id}", "GET")]
     assert (history["ThrottlingRateLimit"], history["ThrottlingBurstLimit"]) == (100, 200)
     webhook = settings[("/~1api~1stripe-webhook", "POST")]
-    assert (webhook["ThrottlingRateLimit"], webhook["ThrottlingBurstLimit"]) == (20, 40)
+    # dev's 5 orders/s x 4 webhooks x 3 (infra/capacity.py), burst 2 s of it
+    assert (webhook["ThrottlingRateLimit"], webhook["ThrottlingBurstLimit"]) == (60, 120)
 
 
 def test_waf_rate_rules_are_scoped_apart(dev_raw: dict[str, Any]) -> None:
@@ -85,10 +86,16 @@ def test_waf_rate_rules_are_scoped_apart(dev_raw: dict[str, Any]) -> None:
         "Limit": 6000,
         "ScopeDownStatement": history_match,
     }
+    (ip_set,) = resources(dev_raw, "AWS::WAFv2::IPSet")
+    not_stripe = {
+        "NotStatement": {"Statement": {"IPSetReferenceStatement": {"Arn": {"Fn::GetAtt": [ip_set, "Arn"]}}}}
+    }
     assert rules["RatePerIp"] == {
         "AggregateKeyType": "IP",
-        "Limit": 1000,
-        "ScopeDownStatement": {"NotStatement": {"Statement": history_match}},
+        "Limit": 1200,  # the webhook route's 60/s x 300 s / Stripe's 15 addresses
+        "ScopeDownStatement": {
+            "AndStatement": {"Statements": [{"NotStatement": {"Statement": history_match}}, not_stripe]}
+        },
     }
 
 

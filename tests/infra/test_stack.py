@@ -173,7 +173,7 @@ def test_api_stage_throttling_logging_and_body_limit(dev: Template) -> None:
             "StageName": "dev",
             "AccessLogSetting": {"DestinationArn": Match.any_value(), "Format": Match.any_value()},
             "MethodSettings": Match.array_with(
-                [Match.object_like({"ThrottlingRateLimit": 50, "ThrottlingBurstLimit": 100})]
+                [Match.object_like({"ThrottlingRateLimit": 60, "ThrottlingBurstLimit": 120})]
             ),
         },
     )
@@ -202,7 +202,13 @@ def test_api_stage_throttling_logging_and_body_limit(dev: Template) -> None:
             "Rules": Match.array_with(
                 [
                     Match.object_like(
-                        {"Statement": {"RateBasedStatement": {"Limit": 1000, "AggregateKeyType": "IP"}}}
+                        {
+                            "Statement": {
+                                "RateBasedStatement": Match.object_like(
+                                    {"Limit": 1200, "AggregateKeyType": "IP"}
+                                )
+                            }
+                        }
                     ),
                     Match.object_like(
                         {
@@ -228,8 +234,8 @@ def test_api_stage_throttling_logging_and_body_limit(dev: Template) -> None:
                         {
                             "ResourcePath": "/~1api~1stripe-webhook",
                             "HttpMethod": "POST",
-                            "ThrottlingRateLimit": 20,
-                            "ThrottlingBurstLimit": 40,
+                            "ThrottlingRateLimit": 60,
+                            "ThrottlingBurstLimit": 120,
                         }
                     )
                 ]
