@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, wait_for
+from kafka import TopicPartition
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +77,16 @@ def test_a_dead_lettered_command_is_listed_shown_requeued_and_answered_once(
     producer = make_producer()
     producer.send(source, key=order_id.encode(), value=json.dumps(cmd).encode()).get(timeout=10)
 
+    # Both topics visible to a new client before anyone subscribes: a group that joins while the
+    # broker does not list a topic yet is assigned nothing until its metadata is next refreshed.
+    probe = make_consumer(consumer_timeout_ms=500)
+    assert wait_for(
+        lambda: probe.partitions_for_topic(source) and probe.partitions_for_topic(dlq), timeout=30
+    )
     mapping, runner = _give_up_on(local_settings, source, dlq)
     try:
-        lettered = make_consumer(dlq, consumer_timeout_ms=500)
+        lettered = make_consumer(consumer_timeout_ms=500)
+        lettered.assign([TopicPartition(dlq, 0)])  # no group: read from the start, no rebalance
         assert wait_for(lambda: list(lettered), timeout=60), "the mapping dead-lettered the command"
     finally:
         mapping.stop()
