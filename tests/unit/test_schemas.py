@@ -175,7 +175,6 @@ def _readme_examples() -> list[tuple[str, Any]]:
     return examples
 
 
-@pytest.mark.skipif(not README.is_file(), reason="README.md does not exist yet")
 @pytest.mark.parametrize(("where", "document"), _readme_examples(), ids=[w for w, _ in _readme_examples()])
 def test_readme_examples_match_the_schemas(where: str, document: Any) -> None:
     assert _problems(document) == [], f"{where}: {_problems(document)}"
