@@ -219,6 +219,16 @@ def authorized(services: Services, card: Card, payment_row: Callable[[str], Any]
     return dict(row)
 
 
+def runner_release(order_id: str) -> dict[str, Any]:
+    """A release paying the seeded runner (its account registered at the user-service stand-in)."""
+    return command(
+        "release_payment",
+        order_id=order_id,
+        runner_id="user_runner",
+        runner_connect_account_id="acct_runner1",
+    )
+
+
 def hold_params(card: Card, order_id: str, payment_id: str) -> dict[str, Any]:
     """A hold for the order exactly as the service creates one (its metadata names the order)."""
     return {
@@ -259,12 +269,7 @@ def test_a_revert_racing_a_release_whose_connection_died_never_leaves_a_transfer
     a, b = container(name_a), container()
     row = authorized(a, new_card(CARD_OK), payment_row)
     order_id, pi = row["order_id"], row["payment_intent_id"]
-    release = command(
-        "release_payment",
-        order_id=order_id,
-        runner_id="user_runner",
-        runner_connect_account_id="acct_runner1",
-    )
+    release = runner_release(order_id)
     revert = command("revert_payment", order_id=order_id, reason="order cancelled")
 
     double.hold_transfers()
@@ -459,12 +464,7 @@ def test_a_transfer_that_lands_after_the_audit_looked_is_still_reversed(
     b = container()
     row = authorized(a, new_card(CARD_OK), payment_row)
     order_id, pi = row["order_id"], row["payment_intent_id"]
-    release = command(
-        "release_payment",
-        order_id=order_id,
-        runner_id="user_runner",
-        runner_connect_account_id="acct_runner1",
-    )
+    release = runner_release(order_id)
     double.hold_transfers()
     try:
         assert not deliver(a, release, 1), "set-up: the release's transfer times out at the client"
