@@ -126,6 +126,67 @@ def test_migrations_create_tables_once(make_pg_connection: Callable[..., Any], u
         admin.run(f"DROP DATABASE IF EXISTS {scratch}")
 
 
+def test_a_migration_runs_as_postgresql_parses_it(
+    make_pg_connection: Callable[..., Any], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration file is sent whole: a function body and a string holding ';' or '--' are
+    PostgreSQL's to parse (splitting on ';' by hand cut them apart), and a file that fails
+    half-way applies nothing of itself."""
+    from payments_core import migrate
+    from payments_core.db import Database
+
+    tricky = """
+        CREATE TABLE semicolons (note text NOT NULL DEFAULT 'a; b -- not a comment');
+        CREATE FUNCTION semicolons_note() RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN 'x;y';
+        END;
+        $$;
+        INSERT INTO semicolons DEFAULT VALUES;
+    """
+    broken = "CREATE TABLE half_done (id int); SELECT no_such_function();"
+    scratch = f"migrate_parse_{unique}"
+    admin = make_pg_connection(DB_NAME)
+    admin.run(f"CREATE DATABASE {scratch}")
+    try:
+        params = {
+            "user": os.environ["PGUSER"],
+            "password": os.environ["PGPASSWORD"],
+            "host": os.environ["DB_HOST"],
+            "port": int(os.environ["DB_PORT"]),
+            "database": scratch,
+        }
+        monkeypatch.setattr(migrate, "migration_files", lambda: [("9001_tricky", tricky)])
+        db = Database(**params)
+        try:
+            assert migrate.apply_migrations(db) == ["9001_tricky"]
+        finally:
+            db.close()
+        check = make_pg_connection(scratch)
+        assert check.run("SELECT note, semicolons_note() FROM semicolons") == [
+            ["a; b -- not a comment", "x;y"]
+        ]
+
+        monkeypatch.setattr(
+            migrate, "migration_files", lambda: [("9001_tricky", tricky), ("9002_broken", broken)]
+        )
+        db = Database(**params)
+        try:
+            with pytest.raises(Exception, match="no_such_function"):
+                migrate.apply_migrations(db)
+        finally:
+            db.close()
+        assert check.run("SELECT to_regclass('half_done') IS NULL")[0][0] is True
+        assert check.run("SELECT version FROM schema_migrations") == [["9001_tricky"]]
+        check.close()
+    finally:
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()",
+            d=scratch,
+        )
+        admin.run(f"DROP DATABASE IF EXISTS {scratch}")
+
+
 def test_local_up_applied_the_schema(pg_connection: Any) -> None:
     from payments_core.migrate import migration_files
 

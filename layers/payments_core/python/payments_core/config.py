@@ -28,6 +28,25 @@ def _str(name: str, default: str) -> str:
     return value if value else default
 
 
+# Booleans are parsed strictly: a misspelt DB_SSL=ture must stop the function at start-up, not
+# quietly turn TLS off.
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(name: str, default: bool, *, also_true: frozenset[str] = frozenset()) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE or value in also_true:
+        return True
+    if value in _FALSE:
+        return False
+    accepted = ", ".join(sorted(_TRUE | also_true | _FALSE))
+    raise ValueError(f"{name} must be a boolean ({accepted}), got {raw!r}")
+
+
 def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     raw = os.environ.get(name)
     if not raw:
@@ -223,10 +242,10 @@ def get_settings() -> Settings:
         db_host=_str("DB_HOST", ""),
         db_port=_int("DB_PORT", 0),
         db_name=_str("DB_NAME", ""),
-        db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
+        db_ssl=_bool("DB_SSL", True, also_true=frozenset({"require"})),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
         db_ca_bundle=_str("DB_CA_BUNDLE", ""),
-        db_iam_auth=_str("DB_IAM_AUTH", "false").lower() in ("1", "true", "yes"),
+        db_iam_auth=_bool("DB_IAM_AUTH", False),
         db_user=_str("DB_USER", ""),
         db_app_secret_id=_str("DB_APP_SECRET_ID", ""),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),

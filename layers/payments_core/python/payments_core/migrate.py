@@ -52,8 +52,9 @@ def apply_migrations(db: Database, app_password: str | None = None) -> list[str]
         for version, sql in migration_files():
             if version in done:
                 continue
-            for statement in _statements(sql):
-                db.execute(statement)
+            # The whole file in one simple-protocol query (a statement without bind parameters
+            # goes as one): PostgreSQL's own parser splits it, quoted semicolons and all.
+            db.execute(sql)
             db.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
             applied_now.append(version)
         ensure_app_role(db, app_password)
@@ -101,12 +102,6 @@ def ensure_app_role(db: Database, password: str | None = None) -> None:
         f"REVOKE ALL ON schema_migrations FROM {role}",
     ):
         db.execute(statement)
-
-
-def _statements(sql: str) -> list[str]:
-    # Migrations are plain DDL without functions or quoted semicolons, so splitting on ';' holds.
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def run() -> list[str]:
