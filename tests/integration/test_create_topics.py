@@ -15,7 +15,7 @@ from kafka.admin import KafkaAdminClient
 
 from local.settings import LocalSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.needs("kafka")]
 
 
 @pytest.fixture
