@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,38 @@ def test_an_unknown_name_is_refused_with_the_choices() -> None:
         ValueError, match=r"no component or function named 'nope'; use one of: kafka, .*authorize_payment"
     ):
         local_logs.find("nope")
+
+
+def test_a_first_run_step_reports_its_start_progress_and_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from local import processes
+
+    monkeypatch.setattr(processes, "PROGRESS_EVERY_S", 0.1)
+    log = tmp_path / "build.log"
+    code = processes.run_with_progress(
+        "stripe-mock",
+        "building stripe-mock v0 with `go install`",
+        ["sh", "-c", "echo compiling; sleep 0.5"],
+        log,
+        timeout=30,
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert log.read_text() == "compiling\n"
+    assert out[0].startswith("stripe-mock   building stripe-mock v0 with `go install` (once; log: ")
+    assert any(line.startswith("stripe-mock   ... still building (") for line in out[1:-1])
+    assert re.fullmatch(r"stripe-mock   building done in \d+ s", out[-1])
+
+
+def test_a_first_run_step_that_hangs_is_stopped_at_its_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from local import processes
+
+    monkeypatch.setattr(processes, "PROGRESS_EVERY_S", 0.1)
+    code = processes.run_with_progress(
+        "kafka", "fetching jars", ["sleep", "30"], tmp_path / "f.log", timeout=0.3
+    )
+    assert code == -1
+    assert capsys.readouterr().out.splitlines()[-1].startswith("kafka         fetching failed (exit -1) in ")
