@@ -296,6 +296,10 @@ class Postgres(Component):
     def superuser_connection(self) -> Any:
         import pg8000.native
 
+        if not self.socket_path.exists():  # adopted (docker compose): its superuser is the stack's user
+            from local.adopt import tcp_connection
+
+            return tcp_connection(self.settings)
         return pg8000.native.Connection(user="postgres", unix_sock=str(self.socket_path), database="postgres")
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from local import adopt
 from local import logs as local_logs
 from local import settings as cfg
 from local.components import Component, Postgres, components
@@ -43,6 +44,7 @@ from local.settings import HOST, client_env
 class UpResult:
     started: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # not ours (docker compose): never stopped
 
 
 def _bring_up(comp: Component, result: UpResult) -> None:
@@ -81,11 +83,19 @@ def up(
     result = result if result is not None else UpResult()
     all_comps = components(s)
     wanted = [c for c in all_comps if (names is None or c.name in names) and (emulators or not c.emulator)]
+    foreign = []
     for comp in wanted:  # fail before starting anything
-        comp.check_ports()
+        if adopt.is_adopted(comp) or adopt.try_adopt(comp):
+            foreign.append(comp)
+            result.adopted.append(comp.name)
+            say(
+                f"{comp.name:<14}adopted           {comp.describe_address()} (answers there; not started here, never stopped)"
+            )
+        else:
+            comp.check_ports()
     t0 = time.monotonic()
     servers = [c for c in wanted if not c.emulator]
-    _parallel(servers, result)
+    _parallel([c for c in servers if c not in foreign], result)
     by_name = {c.name: c for c in all_comps}
     server_names = {c.name for c in servers}
     if "kafka" in server_names:
@@ -117,6 +127,19 @@ def down(names: Sequence[str] | None = None) -> list[str]:
             say(f"{comp.name:<14}stopped in {time.monotonic() - start:4.1f}s")
 
     chosen = [c for c in components(s) if names is None or c.name in names]
+    adopted = [c for c in chosen if adopt.is_adopted(c)]
+    if adopted and names is not None:
+        # A drill that stops a server to watch the service recover cannot do it to one it does
+        # not own: say so rather than stop (or pretend to stop) someone else's server.
+        raise StackError(
+            ", ".join(c.name for c in adopted),
+            "adopted (started outside this checkout, e.g. by docker compose): this checkout does not stop or restart it",
+            "run this on the stack `make local-up` starts itself (stop the compose services first)",
+        )
+    for comp in adopted:
+        adopt.forget(comp)
+        say(f"{comp.name:<14}adopted, left running (not started by this checkout)")
+    chosen = [c for c in chosen if c not in adopted]
     for group in ([c for c in chosen if c.emulator], [c for c in chosen if not c.emulator]):
         with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
             for future in [pool.submit(stop_one, c) for c in group]:
@@ -132,6 +155,11 @@ def status() -> dict[str, bool]:
     for comp in components(s):
         pid = comp.running_pid()
         rec = comp.recorded() or {}
+        if adopt.is_adopted(comp):
+            addr = ", ".join(f"{HOST}:{p}" for p in comp.port_numbers)
+            say(f"{comp.name:<14}up    {addr:<34} adopted (not started by this checkout)")
+            states[comp.name] = True
+            continue
         if pid is not None:
             ports = rec.get("ports") or comp.port_numbers
             addr = ", ".join(f"{HOST}:{p}" for p in ports) or "-"

@@ -1,6 +1,6 @@
 # The local stack (Kafka, PostgreSQL, localstripe, stripe-mock, moto and the Lambda emulators)
 # and the test driver. Everything lives in local/; state, logs and pid files under .local/.
-.PHONY: local-up local-down local-status local-env local-logs local-token invoke test unit test-one
+.PHONY: local-up local-down local-status local-env local-logs local-token invoke test unit test-one compose-cli
 
 local-up: venv ## start the local stack (idempotent; prints each component's start time)
 	@$(PY) -m local.stack up
@@ -28,7 +28,7 @@ invoke: venv ## run a handler locally: make invoke FN=authorize_payment EVENT=ev
 		echo "usage: make invoke FN=<function under functions/> EVENT=<event json file>" >&2; exit 2; fi
 	@$(PY) -m local.invoke "$(FN)" "$(EVENT)"
 
-test: venv lint chromium ## lint, then unit, integration and infra tests on the local stack (starts/stops it)
+test: venv lint chromium compose-cli ## lint, then unit, integration and infra tests on the local stack (starts/stops it)
 	@$(PY) -m local.testrun $(PYTEST_ARGS)
 
 unit: venv ## the unit tests alone: no stack, no lint, seconds (PYTEST_ARGS=… passes options)
@@ -36,3 +36,6 @@ unit: venv ## the unit tests alone: no stack, no lint, seconds (PYTEST_ARGS=… 
 
 test-one: venv ## one test, file or -k selection: make test-one T=<pytest node id>; starts only what it needs
 	@$(PY) -m local.testrun --one $(T) $(PYTEST_ARGS)
+
+compose-cli: venv ## build the Docker Compose CLI (pinned, from source, cached) that checks docker-compose.local.yml
+	@$(PY) -m local.compose_cli >/dev/null
