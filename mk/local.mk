@@ -38,4 +38,4 @@ test-one: venv ## one test, file or -k selection: make test-one T=<pytest node i
 	@$(PY) -m local.testrun --one $(T) $(PYTEST_ARGS)
 
 compose-cli: venv ## build the Docker Compose CLI (pinned, from source, cached) that checks docker-compose.local.yml
-	@$(PY) -m local.compose_cli >/dev/null
+	@$(PY) -m local.compose_cli
