@@ -46,7 +46,7 @@ def render(config: StageConfig, plan: Sizing) -> str:
     out += _item("batch size", plan.batch)
     out += _item("batching window, s", plan.batching_window_s)
     out += _item("authorize concurrency", plan.authorize_concurrency)
-    out.append(f"  reserved in the template: {_reserved(plan.authorize_reserved, config)}")
+    out.append(f"  reserved in the template: {_reserved(plan.authorize_reserved)}")
     out += ["", "Database"]
     out += _item(
         "instance class", Item(f"db.{plan.database.value.name}", plan.database.formula, plan.database.limit)
@@ -61,7 +61,7 @@ def render(config: StageConfig, plan: Sizing) -> str:
         f"  WAF per source IP ............ {lim.waf_rate_per_ip} per 5 min (Stripe's addresses exempt; "
         f"WAF: {WAF_MIN_LIMIT} to {WAF_MAX_LIMIT:,})",
         f"  API function concurrency ..... {lim.api_concurrency} (saga rate x 0.1 s); reserved: "
-        f"{_reserved(lim.api_reserved_concurrency, config)}; DB sessions budget {lim.api_db_connections}",
+        f"{_reserved(lim.api_reserved_concurrency)}; DB sessions budget {lim.api_db_connections}",
         f"  stage throttles together ..... {lim.webhook_rate + lim.saga_rate}/s of API Gateway's "
         f"{pub.APIGW_ACCOUNT_RPS:,}/s per account and region",
     ]
@@ -135,7 +135,7 @@ def _item(name: str, item: Item[Any]) -> list[str]:
     return [*lines, f"      limit: {item.limit}"] if item.limit else lines
 
 
-def _reserved(value: int | None, config: StageConfig) -> str:
+def _reserved(value: int | None) -> str:
     if value is not None:
         return str(value)
     return "none (capacity.reserve_concurrency is off)"

@@ -120,7 +120,9 @@ def size(config: StageConfig) -> Sizing:
     if kc.min_pollers is not None and kc.min_pollers < 1:
         # Lambda accepts retry limits, bisecting and partial batch responses for Kafka only in
         # provisioned mode; without them a poison command would block its partition forever.
-        raise ValueError("kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode")
+        raise ValueError(
+            f"{name}: kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode"
+        )
     max_p = kc.max_pollers if kc.max_pollers is not None else POLLER_SPARE * need_pollers
     min_p = kc.min_pollers if kc.min_pollers is not None else min(need_pollers, max_p)
     if not (pub.MIN_POLLERS_RANGE[0] <= min_p <= min(max_p, pub.MIN_POLLERS_RANGE[1])):
