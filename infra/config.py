@@ -83,21 +83,26 @@ class KafkaConfig:
     events_topic: str
     dead_letter_topic: str
     consumer_group_id: str
-    partitions: int  # for the topics the stack creates (own cluster only); never changed afterwards
+    # For the topics the stack creates (own cluster only). None: derived from
+    # capacity.orders_per_second (infra/capacity/sizing.py). Raising it adds partitions, which
+    # remaps keys: drain first (README, "Sizing"); lowering it never removes any.
+    partitions: int | None
     replication_factor: int
     batch_size: int
     max_batching_window_seconds: int
     starting_position: str  # TRIM_HORIZON or LATEST
     retry_attempts: int
     max_record_age_seconds: int
-    min_pollers: int  # provisioned pollers; 0 = on-demand (Lambda then rejects the retry controls)
-    max_pollers: int
+    # Provisioned pollers (at least 1: the retry controls need provisioned mode). None: derived
+    # from the partitions (5 concurrent invocations per poller).
+    min_pollers: int | None
+    max_pollers: int | None
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     name: str
-    instance_type: str
+    instance_type: str | None  # None: the cheapest class that carries the rate (capacity model)
     allocated_storage_gb: int
     max_allocated_storage_gb: int
     multi_az: bool
@@ -105,6 +110,10 @@ class DatabaseConfig:
     deletion_protection: bool
     retain: bool
     secret_rotation_days: int
+    # RDS Proxy: None derives them (infra/capacity/sizing.py): the share of max_connections left
+    # after direct sessions and headroom, and the functions' own socket timeout.
+    proxy_max_connections_percent: int | None = None
+    proxy_borrow_timeout_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,13 +124,13 @@ class FunctionsConfig:
     # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
     authorize_memory_mb: int
     authorize_timeout_seconds: int
-    # None (the default everywhere): no reservation. Lambda keeps 10 of the account's concurrency
-    # unreserved, so reserving anything fails in an account whose quota is still the new-account
-    # 10; set it (at least the partition count) only where the quota allows (README).
+    # None: the partition count where capacity.reserve_concurrency is on, no reservation where
+    # it is off. Lambda keeps 100 of the account's concurrency unreserved, so reserving anything
+    # fails in an account whose quota is still low (README, "Sizing": the checklist).
     authorize_reserved_concurrency: int | None
-    # The saga API's function. None (the default everywhere, for the same quota): no reservation,
-    # so nothing bounds its database sessions; otherwise at least what capacity.orders_per_second
-    # needs and at most capacity.api_db_connections (infra/capacity.py checks both).
+    # The saga API's function. None: what capacity.orders_per_second needs where
+    # capacity.reserve_concurrency is on, else no reservation (nothing bounds its database
+    # sessions then); if set, at least what the rate needs and at most capacity.api_db_connections.
     api_reserved_concurrency: int | None
     command_workers: int
     stripe_max_in_flight: int  # per container; x partitions / Stripe latency must stay under Stripe's limit
@@ -133,7 +142,7 @@ class FunctionsConfig:
 @dataclass(frozen=True)
 class ApiConfig:
     webhook_max_body_kb: int  # 16, 32, 48 or 64: WAF's body inspection sizes for API Gateway
-    # The limits below are derived from capacity.orders_per_second (infra/capacity.py) unless
+    # The limits below are derived from capacity.orders_per_second (infra/capacity/) unless
     # set; a value set too low for that rate fails the synth.
     throttle_rate_limit: int | None = None  # the saga API's stage (and the public stage's default)
     throttle_burst_limit: int | None = None
@@ -274,13 +283,16 @@ class MonitoringConfig:
 
 @dataclass(frozen=True)
 class CapacityConfig:
-    """What a stage is sized for; infra/capacity.py derives the API's limits from it."""
+    """What a stage is sized for; infra/capacity/ derives its limits and sizes from it."""
 
     orders_per_second: float  # the target rate of orders, end to end
     # The RDS Proxy sessions the saga API's function may hold (one per concurrent container):
-    # the ceiling of functions.api_reserved_concurrency. Well under the instance's
-    # max_connections (t4g.micro ~ 80, t4g.small ~ 180), which the other functions share.
-    api_db_connections: int
+    # the ceiling of functions.api_reserved_concurrency. None: what the rate needs; the database
+    # class is chosen to hold it with every other function's sessions.
+    api_db_connections: int | None = None
+    # Reserve the authorize and API functions' concurrency (derived unless set). Off where the
+    # account's Lambda concurrency quota is not known to allow it (README, "Sizing").
+    reserve_concurrency: bool = False
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,18 @@ APP_ROLE = "payments_app"  # payments_core.migrate.APP_ROLE creates it
 
 class Database(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, config: DatabaseConfig, network: Network, production: bool
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DatabaseConfig,
+        network: Network,
+        production: bool,
+        instance_type: str,
+        proxy_max_connections_percent: int,
+        proxy_borrow_timeout_seconds: int,
     ):
+        """``instance_type`` and the proxy's settings come from the capacity model (set or derived)."""
         super().__init__(scope, id)
         self.config = config
         self.port = POSTGRES_PORT
@@ -38,7 +48,7 @@ class Database(Construct):
             self,
             "Instance",
             engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_9),
-            instance_type=ec2.InstanceType(config.instance_type),
+            instance_type=ec2.InstanceType(instance_type),
             vpc=network.vpc,
             vpc_subnets=network.data_subnets,
             database_name=config.name,
@@ -109,6 +119,10 @@ class Database(Construct):
             iam_auth=True,
             debug_logging=False,
             idle_client_timeout=Duration.minutes(5),
+            # max_connections less the direct sessions (migration, rotations) and the superuser's
+            # reserve; a client waits for a backend no longer than its own socket timeout.
+            max_connections_percent=proxy_max_connections_percent,
+            borrow_timeout=Duration.seconds(proxy_borrow_timeout_seconds),
         )
         self.instance.connections.allow_default_port_from(self.proxy, "RDS Proxy")
 

@@ -16,6 +16,7 @@ from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
 from infra import checkov
+from infra.capacity import Sizing
 from infra.components.data import APP_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
@@ -53,6 +54,7 @@ class Functions(Construct):
         id: str,
         *,
         config: StageConfig,
+        plan: Sizing,
         layer_zip: Path,
         network: Network,
         messaging: Messaging,
@@ -107,6 +109,7 @@ class Functions(Construct):
             "POWERTOOLS_LOG_LEVEL": fc.log_level,
         }
         self._config = config
+        self._plan = plan
         self._network = network
         # The dead-letter topic is the mapping's on-failure destination (records kept whole, for
         # `make redrive`); the service's own dead letters (no order) go to the SQS queue.
@@ -118,7 +121,7 @@ class Functions(Construct):
                 "payment_commands consumer: authorize, release, revert",
                 Duration.seconds(fc.authorize_timeout_seconds),
             ),
-            reserved_concurrency=fc.authorize_reserved_concurrency,
+            reserved_concurrency=plan.authorize_reserved,  # the partitions, or set (infra/capacity/)
             memory_mb=fc.authorize_memory_mb,
             environment={
                 **self.environment,
@@ -133,8 +136,8 @@ class Functions(Construct):
             _Spec(
                 "payment_api", "the saga's payment queries, release and revert", Duration.seconds(20)
             ),  # API GW waits 29 s
-            # Bounds its RDS Proxy sessions (one per container); sized in infra/capacity.py.
-            reserved_concurrency=fc.api_reserved_concurrency,
+            # Bounds its RDS Proxy sessions (one per container); sized in infra/capacity/.
+            reserved_concurrency=plan.api.api_reserved_concurrency,
         )
         # Stripe's webhook has a function of its own: the signing secret and a restricted key
         # that can only cancel, and no command topic (it publishes events only).
@@ -338,10 +341,8 @@ class Functions(Construct):
 
     def _add_kafka_trigger(self, messaging: Messaging) -> None:
         kc = self._config.kafka
-        if kc.min_pollers < 1:
-            # Lambda accepts retry limits, bisecting and partial batch responses for Kafka only in
-            # provisioned mode; without them a poison command would block its partition forever.
-            raise ValueError("kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode")
+        # Provisioned mode (min_pollers >= 1, checked in infra/capacity/sizing.py): Lambda accepts
+        # retry limits, bisecting and partial batch responses for Kafka only there.
         self.trigger = sources.ManagedKafkaEventSource(
             cluster_arn=messaging.cluster_arn,
             topic=kc.commands_topic,
@@ -358,7 +359,7 @@ class Functions(Construct):
             # others (an imported cluster's operator creates it).
             on_failure=sources.KafkaDlq(kc.dead_letter_topic),
             provisioned_poller_config=sources.ProvisionedPollerConfig(
-                minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
+                minimum_pollers=self._plan.min_pollers.value, maximum_pollers=self._plan.max_pollers.value
             ),
             # The mapping's own metrics (offset lag, event and error counts) for the alarms.
             metrics_config=lambda_.MetricsConfig(

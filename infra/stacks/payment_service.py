@@ -41,17 +41,26 @@ class PaymentServiceStack(Stack):
         Tags.of(self).add("service", "payment-service", exclude_resource_types=untaggable)
         Tags.of(self).add("stage", config.name, exclude_resource_types=untaggable)
 
-        limits = capacity.limits(config)  # before anything: an under-sized stage fails here
+        # Before anything: a stage whose settings cannot carry its rate fails here (infra/capacity/).
+        self.plan = plan = capacity.plan(config)
         network = Network(self, "Network", config=config.network, availability_zones=availability_zones)
         messaging = Messaging(self, "Messaging", config=config.kafka, network=network)
         database = Database(
-            self, "Data", config=config.database, network=network, production=config.production
+            self,
+            "Data",
+            config=config.database,
+            network=network,
+            production=config.production,
+            instance_type=plan.database.value.name,
+            proxy_max_connections_percent=plan.proxy_max_connections_percent.value,
+            proxy_borrow_timeout_seconds=plan.proxy_borrow_timeout_s.value,
         )
         stripe = StripeSecrets(self, "Stripe", retain=config.production)
         functions = Functions(
             self,
             "Functions",
             config=config,
+            plan=plan,
             layer_zip=layer_zip,
             network=network,
             messaging=messaging,
@@ -62,7 +71,7 @@ class PaymentServiceStack(Stack):
             self,
             "Api",
             config=config.api,
-            limits=limits,
+            limits=plan.api,
             handler=functions.payment_api,
             webhook_handler=functions.stripe_webhook,
             stage=config.name,
@@ -145,7 +154,9 @@ class PaymentServiceStack(Stack):
             service_token=provider.service_token,
             properties={
                 "Topics": functions.topics,
-                "Partitions": str(kc.partitions),
+                # Grows with the profile (after a drain: README, "Sizing"); a lower value never
+                # removes partitions (payments_core.topics leaves an existing topic's count alone).
+                "Partitions": str(self.plan.partitions.value),
                 "ReplicationFactor": str(kc.replication_factor),
             },
             resource_type="Custom::PaymentsKafkaTopics",
