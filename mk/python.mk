@@ -1,6 +1,8 @@
 # The virtual environment: created on first use, refreshed when the lock or pyproject.toml changes.
 # Every package comes from the lock (tools/lock.py) with its hash checked: uv first, by pip, then
-# everything else by uv; the project itself last, without dependencies.
+# everything else by uv; the project itself last, without dependencies. The one package published
+# only as source (localstripe) is built with the locked setuptools (--build-constraints), the
+# project with the one just installed (--no-build-isolation): nothing unhashed is fetched.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,7 +18,7 @@ $(VENV_STAMP): $(DEV_LOCK) pyproject.toml
 	 awk '/^uv==/ {p = 1} p {print} p && !/\\$$/ {exit}' $(DEV_LOCK) > $(VENV)/uv-requirement.txt; \
 	 $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(VENV)/uv-requirement.txt; \
 	 echo "venv: installing the $$(grep -c '^[a-z]' $(DEV_LOCK)) packages of $(DEV_LOCK) with uv (hashes required), then the project"; \
-	 $(UV) pip install --python $(PY) --require-hashes -r $(DEV_LOCK); \
+	 $(UV) pip install --python $(PY) --require-hashes -r $(DEV_LOCK) --build-constraints $(DEV_LOCK); \
 	 $(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .; \
 	 echo "venv: ready in $${SECONDS}s"
 	@touch $@
