@@ -103,7 +103,7 @@ def build(
         ":all:",
         "--require-hashes",
         "--no-deps",  # the lock is the whole closure: nothing is resolved here
-        "--no-installer-metadata",  # no RECORD/INSTALLER files: same bytes on every build
+        "--no-installer-metadata",  # no INSTALLER or direct_url.json: the same bytes on every build
         "--link-mode",
         "copy",
         "-r",
