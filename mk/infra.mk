@@ -8,7 +8,7 @@ LAYER_ZIP := build/layer.zip
 CDK := node_modules/.bin/cdk
 # Offline and quiet: no notices or telemetry calls, no Node end-of-life banner from jsii.
 CDK_ENV := CDK_DISABLE_CLI_TELEMETRY=true JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1 JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=1
-LAYER_SOURCES := pyproject.toml infra/build_layer.py infra/runtime.py \
+LAYER_SOURCES := requirements/layer.txt infra/build_layer.py infra/runtime.py \
 	$(shell find layers/payments_core/python/payments_core -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 $(LAYER_ZIP): $(VENV_STAMP) $(LAYER_SOURCES)
