@@ -235,7 +235,10 @@ def _stage_target(stage: str, context_file: str | None) -> tuple[Any, AwsTarget 
     context = json.loads((ROOT / "cdk.json").read_text())["context"]["payment-service"]
     if context_file:
         context = merge(context, json.loads(Path(context_file).read_text()))
-    kafka = load(context).stage(stage).kafka
+    try:
+        kafka = load(context).stage(stage).kafka
+    except ValueError as exc:
+        raise ProcedureError(str(exc)) from exc
     if kafka.cluster_arn:
         return kafka, None
     import boto3
@@ -312,6 +315,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     except ProcedureError as exc:
         print(f"partitions: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("kafka", "botocore", "boto3")):
+            raise
+        fix = (
+            "check the AWS CLI's credentials and that the stage is deployed"
+            if args.stage
+            else "start the local stack (make local-up)"
+        )
+        reason = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        print(f"partitions: error: {reason}: {fix}", file=sys.stderr)
         return 2
     return 0
 
