@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:  # tools/ is local tooling, not an installed packa
 
 from tools.partitions import LocalTarget, grow_procedure  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.needs("kafka")]
 
 
 class Recorder:
