@@ -91,14 +91,30 @@ class AwsTarget:
             {"Operation": "grow", "Topic": self.topic, "Group": self.group, "Partitions": target}
         )
 
+    def _state(self) -> str:
+        return str(self.client.get_event_source_mapping(UUID=self.uuid)["State"])
+
+    def _switch(self, enabled: bool, settle_s: float = 2.0, limit_s: float = 300.0) -> None:
+        """Enable or disable, once the mapping is in a settled state (Lambda refuses an update
+        while it is Enabling, Disabling or Updating: ResourceInUseException)."""
+        wanted = ("Enabled", "Enabling") if enabled else ("Disabled", "Disabling")
+        deadline = time.monotonic() + limit_s
+        while (state := self._state()) not in wanted:
+            if not state.endswith("ing"):
+                self.client.update_event_source_mapping(UUID=self.uuid, Enabled=enabled)
+                return
+            if time.monotonic() > deadline:
+                raise ProcedureError(f"event source mapping {self.uuid} stayed {state} for {limit_s:.0f} s")
+            time.sleep(settle_s)
+
     def pause(self) -> None:
-        self.client.update_event_source_mapping(UUID=self.uuid, Enabled=False)
+        self._switch(False)
 
     def resume(self) -> None:
-        self.client.update_event_source_mapping(UUID=self.uuid, Enabled=True)
+        self._switch(True)
 
     def disabled(self) -> bool:
-        return bool(self.client.get_event_source_mapping(UUID=self.uuid)["State"] == "Disabled")
+        return self._state() == "Disabled"
 
 
 def wait_until(

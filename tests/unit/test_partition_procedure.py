@@ -154,6 +154,7 @@ class FakeLambda:
     def __init__(self, answer: dict[str, Any], function_error: bool = False) -> None:
         self.answer, self.function_error = answer, function_error
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.states = ["Enabled"]  # what get_event_source_mapping answers next (the last repeats)
 
     def invoke(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("invoke", {**kwargs, "Payload": json.loads(kwargs["Payload"])}))
@@ -162,17 +163,21 @@ class FakeLambda:
 
     def update_event_source_mapping(self, **kwargs: Any) -> None:
         self.calls.append(("update", kwargs))
+        self.states = ["Enabled" if kwargs["Enabled"] else "Disabled"]
 
     def get_event_source_mapping(self, **kwargs: Any) -> dict[str, Any]:
-        return {"State": "Disabled"}
+        return {"State": self.states.pop(0) if len(self.states) > 1 else self.states[0]}
 
 
 def test_in_aws_the_mapping_is_toggled_by_uuid_and_kafka_reached_through_the_topics_function() -> None:
     client = FakeLambda({"partitions": 3, "lag": 0})
+    client.states = ["Enabling", "Enabled"]  # an update while Enabling is refused: wait it out
     target = AwsTarget("payment_commands", "grp", "uuid-1", "topics-fn", client)
-    target.pause()
-    target.resume()
+    target._switch(False, settle_s=0)
     assert target.disabled()
+    target.pause()  # already disabled: no second update
+    target.resume()
+    target.resume()
     assert target.grow(6) == {"partitions": 3, "lag": 0}
     assert client.calls == [
         ("update", {"UUID": "uuid-1", "Enabled": False}),
