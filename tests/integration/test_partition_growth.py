@@ -73,10 +73,29 @@ def mapping(local_settings, commands_topic, tmp_path) -> Any:
     runner = threading.Thread(target=esm.run, daemon=True)
     runner.start()
     target = LocalTarget(commands_topic, config.group_id, Path(config.pause_file))
-    assert wait_for(lambda: target.describe()["members"] == 1, timeout=30), "the mapping joined its group"
+    assert wait_for(lambda: _assigned(target.group) == 3, timeout=30), (
+        "the mapping was assigned the 3 partitions"
+    )
     yield esm, recorder, target
     esm.stop()
     runner.join(timeout=15)
+
+
+def _assigned(group: str) -> int:
+    """Partitions assigned to the group's members (a member that joined before the broker listed
+    the topic is assigned none until its metadata is refreshed)."""
+    from payments_core.partitions import admin_client
+
+    admin = admin_client(client_id="tests")
+    try:
+        members = admin.describe_groups([group])[group]["members"]
+    finally:
+        admin.close()
+    return sum(
+        len(topic["partitions"])
+        for member in members
+        for topic in (member.get("member_assignment") or {}).get("assigned_partitions", [])
+    )
 
 
 def _burst(bootstrap: str, topic: str, commands: list[dict[str, Any]]) -> list[int]:

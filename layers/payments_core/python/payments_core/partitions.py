@@ -22,6 +22,7 @@ drains, grows and resumes: docs/operations-partitions.md.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,7 +187,7 @@ def grow_partitions(
         # window; an order that also gets a newer command on its new partition in that window is
         # settled by its lease and the state machine (docs/operations-partitions.md).
         admin.create_partitions({topic: target})
-        after = topic_state(admin, topic, group)
+        after = _until_counted(admin, topic, group, target)
     finally:
         if own:
             admin.close()
@@ -195,6 +196,15 @@ def grow_partitions(
         extra={"topic": topic, "from": state.count, "to": after.count, "lag_after": after.lag_figures()},
     )
     return {**after.as_dict(), "grown": True, "from": state.count}
+
+
+def _until_counted(admin: Any, topic: str, group: str, target: int, limit_s: float = 30.0) -> TopicState:
+    """The topic once the brokers' metadata shows the new partitions (KRaft propagates it a
+    moment after CreatePartitions answers)."""
+    deadline = time.monotonic() + limit_s
+    while (state := topic_state(admin, topic, group)).count < target and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return state
 
 
 def operate(request: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
