@@ -33,3 +33,12 @@ else
 redrive: venv ## list dead letters; IDS="0:12 0:13" or ALL=1 re-queues them (STAGE=… runs it in AWS)
 	@$(PY) -m tools.redrive $(if $(ALL),--all) $(IDS)
 endif
+
+# payment_commands' partitions: the status, or PARTITIONS=<n> grows the topic safely (drain, pause
+# the mapping, grow, resume: docs/operations-partitions.md). Locally against the local stack;
+# with STAGE=… on the command line, the stage's mapping and topics function (an imported
+# cluster: the commands are printed).
+.PHONY: partitions
+partitions: venv ## commands topic: status; PARTITIONS=<n> grows it (drain, pause, grow, resume); STAGE=… in AWS
+	@$(PY) -m tools.partitions $(if $(PARTITIONS),grow $(PARTITIONS)) \
+	  $(if $(filter command line,$(origin STAGE)),--stage $(STAGE)) $(if $(CONTEXT_FILE),--context-file $(CONTEXT_FILE))

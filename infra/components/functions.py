@@ -200,6 +200,7 @@ class Functions(Construct):
                 environment=self._only("KAFKA_", "PAYMENT_", "DEAD_LETTER_TOPIC", "POWERTOOLS_"),
             )
             messaging.grant_create_topics(self.create_topics, *self.topics)
+            messaging.grant_grow_topic(self.create_topics, kc.commands_topic, kc.consumer_group_id)
             self.custom_resource_functions.append(self.create_topics)
 
         # What each function's code calls (tests/infra/test_template_checks.py derives the same

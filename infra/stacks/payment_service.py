@@ -158,6 +158,11 @@ class PaymentServiceStack(Stack):
                 # removes partitions (payments_core.topics leaves an existing topic's count alone).
                 "Partitions": str(self.plan.partitions.value),
                 "ReplicationFactor": str(kc.replication_factor),
+                # A larger Partitions grows the commands topic only while its mapping is paused
+                # and drained (payments_core.partitions); otherwise the deploy fails with the
+                # procedure (make partitions). The events topic is never grown here.
+                "GrowTopic": kc.commands_topic,
+                "ConsumerGroup": kc.consumer_group_id,
             },
             resource_type="Custom::PaymentsKafkaTopics",
         )
@@ -230,6 +235,15 @@ class PaymentServiceStack(Stack):
                 "lists and re-queues dead-lettered commands: make redrive STAGE=<stage>",
             ),
         }
+        outputs["CommandsMappingId"] = (
+            self.functions.trigger.event_source_mapping_id,
+            "the payment_commands event source mapping's UUID: make partitions STAGE=<stage> pauses it",
+        )
+        if self.functions.create_topics:
+            outputs["TopicsFunctionName"] = (
+                self.functions.create_topics.function_name,
+                "creates and grows the Kafka topics in the VPC: make partitions STAGE=<stage>",
+            )
         if self.functions.public_history:
             outputs["PublicHistoryUrl"] = (
                 self.api.history_url,

@@ -311,12 +311,24 @@ def code_actions() -> dict[str, set[str]]:
         if re.search(r'"enable_idempotence":\s*True', producer):
             kafka.add("kafka-cluster:WriteDataIdempotently")
         actions["kafka_gateway"] = kafka
-    admin = _source("topics")
+    admin = _source("topics") + _source("partitions")
     if "KafkaAdminClient(" in admin:
         kafka = {"kafka-cluster:Connect", "kafka-cluster:DescribeTopic"}
         if "create_topics(" in admin:
             kafka.add("kafka-cluster:CreateTopic")
         actions["topics"] = kafka
+    # Growing the commands topic (payments_core.partitions): CreatePartitions is AlterTopic on
+    # that topic; the mapping's group's members and committed offsets are DescribeGroup.
+    grow = _source("partitions")
+    actions["partitions"] = {
+        action
+        for call, action in (
+            ("create_partitions(", "kafka-cluster:AlterTopic"),
+            ("list_group_offsets(", "kafka-cluster:DescribeGroup"),
+            ("describe_groups(", "kafka-cluster:DescribeGroup"),
+        )
+        if call in grow
+    }
     # The redrive's reader: a consumer without a group (assign and seek), so no group actions.
     redrive = _source("redrive")
     if "KafkaConsumer(" in redrive:
@@ -600,6 +612,12 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
         need.add(("kafka-cluster:Connect", "cluster"))
         topics = (env["PAYMENT_COMMANDS_TOPIC"], env["PAYMENT_EVENTS_TOPIC"], env["DEAD_LETTER_TOPIC"])
         need.update((a, f"topic:{t}") for t in topics for a in admin - {"kafka-cluster:Connect"})
+        # The commands topic grows, with its mapping's group checked (the topics resource names both).
+        (resource,) = resources(raw, "Custom::PaymentsKafkaTopics").values()
+        grow = resource["Properties"]
+        for action in actions["partitions"]:
+            kind = "group" if action == "kafka-cluster:DescribeGroup" else "topic"
+            need.add((action, f"{kind}:{grow['ConsumerGroup' if kind == 'group' else 'GrowTopic']}"))
     if "db" in uses and env.get("DB_IAM_AUTH") == "true":
         need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
     if "stripe" in uses:
