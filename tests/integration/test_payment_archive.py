@@ -258,3 +258,71 @@ def test_release_and_revert_of_an_archived_payment_move_no_money(
     archived = db.query("SELECT status, refund_id FROM payments_archive WHERE order_id = :o", o=order_id)
     assert archived == [{"status": "SUCCEEDED", "refund_id": None}]
     assert _count(db, "payments", order_id) == 0
+
+
+def test_archived_payments_go_after_their_own_period_and_their_totals_stay(
+    db: Database, local_settings: LocalSettings, local_stack: LocalSettings
+) -> None:
+    u = uuid.uuid4().hex[:8]
+    me = f"user_arc_{u}"
+    expired, kept = f"arc-{u}-7y", f"arc-{u}-6y"
+    _payment(db, expired, "SUCCEEDED", days_ago=2600, customer=me, amount=1200)  # past 2557 days
+    _payment(db, kept, "SUCCEEDED", days_ago=2000, customer=me, amount=800)
+    retention.run(db, get_settings())  # archived in this run (past 400 days) ...
+    assert _count(db, "payments", expired) == 0 and _count(db, "payments", kept) == 0
+    totals = _history(local_settings, db, me)
+    assert totals["byCurrency"][0]["spentCents"] == 2000 and totals["spentCount"] == 2
+    # ... and the one past the archive's period deleted in the same run, or at the latest the next.
+    retention.run(db, get_settings())
+    assert _count(db, "payments_archive", expired) == 0, "an archived payment outlived its 7 years"
+    assert _count(db, "payments_archive", kept) == 1
+    assert _history(local_settings, db, me) == totals  # the roll-ups still count it
+
+
+def test_an_authorize_racing_the_archiving_of_its_order_waits_and_is_a_duplicate(
+    db: Database,
+    new_card: Callable[..., Card],
+    authorize_handler: Callable[[dict], dict],
+    intents_for_order: Callable[[Card, str], list[Any]],
+) -> None:
+    """The archiving transaction holds the order's lease until it commits: an authorize of the
+    same order arriving meanwhile waits for it, then finds the archive (without the lease, its
+    INSERT would wait for the live row's DELETE only, then write a new payment and hold)."""
+    import threading
+
+    from payments_core import archive
+
+    card = new_card()
+    cmd = authorize_command(card)
+    order_id = cmd["payload"]["order_id"]
+    assert authorize_handler(msk_event(cmd, first_offset=1)) == {"batchItemFailures": []}
+    db.execute(
+        "UPDATE payments SET status = 'SUCCEEDED', captured_amount_cents = amount_cents, audit_due_at = NULL,"
+        " updated_at = now() - interval '500 days' WHERE order_id = :o",
+        o=order_id,
+    )
+    db.execute("UPDATE outbox SET published_at = now() WHERE order_id = :o", o=order_id)
+    # Its lease row went long ago (RETAIN_ORDER_LEASES_DAYS): nothing to wait on but the claim.
+    db.execute("DELETE FROM order_leases WHERE order_id = :o", o=order_id)
+
+    answers: list[dict] = []
+    again = threading.Thread(
+        target=lambda: answers.append(authorize_handler(msk_event(cmd, first_offset=2))), daemon=True
+    )
+    with db.transaction():  # archive_batch's statements, held open while the authorize arrives
+        claimed = [
+            str(r["order_id"])
+            for r in db.query(archive._CLAIM_SQL, final=list(archive.FINAL), days=400, n=1000)
+        ]
+        assert order_id in claimed
+        db.query(archive._MOVE_SQL, orders=claimed)
+        for sql in archive._LEFTOVERS_SQL:
+            db.execute(sql, orders=claimed)
+        again.start()
+        again.join(timeout=1.5)
+        assert again.is_alive(), "the authorize did not wait for the archiving transaction"
+    again.join(timeout=30)
+    assert answers == [{"batchItemFailures": []}]
+    assert _count(db, "payments", order_id) == 0, "a new payment row was written"
+    assert _count(db, "payments_archive", order_id) == 1
+    assert len(intents_for_order(card, order_id)) == 1, "a second hold was placed"
