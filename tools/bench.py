@@ -36,6 +36,8 @@ asserts: the targets are printed next to the figures.
     while the local broker is stopped for 60 s and started again; how long the stack's own
     scheduled relay takes to publish every row that waited when the broker was back (ready),
     under the same load, and that backlog's rows per second.
+(j) storage (issue 19): bytes stored per payment and the size of each table, after 2,000 orders
+    and again after the retention job (tools/bench_storage.py).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from local.db_activity import InFlightSampler, InFlightSummary
 from local.lambda_runtime import FakeLambdaContext, load_handler
 from local.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
 from local.settings import load as load_local_settings
+from tools import bench_storage
 
 LAYER_PYTHON = REPO_ROOT / "layers" / "payments_core" / "python"
 BUILT_LAYER = REPO_ROOT / "build" / "layer"
@@ -1180,11 +1183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=30, help="copies of orders for (g)")
     parser.add_argument("--drain-rate", type=float, default=20, help="authorize commands/s for (h)")
     parser.add_argument("--drain-outage", type=float, default=60, help="seconds the broker is down in (h)")
+    parser.add_argument("--storage-orders", type=int, default=2000, help="orders for (j)")
     parser.add_argument(
         "--memory-mb", type=int, default=512, help="the authorize function's memory, for cost"
     )
     parser.add_argument(
-        "--only", nargs="*", choices=list("abcdefgh"), help="run only these sections (default: all)"
+        "--only", nargs="*", choices=list("abcdefghj"), help="run only these sections (default: all)"
     )
     parser.add_argument(
         "--setups", nargs="*", choices=THROUGHPUT_SETUPS, help="(g): only these Stripe set-ups (default: all)"
@@ -1209,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
             report, args.orders, args.copies, args.memory_mb, get_settings().command_workers, args.setups
         ),
         "h": lambda: bench_outbox_drain(report, args.drain_rate, args.drain_outage),
+        "j": lambda: bench_storage.bench_storage(report, args.storage_orders, Row),
     }
     started = time.time()
     with service_logs_to(out / "service.log"):

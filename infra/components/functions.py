@@ -17,7 +17,7 @@ from constructs import Construct
 
 from infra import checkov
 from infra.capacity import Sizing
-from infra.components.data import APP_ROLE, Database
+from infra.components.data import APP_ROLE, RETENTION_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
 from infra.components.secrets import StripeSecrets
@@ -182,11 +182,13 @@ class Functions(Construct):
                 "DB_IAM_AUTH": "false",
                 "DB_SECRET_ID": database.secret.secret_arn,
                 "DB_APP_SECRET_ID": database.app_secret.secret_arn,
+                "DB_RETENTION_SECRET_ID": database.retention_secret.secret_arn,
             },
         )
         database.instance.connections.allow_default_port_from(migrate_sg, "schema migrations")
         _read_secret(self.migrate_database, database.secret)
         _read_secret(self.migrate_database, database.app_secret)
+        _read_secret(self.migrate_database, database.retention_secret)
         database.proxy.connections.allow_from(
             network.function_security_group, ec2.Port.tcp(database.port), "functions"
         )
@@ -280,16 +282,18 @@ class Functions(Construct):
 
     def _add_retention(self, database: Database) -> lambda_.Function:
         """The daily retention job (payments_core.retention): deletes expired rows of the outbox,
-        webhook ids, leases, money calls and command outcomes. The database only, as the
-        application role (its DELETE covers exactly those tables: payments_core.migrate); no
-        Stripe key, no Kafka, no secret to read (IAM auth through the proxy)."""
+        webhook ids, leases, money calls and command outcomes, archives old payments. The
+        database only, as its own role (payments_retention: exactly the privileges it uses,
+        payments_core.migrate.RETENTION_GRANTS; the application role deletes nothing); no
+        Stripe key, no Kafka, no secret to read (IAM auth through the proxy, which holds the
+        role's secret)."""
         fn = self._function(
             # Batches of 1,000 until done: the first run on a grown table may need several days'
             # runs; each stops 10 s before its timeout and the next goes on.
             _Spec("retain_data", "deletes rows past their retention", Duration.minutes(10)),
-            environment=self._only("DB_", "POWERTOOLS_"),
+            environment={**self._only("DB_", "POWERTOOLS_"), "DB_USER": RETENTION_ROLE},
         )
-        database.proxy.grant_connect(fn, APP_ROLE)
+        database.proxy.grant_connect(fn, RETENTION_ROLE)
         self.database_functions.append(fn)
         self._suppress_managed_and_wildcards(fn)
         return fn

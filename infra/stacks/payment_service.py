@@ -134,10 +134,14 @@ class PaymentServiceStack(Stack):
             cfn_function.node.add_dependency(self.migrations)
         for mapping in functions.kafka_mappings:
             mapping.node.add_dependency(self.migrations)
-        # Rotations start once the schema migration has run: it creates the application role
-        # (whose first rotation would otherwise fail), and it reads the master secret, which a
-        # rotation running at the same moment could change under it.
-        for secret in (self.database.secret, self.database.app_secret_attached):
+        # Rotations start once the schema migration has run: it creates the application and
+        # retention roles (whose first rotation would otherwise fail), and it reads the master
+        # secret, which a rotation running at the same moment could change under it.
+        for secret in (
+            self.database.secret,
+            self.database.app_secret_attached,
+            self.database.retention_secret_attached,
+        ):
             for child in secret.node.children:
                 if isinstance(child, sm.RotationSchedule):
                     child.node.add_dependency(self.migrations)

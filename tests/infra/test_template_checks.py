@@ -607,6 +607,7 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     if "migrate" in uses:
         secret("DB_SECRET_ID")
         secret("DB_APP_SECRET_ID")
+        secret("DB_RETENTION_SECRET_ID")
     if "admin" in uses:
         admin = actions["topics"]
         need.add(("kafka-cluster:Connect", "cluster"))

@@ -72,12 +72,21 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
 #   kept regardless (a re-delivery re-queues its answer only while it is the latest).
 # - order_leases / stripe_money_calls: only of payments that are over and settled (see the
 #   retention module); a day is far beyond any lease (40 s) or the audit's in-doubt horizon.
+# - payments: over (SUCCEEDED, REVERTED, FAILED) and settled payments move to the archive
+#   (payments_core.archive), after which no webhook or refund changes them. The floor is past
+#   the card networks' 120-day dispute filing window (Visa allows up to 540 days for a few
+#   reasons: docs/retention.md) and must exceed every other period here.
+# - payments_archive: archived payments are deleted this long after their last change; their
+#   totals stay in the roll-ups. 7 years: a common accounting-records period (Singapore asks
+#   for at least 5); finance decides.
 RETENTION_FLOOR_DAYS = {
     "outbox": 4,
     "stripe_events": 4,
     "order_leases": 1,
     "stripe_money_calls": 1,
     "command_outcomes": 8,
+    "payments": 130,
+    "payments_archive": 366,
 }
 RETENTION_DEFAULT_DAYS = {
     "outbox": 7,
@@ -85,6 +94,8 @@ RETENTION_DEFAULT_DAYS = {
     "order_leases": 7,
     "stripe_money_calls": 30,
     "command_outcomes": 8,
+    "payments": 400,
+    "payments_archive": 2557,
 }
 RETENTION_ENV = {
     "outbox": "RETAIN_OUTBOX_DAYS",
@@ -92,7 +103,12 @@ RETENTION_ENV = {
     "order_leases": "RETAIN_ORDER_LEASES_DAYS",
     "stripe_money_calls": "RETAIN_MONEY_CALLS_DAYS",
     "command_outcomes": "RETAIN_COMMAND_OUTCOMES_DAYS",
+    "payments": "RETAIN_PAYMENTS_DAYS",
+    "payments_archive": "RETAIN_ARCHIVED_PAYMENTS_DAYS",
 }
+# Kept in payments until everything else about the order has gone (its outbox rows, leases and
+# money calls are deleted with it), and archived long before the archive's own period ends.
+_LIVE_TABLES = ("outbox", "stripe_events", "order_leases", "stripe_money_calls", "command_outcomes")
 DEFAULT_RETENTION_BATCH_ROWS = 1000
 
 
@@ -105,6 +121,8 @@ class RetentionSettings:
     order_leases_days: int = RETENTION_DEFAULT_DAYS["order_leases"]
     stripe_money_calls_days: int = RETENTION_DEFAULT_DAYS["stripe_money_calls"]
     command_outcomes_days: int = RETENTION_DEFAULT_DAYS["command_outcomes"]
+    payments_days: int = RETENTION_DEFAULT_DAYS["payments"]
+    payments_archive_days: int = RETENTION_DEFAULT_DAYS["payments_archive"]
     # rows per DELETE statement: each one is short, so no lock is held for long
     batch_rows: int = DEFAULT_RETENTION_BATCH_ROWS
 
@@ -113,7 +131,8 @@ class RetentionSettings:
 
 
 def retention_settings() -> RetentionSettings:
-    """RETAIN_*_DAYS (whole days, at least the table's floor) and RETENTION_BATCH_ROWS (1-10000)."""
+    """RETAIN_*_DAYS (whole days, at least the table's floor; payments longer than every other
+    live period, the archive longer than payments) and RETENTION_BATCH_ROWS (1-10000)."""
     days: dict[str, int] = {}
     for table, env in RETENTION_ENV.items():
         value = _int(env, RETENTION_DEFAULT_DAYS[table])
@@ -122,6 +141,17 @@ def retention_settings() -> RetentionSettings:
                 f"{env} must be at least {RETENTION_FLOOR_DAYS[table]} days (rows still needed), got {value}"
             )
         days[f"{table}_days"] = value
+    longest = max(_LIVE_TABLES, key=lambda t: days[f"{t}_days"])
+    if days["payments_days"] <= days[f"{longest}_days"]:
+        raise ValueError(
+            f"RETAIN_PAYMENTS_DAYS must exceed {RETENTION_ENV[longest]} ({days[f'{longest}_days']}):"
+            " a payment is archived only after the rest of its order's rows"
+        )
+    if days["payments_archive_days"] <= days["payments_days"]:
+        raise ValueError(
+            "RETAIN_ARCHIVED_PAYMENTS_DAYS must exceed RETAIN_PAYMENTS_DAYS"
+            f" ({days['payments_days']}): an archived payment would be deleted as soon as it is archived"
+        )
     batch = _int("RETENTION_BATCH_ROWS", DEFAULT_RETENTION_BATCH_ROWS)
     if not 1 <= batch <= 10_000:
         raise ValueError(f"RETENTION_BATCH_ROWS must be between 1 and 10000, got {batch}")
@@ -159,6 +189,7 @@ class Settings:
     db_iam_auth: bool  # connect as db_user with an IAM token (RDS Proxy), not the secret's password
     db_user: str  # with db_iam_auth: the application role to connect as
     db_app_secret_id: str  # migrations only: the application role's secret (its password is set from it)
+    db_retention_secret_id: str  # migrations only: the retention job's role's secret, likewise
     # Stripe
     stripe_secret_key_secret_id: str
     stripe_webhook_secret_id: str
@@ -248,6 +279,7 @@ def get_settings() -> Settings:
         db_iam_auth=_bool("DB_IAM_AUTH", False),
         db_user=_str("DB_USER", ""),
         db_app_secret_id=_str("DB_APP_SECRET_ID", ""),
+        db_retention_secret_id=_str("DB_RETENTION_SECRET_ID", ""),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
         stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
         stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),

@@ -18,8 +18,9 @@ _COLUMNS = frozenset(Payment.__dataclass_fields__) - {
 
 
 def insert_pending(db: Database, payment: Payment) -> bool:
-    """Write the PENDING row for an order unless one exists or the order was reverted before
-    it (reverted_orders); True when this call wrote it.
+    """Write the PENDING row for an order unless one exists, the order was reverted before
+    it (reverted_orders) or its payment was archived (payments_archive: see archive for why the
+    order's lease makes this check safe); True when this call wrote it.
     The row counts the PaymentIntent create its writer is about to send (committed before the
     call), so whoever finds it PENDING later knows Stripe may already have one."""
     count = db.execute(
@@ -30,6 +31,7 @@ def insert_pending(db: Database, payment: Payment) -> bool:
         SELECT CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
                :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING', 1
         WHERE NOT EXISTS (SELECT 1 FROM reverted_orders WHERE order_id = :order_id)
+          AND NOT EXISTS (SELECT 1 FROM payments_archive WHERE order_id = :order_id)
         ON CONFLICT (order_id) DO NOTHING
         """,
         payment_id=payment.payment_id,
@@ -68,12 +70,14 @@ def get_by_payment_intent_id(db: Database, payment_intent_id: str) -> Payment | 
 
 
 def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None) -> str | None:
-    """Resolve a command's reference (order id or payment id) to the order, without locking."""
+    """Resolve a command's reference (order id or payment id) to the order, without locking;
+    an archived payment's too."""
     if order_id:
         return order_id
     if payment_id and is_uuid(payment_id):
         rows = db.query(
-            "SELECT order_id FROM payments WHERE payment_id = CAST(:payment_id AS uuid)",
+            "SELECT order_id FROM payments WHERE payment_id = CAST(:payment_id AS uuid)"
+            " UNION ALL SELECT order_id FROM payments_archive WHERE payment_id = CAST(:payment_id AS uuid)",
             payment_id=payment_id,
         )
         return str(rows[0]["order_id"]) if rows else None
@@ -83,7 +87,9 @@ def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None)
 def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
     """What a user spent as customer (AUTHORIZED or SUCCEEDED) and earned as runner
     (SUCCEEDED), in cents per currency. Captured amounts count where a capture was partial.
-    Served by the indexes of 0004_history.sql."""
+    Live payments (served by the indexes of 0004_history.sql) plus the archived ones' roll-ups
+    (user_payment_totals, by its key), in one statement: one snapshot, so a payment being
+    archived is counted exactly once."""
     return db.query(
         """
         SELECT currency, sum(spent_cents)::bigint AS spent_cents, sum(spent)::bigint AS spent_count,
@@ -95,6 +101,12 @@ def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
             UNION ALL
             SELECT currency, 0, 0, COALESCE(captured_amount_cents, amount_cents), 1
             FROM payments WHERE runner_id = :user_id AND status = 'SUCCEEDED'
+            UNION ALL
+            SELECT currency, amount_cents, payment_count, 0, 0
+            FROM user_payment_totals WHERE user_id = :user_id AND role = 'customer' AND status = 'SUCCEEDED'
+            UNION ALL
+            SELECT currency, 0, 0, amount_cents, payment_count
+            FROM user_payment_totals WHERE user_id = :user_id AND role = 'runner' AND status = 'SUCCEEDED'
         ) AS mine
         GROUP BY currency ORDER BY currency
         """,

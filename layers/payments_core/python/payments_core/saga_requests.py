@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from payments_core import escrow, repository
+from payments_core import archive, escrow, repository
 from payments_core.contracts import (
     MAX_AMOUNT_CENTS,
     UNSTORABLE_TEXT_MESSAGE,
@@ -80,7 +80,7 @@ class ConflictAnswer(BaseModel):
 def request_release(services: Services, payment_id: str, body: bytes) -> Answer:
     """``POST /payment/{payment_id}/release``: (HTTP status, body). Raises BadRequest."""
     release = _parse(ReleaseRequest, body, required=True)
-    payment = repository.get_by_payment_id(services.db, payment_id)
+    payment = _find(services, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
     if payment.status.is_final:
@@ -97,7 +97,7 @@ def request_release(services: Services, payment_id: str, body: bytes) -> Answer:
 def request_revert(services: Services, payment_id: str, body: bytes) -> Answer:
     """``POST /payment/{payment_id}/revert``: (HTTP status, body). Raises BadRequest."""
     revert = _parse(RevertRequest, body, required=False)
-    payment = repository.get_by_payment_id(services.db, payment_id)
+    payment = _find(services, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
     if payment.status is S.REVERTED:
@@ -109,6 +109,14 @@ def request_revert(services: Services, payment_id: str, body: bytes) -> Answer:
         # Cut exactly as the command path would, so the queued command is never refused.
         payload["reason"] = RevertPayment(payment_id=payment.payment_id, reason=revert.reason).reason
     return _queue(services, "revert_payment", payment, payload, "revert queued")
+
+
+def _find(services: Services, payment_id: str) -> Payment | None:
+    """The payment, live or archived (an archived one is over: answered at once or refused by
+    its command, never moved)."""
+    return repository.get_by_payment_id(services.db, payment_id) or archive.find(
+        services.db, payment_id=payment_id
+    )
 
 
 def _queue(
