@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from payments_core import routes as route_list
 
 from tests.infra.conftest import Synth, resources
 
@@ -410,9 +411,23 @@ def _route_key(method: str, path: str) -> tuple[str, str]:
     return method.upper(), re.sub(r"\{[^}]+\}|<[^>]+>", "{}", path)
 
 
+def _listed_route(node: ast.AST) -> route_list.Route | None:
+    """``routes.NAME.rule`` (a route of payments_core.routes, as the resolver registers it)."""
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "routes"
+    ):
+        listed = getattr(route_list, node.value.attr, None)
+        return listed if isinstance(listed, route_list.Route) else None
+    return None
+
+
 def _handlers_of(module: _Module, resolver: str, routes: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """The functions registered on ``resolver`` that run for ``routes``: its route functions for
-    those routes only, and its exception and not-found handlers."""
+    those routes only (``@app.get("/path")`` or ``@app.route(routes.NAME.rule, …)``), and its
+    exception and not-found handlers."""
     found = set()
     for name, node in module.defs.items():
         for decorator in getattr(node, "decorator_list", []):
@@ -427,6 +442,10 @@ def _handlers_of(module: _Module, resolver: str, routes: set[tuple[str, str]]) -
             if func.attr in ("get", "post", "put", "patch", "delete") and call and call.args:
                 path = call.args[0]
                 if isinstance(path, ast.Constant) and _route_key(func.attr, str(path.value)) in routes:
+                    found.add((module.name, name))
+            elif func.attr == "route" and call and call.args:
+                listed = _listed_route(call.args[0])
+                if listed is not None and _route_key(listed.method, listed.path) in routes:
                     found.add((module.name, name))
             elif func.attr in ("exception_handler", "not_found"):
                 found.add((module.name, name))
