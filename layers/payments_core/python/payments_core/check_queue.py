@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from payments_core.db import Database
 from payments_core.domain import PaymentStatus
 
 S = PaymentStatus
+Kind = Literal["stale", "recheck", "audit"]
 STALE_STATUSES = (S.PENDING, S.REQUIRES_ACTION, S.AUTHORIZED)
 _START = datetime(1970, 1, 1, tzinfo=UTC)  # before every due time: a queue's first page
 
@@ -63,12 +65,12 @@ class Due:
     (a later look) or "audit". What the row says now is read again under the order's lease."""
 
     order_id: str
-    kind: str
+    kind: Kind
 
 
 @dataclass
 class _Queue:
-    kind: str
+    kind: Kind
     sql: str
     status: PaymentStatus | None = None
     window: float = 0.0

@@ -404,7 +404,7 @@ class _CheckPool:
     def _worker(self) -> Services:
         worker: Services | None = getattr(self._local, "services", None)
         if worker is None:
-            db = Database(self._base.settings)
+            db = type(self._base.db)(self._base.settings)  # of the run's own kind (a test's double too)
             with self._lock:
                 self._made.append(db)
             worker = self._local.services = replace(self._base, db=db)
