@@ -236,6 +236,24 @@ class BusinessConfig:
     # Payouts to one runner's account per hour above which the command function refuses a
     # release (PAYOUT_VELOCITY_MAX_PER_HOUR); None: the layer's own default.
     payout_velocity_max_per_hour: int | None = None
+    # The reconciler's Stripe calls per second (AUDIT_STRIPE_READS_PER_SECOND): its share of the
+    # account's Stripe budget, which sets how many final payments a day its audit keeps up with
+    # (README, "Operations"). Raise it with the budget Stripe grants the account.
+    audit_stripe_reads_per_second: float = 10.0
+    # Delays before each further look at a stale payment still where it was (RECONCILE_BACKOFF_SECONDS)
+    reconcile_backoff_seconds: list[int] = field(default_factory=lambda: [300, 900, 3600])
+
+    def __post_init__(self) -> None:
+        if not 0 < self.audit_stripe_reads_per_second <= 1000:
+            raise ValueError(
+                "business.audit_stripe_reads_per_second must be above 0 and at most 1000 (Stripe calls "
+                f"per second), got {self.audit_stripe_reads_per_second}"
+            )
+        if not self.reconcile_backoff_seconds or min(self.reconcile_backoff_seconds) < 0:
+            raise ValueError(
+                "business.reconcile_backoff_seconds must be a non-empty list of whole seconds, got "
+                f"{self.reconcile_backoff_seconds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -279,6 +297,10 @@ class MonitoringConfig:
     # WebhookSignatureRejected per 5 minutes at which on-call hears of it: a few are Stripe's
     # retries of a stale delivery, many are someone probing the public webhook or a rolled secret.
     webhook_signature_rejected_threshold: int = 10
+    # How long the oldest check the reconciler left due (a stale payment's look, an uncertain
+    # payment's audit) may have waited before on-call hears of it: a run every 5 minutes that
+    # keeps up leaves nothing older than a few minutes.
+    check_backlog_age_threshold_seconds: int = 1800
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 # Developer tools (tools/): the machine-readable contract, the benchmark and the demo.
-.PHONY: schemas schemas-check bench demo
+.PHONY: schemas schemas-check bench bench-reconciler demo
 
 schemas: venv ## generate schemas/ (JSON Schema per command and event, AsyncAPI) from the models
 	@$(PY) -m tools.schemas
@@ -9,6 +9,9 @@ schemas-check: venv ## fail if schemas/ is out of date with the models
 
 bench: venv ## measure authorize/webhook overhead, end-to-end latency, cold imports (stack started if needed)
 	@$(PY) -m tools.bench
+
+bench-reconciler: venv ## the reconciler's checks/s at its Stripe pace and the final payments a day it keeps up with (LATENCY_MS=300)
+	@$(PY) -m tools.reconcile_bench --latency-ms $(or $(LATENCY_MS),300)
 
 demo: venv ## play the campusG payment conversation against the local stack (starts it; leaves it running)
 	@$(PY) -m local.stack up

@@ -160,7 +160,12 @@ class Functions(Construct):
             _Spec(
                 "reconcile_payments", "re-reads stale payments from Stripe", Duration.minutes(4)
             ),  # < 5 min rate
-            environment={**self.environment, **self._stripe_key(stripe, "reconcile_payments")},
+            environment={
+                **self.environment,
+                **self._stripe_key(stripe, "reconcile_payments"),
+                "AUDIT_STRIPE_READS_PER_SECOND": f"{bc.audit_stripe_reads_per_second:g}",
+                "RECONCILE_BACKOFF_SECONDS": ",".join(str(s) for s in bc.reconcile_backoff_seconds),
+            },
         )
         self.service_functions = [
             self.authorize_payment,

@@ -359,6 +359,8 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
         "AuditUnresolved",
         "RefundFailed",
         "AuditBacklog",
+        "AuditBacklogAge",
+        "StaleCheckBacklogAge",
     ):
         assert ("CampusG/Payments/dev", metric) in by_metric, metric
     assert ("AWS/Lambda", "OffsetLag") in by_metric

@@ -159,10 +159,14 @@ def retention_settings() -> RetentionSettings:
 
 
 COMMAND_WORKERS_CEILING = 32
+RECONCILE_WORKERS_CEILING = 16  # database connections a reconciler run may hold besides its own
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
 MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
+# A stale payment the reconciler's look leaves where it was (a hold waiting for its release) is
+# looked at again after 5 min, 15 min, then hourly: a lapsed hold is found within the hour.
+DEFAULT_RECONCILE_BACKOFF_SECONDS = (300, 900, 3600)
 # Vite's local origin, where campusG's saga points return_url (https://localhost:5173/customer/history)
 DEFAULT_RETURN_URL_ORIGINS = ("http://localhost:5173", "https://localhost:5173")
 
@@ -212,8 +216,17 @@ class Settings:
     # after each of these delays in turn (the last repeats) until Stripe and the row agree. The
     # first also lets anything still in flight at Stripe land before the first look.
     audit_backoff_seconds: tuple[int, ...] = DEFAULT_AUDIT_BACKOFF_SECONDS
-    # The audit's share of the account's Stripe read budget (live mode allows 100 reads/s).
+    # A stale payment still where it was after a look is looked at again after each of these
+    # delays in turn (the last repeats) while it stays in that status (check_queue).
+    reconcile_backoff_seconds: tuple[int, ...] = DEFAULT_RECONCILE_BACKOFF_SECONDS
+    # The reconciler's Stripe calls per second (the audit and the stale checks): its share of
+    # the account's request budget (live mode allows 100 reads/s), set per stage next to the
+    # budget the other functions share. It bounds the reconciler's throughput (README,
+    # "Operations": the final payments a day it keeps up with).
     audit_stripe_reads_per_second: float = 10.0
+    # Checks a reconciler run makes at once, each on its own database connection: with Stripe
+    # ~300 ms away one at a time is ~2.5 checks/s, below the pace above (README, "Operations").
+    reconcile_workers: int = 4
     # A money call whose outcome we never learned (a timeout, a 5xx, a holder that died) may
     # still land at Stripe: its payment is not called settled until this long after the call.
     audit_in_doubt_seconds: float = 3600.0
@@ -249,6 +262,19 @@ class Settings:
     payout_velocity_max_per_hour: int = 40
     # How long the retention job keeps each kind of row (payments_core.retention)
     retention: RetentionSettings = RetentionSettings()
+
+
+def _reads_per_second(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of Stripe requests per second, got {raw!r}") from exc
+    if not 0 < value <= 1000:  # 0 would stop every call for ever; above live mode's limits is a typo
+        raise ValueError(f"{name} must be above 0 and at most 1000 requests per second, got {raw!r}")
+    return value
 
 
 def _origins(name: str) -> tuple[str, ...]:
@@ -294,7 +320,9 @@ def get_settings() -> Settings:
         reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
         audit_backoff_seconds=_ints("AUDIT_BACKOFF_SECONDS", DEFAULT_AUDIT_BACKOFF_SECONDS),
-        audit_stripe_reads_per_second=float(_str("AUDIT_STRIPE_READS_PER_SECOND", "10")),
+        reconcile_backoff_seconds=_ints("RECONCILE_BACKOFF_SECONDS", DEFAULT_RECONCILE_BACKOFF_SECONDS),
+        audit_stripe_reads_per_second=_reads_per_second("AUDIT_STRIPE_READS_PER_SECOND", 10.0),
+        reconcile_workers=max(1, min(RECONCILE_WORKERS_CEILING, _int("RECONCILE_WORKERS", 4))),
         audit_in_doubt_seconds=float(_str("AUDIT_IN_DOUBT_SECONDS", "3600")),
         webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "0.5")),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),

@@ -157,29 +157,7 @@ def count_create_attempt(db: Database, payment_id: str) -> None:
     )
 
 
-def stale_order_ids(
-    db: Database, status: PaymentStatus, older_than_seconds: int, limit: int, exclude: list[str]
-) -> list[str]:
-    rows = db.query(
-        """
-        SELECT order_id FROM payments
-        WHERE status = :status AND updated_at < now() - make_interval(secs => :age)
-          AND NOT (order_id = ANY(CAST(:exclude AS text[])))
-        ORDER BY reconciled_at NULLS FIRST, updated_at LIMIT :limit
-        """,
-        status=status.value,
-        age=older_than_seconds,
-        limit=limit,
-        exclude=exclude,
-    )
-    return [str(r["order_id"]) for r in rows]
-
-
-def mark_reconciled(db: Database, order_id: str) -> None:
-    db.execute("UPDATE payments SET reconciled_at = now() WHERE order_id = :o", o=order_id)
-
-
-# ---- the settlement audit's schedule (see reconciliation) ----------------------------------
+# ---- making a payment uncertain (the audit's queue itself: check_queue) ---------------------
 
 
 def schedule_audit(db: Database, order_id: str, delay_seconds: float, reason: str) -> None:
@@ -195,44 +173,6 @@ def schedule_audit(db: Database, order_id: str, delay_seconds: float, reason: st
         o=order_id,
         delay=float(delay_seconds),
         reason=reason[:200],
-    )
-
-
-def due_audits(db: Database, limit: int, exclude: list[str]) -> list[str]:
-    rows = db.query(
-        """
-        SELECT order_id FROM payments
-        WHERE audit_due_at <= now() AND NOT (order_id = ANY(CAST(:exclude AS text[])))
-        ORDER BY audit_due_at LIMIT :limit
-        """,
-        limit=limit,
-        exclude=exclude,
-    )
-    return [str(r["order_id"]) for r in rows]
-
-
-def audit_again_later(db: Database, order_id: str, backoff_seconds: tuple[int, ...]) -> None:
-    """A check that failed or had to fix something: the next one after the next delay (the
-    last delay repeats), never "done"."""
-    db.execute(
-        """
-        UPDATE payments
-        SET audit_attempts = audit_attempts + 1, reconciled_at = now(),
-            audit_due_at = now() + make_interval(
-                secs => (CAST(:backoff AS int[]))[least(audit_attempts + 2, cardinality(CAST(:backoff AS int[])))])
-        WHERE order_id = :o
-        """,
-        o=order_id,
-        backoff=list(backoff_seconds),
-    )
-
-
-def audit_settled(db: Database, order_id: str) -> None:
-    """Stripe and the row agree and nothing can still land: no longer uncertain."""
-    db.execute(
-        "UPDATE payments SET audit_due_at = NULL, audit_attempts = 0, audit_reason = NULL,"
-        " reconciled_at = now() WHERE order_id = :o",
-        o=order_id,
     )
 
 
@@ -273,15 +213,6 @@ def flag_unfinished_money_calls(db: Database, older_than_seconds: float) -> int:
         age=float(older_than_seconds),
     )
     return int(rows[0]["calls"]) if rows else 0
-
-
-def audit_backlog(db: Database) -> tuple[int, float]:
-    """Uncertain payments due now, and the age in seconds of the oldest due time."""
-    rows = db.query(
-        "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(audit_due_at)), 0)::float8 AS age"
-        " FROM payments WHERE audit_due_at <= now()"
-    )
-    return int(rows[0]["n"]), float(rows[0]["age"])
 
 
 def record_stripe_event(
