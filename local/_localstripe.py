@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from localstripe import resources, server  # type: ignore[import-untyped]
+from localstripe.errors import UserError  # type: ignore[import-untyped]
 from localstripe.webhooks import schedule_webhook  # type: ignore[import-untyped]
 
 from local.campus_users import seed_accounts
@@ -51,6 +52,19 @@ def _accept_real_stripe_parameters() -> None:
 
     resources.PaymentIntent._api_list_all = classmethod(_api_list_all)
 
+    # Refunds listed by PaymentIntent from a creation time (created[gte]), as the service's
+    # lookups ask; localstripe refuses the parameter.
+    original_refunds = resources.Refund._api_list_all.__func__
+
+    def _refunds_list_all(cls: type, url: str, created: Any = None, **kwargs: object) -> object:
+        listing = original_refunds(cls, url, **kwargs)
+        if isinstance(created, dict) and "gte" in created:
+            since = int(created["gte"])
+            listing._list = [r for r in listing._list if int(r.created) >= since]
+        return listing
+
+    resources.Refund._api_list_all = classmethod(_refunds_list_all)
+
     # Real Stripe announces a successful manual-capture authorization (including one completed
     # by 3-D Secure) with payment_intent.amount_capturable_updated; localstripe sends nothing
     # until capture. Send what Stripe sends, so the local webhook path is the real one.
@@ -69,6 +83,17 @@ def _accept_real_stripe_parameters() -> None:
     original_capture = resources.Charge._capture
 
     def _capture(self: Any, amount: Any = None, on_success: Any = None) -> Any:
+        # Real Stripe captures only a PaymentIntent that requires capture; localstripe captures
+        # the charge of a canceled one too (and still calls the PaymentIntent canceled).
+        intent_id = getattr(self, "payment_intent", None)
+        if intent_id:
+            status = resources.PaymentIntent._api_retrieve(intent_id).status
+            if status != "requires_capture":
+                raise UserError(
+                    400,
+                    f"This PaymentIntent could not be captured because it has a status of {status}.",
+                    contents={"code": "payment_intent_unexpected_state"},
+                )
         # set first: the payment_intent.succeeded webhook is built during the capture
         self._amount_captured = self.amount if amount is None else int(amount)
         return original_capture(self, amount, on_success)

@@ -26,7 +26,7 @@ Where localstripe is kinder than Stripe, this double is not:
   what was refunded (``charge_already_refunded`` once all is refunded); PaymentIntents carry
   ``amount_capturable`` and ``amount_received`` (localstripe omits them), from the captures seen.
 - **What localstripe lacks**: Transfers (``POST /v1/transfers``, ``GET /v1/transfers`` with
-  ``transfer_group`` / ``destination``, ``GET /v1/transfers/{id}``, reversals), shaped like
+  ``transfer_group`` / ``destination`` / ``created[gte]``, ``GET /v1/transfers/{id}``, reversals), shaped like
   stripe-mock's answers.
 - **Slow execution and targeted faults, for the crash drill**: ``delay_transfer(group, s)``
   holds the next transfer of that ``transfer_group`` for ``s`` seconds *before it executes*
@@ -427,10 +427,12 @@ class StrictStripe(StripeFaultProxy):
             if len(parts) == 2 and method == "POST":
                 return self._create_transfer(values, nested(params, "metadata"))
             if len(parts) == 2 and method == "GET":
+                since = int(values.get("created[gte]") or 0)
                 found = [
                     t
                     for t in self.ledger.transfers.values()
                     if all(values.get(f) in (None, t.get(f)) for f in ("transfer_group", "destination"))
+                    and int(t["created"]) >= since
                 ]
                 return _ok(_page(found[::-1], "/v1/transfers", values))
             transfer = self.ledger.transfers.get(parts[2])

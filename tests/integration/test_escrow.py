@@ -193,7 +193,11 @@ def test_release_after_the_hold_lapsed_reports_it_and_a_revert_then_completes(
     stripe = RecordingStripe(StripeApiGateway(get_settings()))
     release = command("release_payment", order_id=order_id, runner_id="user_runner")
     assert handle_command_batch(msk_event(release), None, make_services(stripe=stripe)) == NO_FAILURES
-    assert stripe.calls["capture"] == 0
+    # The capture is sent without a read first; Stripe refuses it (the hold is gone) and the
+    # PaymentIntent read after the refusal decides the answer. Nothing was captured.
+    assert stripe.calls["capture"] == 1 and stripe.calls["retrieve"] == 1
+    intent = localstripe_client.v1.payment_intents.retrieve(row["payment_intent_id"])
+    assert intent.status == "canceled" and intent.latest_charge["captured"] is False
     lapsed = payment_row(order_id)
     assert lapsed["status"] == "REVERTED" and lapsed["failure_code"] == "PAYMENT_NOT_CAPTURABLE"
 
@@ -304,7 +308,10 @@ def test_transfer_redelivered_after_a_lost_answer_carries_the_same_idempotency_k
     keys = stripe_mock_proxy.idempotency_keys("POST", "/v1/transfers")
     assert len(keys) == 2, "sent once, re-sent once after the lost answer, never after success"
     assert keys[0] == keys[1] == f"campusg-payments:transfer:{payment_id}"
-    assert stripe.calls["capture"] == 1
+    # The redelivery calls capture again: its earlier capture is recorded, so the gateway reads
+    # the PaymentIntent first, finds it captured and sends no capture (counted on the wire in
+    # test_stripe_budget.py); localstripe would refuse a second capture anyway.
+    assert stripe.calls["capture"] == 2
     assert localstripe_client.v1.payment_intents.retrieve(row["payment_intent_id"]).status == "succeeded"
     stored = payment_row(order_id)
     assert stored["status"] == "SUCCEEDED" and stored["transfer_id"].startswith("tr_")

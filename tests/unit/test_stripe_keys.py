@@ -51,6 +51,6 @@ def test_a_canceled_or_failed_refund_is_not_taken_for_the_refund() -> None:
         {"id": "re_canceled", "status": "canceled", "metadata": mine},
     ]
     gateway._stripe = lambda: SimpleNamespace(refunds=_Refunds(refunds))  # type: ignore[method-assign]
-    assert gateway._find_refund(payment) is None
+    assert gateway.lookups.refund_of(payment) is None
     refunds.append({"id": "re_pending", "status": "pending", "metadata": mine})
-    assert gateway._find_refund(payment) == "re_pending"
+    assert gateway.lookups.refund_of(payment) == "re_pending"

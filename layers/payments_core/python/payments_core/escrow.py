@@ -1,10 +1,12 @@
 """release_payment (capture, then pay the runner) and revert_payment (cancel or refund).
 
 Each runs holding the order's lease (``leases``), Stripe calls included. Each Stripe side effect
-has its own idempotency key derived from the payment, and every step first checks what Stripe
-already did, so a redelivery or a retry after a crash between Stripe and the database converges
-on one capture, one transfer, one refund; what a dead holder's request did after its lease ran
-out is the settlement audit's to find."""
+has its own idempotency key derived from the payment, and every step that an earlier attempt
+may have taken (its intent is recorded before it is sent) first checks what Stripe already did,
+so a redelivery or a retry after a crash between Stripe and the database converges on one
+capture, one transfer, one refund; a first attempt goes straight to Stripe (a released order:
+create, capture, transfer). What a dead holder's request did after its lease ran out is the
+settlement audit's to find."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from payments_core.domain import Payment, PaymentStatus, event_id_for
 from payments_core.errors import Rejection
 from payments_core.observability import count, logger
 from payments_core.services import Services
+from payments_core.stripe_gateway import IntentSnapshot
 
 S = PaymentStatus
 
@@ -71,12 +74,7 @@ def release(services: Services, command: Command) -> str:
         # is and the payment AUTHORIZED (a later release naming the right account can proceed).
         _verify_destination(services, payment, body, cid)
         _record_runner(db, payment, body)
-        intent = services.stripe.retrieve(payment.payment_intent_id or "")
-        if intent.status == "requires_capture":
-            try:
-                intent = services.stripe.capture(payment, body.amount_to_capture)
-            except Rejection as exc:
-                raise _refused(exc, payment, cid, "capture refused by Stripe") from exc
+        intent = _capture(services, payment, body.amount_to_capture, cid)
         if intent.status != "succeeded":
             # The hold is gone (lapsed or canceled in Stripe): record what Stripe says. A
             # PaymentIntent that is neither held nor final (processing, requires_action) is no
@@ -104,6 +102,20 @@ def release(services: Services, command: Command) -> str:
         if transfer_id:
             payouts.note_velocity(services, payment.runner_connect_account_id)
         return order_id
+
+
+def _capture(services: Services, payment: Payment, amount: int | None, cid: str | None) -> IntentSnapshot:
+    """Capture the hold, with no read first (an AUTHORIZED payment's hold is there but in rare
+    cases; after a recorded earlier capture the gateway looks first). If Stripe refuses, what
+    the PaymentIntent is now decides: a hold that is gone or not capturable (lapsed, canceled,
+    captured already, processing) is the caller's to report; a refused capturable hold is final."""
+    try:
+        return services.stripe.capture(payment, amount)
+    except Rejection as exc:
+        intent = services.stripe.retrieve(payment.payment_intent_id or "")
+        if intent.status == "requires_capture":
+            raise _refused(exc, payment, cid, "capture refused by Stripe") from exc
+        return intent
 
 
 def _verify_destination(services: Services, payment: Payment, body: ReleasePayment, cid: str | None) -> None:

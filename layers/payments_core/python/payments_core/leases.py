@@ -106,7 +106,10 @@ WITH renewed AS (
     WHERE order_id = :order_id AND token = :token RETURNING token
 )
 INSERT INTO stripe_money_calls (order_id, action, lease_token)
-SELECT :order_id, :action, token FROM renewed RETURNING id
+SELECT :order_id, :action, token FROM renewed
+RETURNING id, EXISTS (
+    SELECT 1 FROM stripe_money_calls WHERE order_id = :order_id AND action = :action
+) AS attempted_before
 """
 # An outcome we do not know (a timeout, a 5xx) makes the payment uncertain at once.
 _MONEY_OUTCOME_SQL = """
@@ -147,9 +150,13 @@ class Lease:
         self._renewed_at = time.monotonic()
 
     @contextmanager
-    def money_call(self, action: str) -> Iterator[None]:
+    def money_call(self, action: str) -> Iterator[bool]:
         """Record the intent of a money-moving Stripe call (renewing the lease), then its outcome:
-        ok, refused (Stripe said no: nothing moved) or unknown (the payment becomes uncertain)."""
+        ok, refused (Stripe said no: nothing moved) or unknown (the payment becomes uncertain).
+        Yields whether an earlier call of this action was recorded for the order, whatever its
+        outcome: the statement sees the table as it was before its own row, and an intent is
+        written before its request is sent, so any attempt that may have reached Stripe (one
+        that crashed before its outcome too) is seen."""
         rows = self.db.query(
             _MONEY_CALL_SQL, order_id=self.order_id, token=self.token, ttl=self.ttl_s, action=action
         )
@@ -159,7 +166,7 @@ class Lease:
         call_id = rows[0]["id"]
         outcome = "unknown"
         try:
-            yield
+            yield bool(rows[0]["attempted_before"])
             outcome = "ok"
         except Rejection:
             outcome = "refused"
@@ -238,7 +245,8 @@ def hold(db: Database, order_id: str, settings: Settings, *, wait_s: float = 0.0
 
 class LeasedStripe:
     """A Stripe gateway seen through a lease: every call renews the lease first (and stops if
-    it was taken over); money-moving calls record their intent and outcome."""
+    it was taken over); money-moving calls record their intent and outcome, and are told
+    whether an earlier attempt was recorded (without one they make no lookup first)."""
 
     def __init__(self, inner: Any, lease: Lease) -> None:
         self._inner = inner
@@ -251,7 +259,10 @@ class LeasedStripe:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if name in MONEY_ACTIONS:
-                with self._lease.money_call(name):
+                with (
+                    self._lease.money_call(name) as earlier,
+                    stripe_gateway.attempted_before(earlier),
+                ):
                     return target(*args, **kwargs)
             self._lease.renew()
             return target(*args, **kwargs)

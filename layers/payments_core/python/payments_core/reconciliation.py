@@ -250,7 +250,7 @@ def _check_intent(services: Services, payment: Payment, intent: IntentSnapshot, 
 
 
 def _check_refunds(services: Services, payment: Payment, intent: IntentSnapshot, found: _Findings) -> None:
-    refunds = services.stripe.intent_refunds(intent.id)
+    refunds = services.stripe.intent_refunds(intent.id, since=intent.created or None)
     given_back = sum(int(r.get("amount") or 0) for r in refunds if r.get("status") in _REFUND_LIVE)
     if any(r.get("status") in ("pending", "requires_action") for r in refunds):
         found.waiting.append("a refund is pending")  # refund updates can come days later

@@ -3,7 +3,10 @@
 Every call that moves money carries a deterministic idempotency key derived from the payment,
 so a retried or redelivered request returns Stripe's first answer instead of acting twice; an
 answer Stripe would replay (a 500, an idempotency_error) is followed by a lookup of what the
-attempt did, and only then by the next key (see ``_keyed``).
+attempt did, and only then by the next key (see ``_keyed``). A call that an earlier attempt may
+have made already (its answer lost, even days ago, past the key's 24 h) looks first, unless the
+caller knows no earlier attempt of it was recorded (``attempted_before``): a first attempt is
+one request. The lookups themselves are ``stripe_lookups``.
 Errors are translated into the service's two kinds: ``TransientError`` (retry) and
 ``Rejection`` (final). The same code serves Stripe, localstripe and stripe-mock: only
 ``STRIPE_API_BASE`` differs.
@@ -15,90 +18,20 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from payments_core import secret_checks
 from payments_core.config import Settings, get_settings
 from payments_core.contracts import STRIPE_API_ERROR, STRIPE_CARD_ERROR
 from payments_core.errors import Rejection, TransientError
+from payments_core.stripe_lookups import StripeLookups
+from payments_core.stripe_objects import AccountSnapshot, IntentSnapshot
+
+# The snapshots are imported from here by the use cases and the tests.
+__all__ = ["AccountSnapshot", "IntentSnapshot", "StripeApiGateway", "StripeGateway", "idempotency_key"]
 
 if TYPE_CHECKING:
     from payments_core.domain import Payment
-
-
-@dataclass(frozen=True)
-class IntentSnapshot:
-    """What the service needs to know of a PaymentIntent (never its client secret)."""
-
-    id: str
-    status: str
-    amount: int = 0
-    amount_capturable: int = 0
-    amount_received: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
-    failure_code: str | None = None
-    decline_code: str | None = None
-    failure_message: str | None = None
-    next_action_url: str | None = None
-    latest_charge: str | None = None
-    created: int = 0
-
-    @classmethod
-    def from_stripe(cls, obj: Any) -> IntentSnapshot:
-        data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-        error = data.get("last_payment_error") or {}
-        next_action = data.get("next_action") or {}
-        redirect = next_action.get("redirect_to_url") or {}
-        charge = data.get("latest_charge")
-        if isinstance(charge, dict):
-            charge = charge.get("id")
-        return cls(
-            id=data["id"],
-            status=data.get("status") or "",
-            amount=int(data.get("amount") or 0),
-            amount_capturable=int(data.get("amount_capturable") or 0),
-            amount_received=int(data.get("amount_received") or 0),
-            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
-            failure_code=error.get("code"),
-            decline_code=error.get("decline_code"),
-            failure_message=error.get("message"),
-            next_action_url=redirect.get("url"),
-            latest_charge=charge,
-            created=int(data.get("created") or 0),
-        )
-
-
-@dataclass(frozen=True)
-class AccountSnapshot:
-    """What a payout needs to know of a connected account: can it receive a transfer?"""
-
-    id: str
-    transfers_capability: str | None  # Stripe's capabilities.transfers: active, inactive, pending
-    payouts_enabled: bool = False
-
-    @property
-    def can_receive_transfers(self) -> bool:
-        # Stripe accepts a transfer to a connected account only while its transfers
-        # capability is active; payouts_enabled is about the account's own bank payouts.
-        return self.transfers_capability == "active"
-
-    @classmethod
-    def from_stripe(cls, obj: Any) -> AccountSnapshot:
-        data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-        capabilities = data.get("capabilities") or {}
-        transfers = capabilities.get("transfers") if isinstance(capabilities, dict) else None
-        return cls(
-            id=str(data["id"]),
-            transfers_capability=transfers if isinstance(transfers, str) else None,
-            payouts_enabled=bool(data.get("payouts_enabled")),
-        )
-
-
-# How far find_hold looks through a customer's PaymentIntents before giving up (and retrying
-# later) rather than risk creating a second hold.
-FIND_HOLD_MAX_PAGES = 20
 
 
 class CardDeclined(Rejection):
@@ -124,8 +57,6 @@ MAX_KEY_ATTEMPTS = 4
 
 # Stripe refuses idempotency keys longer than this.
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
-# How far before the payment row a PaymentIntent of its order may have been created (clocks).
-CREATED_BOUND_SLACK = timedelta(hours=1)
 
 
 def idempotency_key(action: str, payment: Payment, attempt: int = 0) -> str:
@@ -142,15 +73,19 @@ def idempotency_key(action: str, payment: Payment, attempt: int = 0) -> str:
     return base if attempt == 0 else f"{base}:{attempt}"
 
 
-# Called on this thread before every request to Stripe (an order's lease renews itself here, so
-# a holder that dies mid-request keeps the order until that request has ended).
+# What the calls on this thread need to know: the hooks run before every request to Stripe (an
+# order's lease renews itself there, so a holder that dies mid-request keeps the order until that
+# request has ended; the command pool's pacer waits there for the request's turn), and whether
+# an earlier attempt of the money call under way was recorded.
 _hooks = threading.local()
 
 
 @contextmanager
 def before_each_request(hook: Callable[[], None]) -> Iterator[None]:
-    previous = getattr(_hooks, "before", None)
-    _hooks.before = hook
+    """Run ``hook`` before every request to Stripe made on this thread in the block; hooks
+    nest, the innermost running first (so the lease is renewed last, closest to the request)."""
+    previous: tuple[Callable[[], None], ...] = getattr(_hooks, "before", ())
+    _hooks.before = (hook, *previous)
     try:
         yield
     finally:
@@ -158,9 +93,22 @@ def before_each_request(hook: Callable[[], None]) -> Iterator[None]:
 
 
 def _before_request() -> None:
-    hook = getattr(_hooks, "before", None)
-    if hook is not None:
+    for hook in getattr(_hooks, "before", ()):
         hook()
+
+
+@contextmanager
+def attempted_before(recorded: bool) -> Iterator[None]:
+    """Tell the money call made in the block whether an earlier attempt of it was recorded
+    (``leases``: every money call's intent is written before it is sent). Without one, nothing
+    of this call can be at Stripe: a call that would first look up what an earlier attempt did
+    sends its first key at once. With one (or when nobody says), it looks first."""
+    previous = getattr(_hooks, "attempted_before", None)
+    _hooks.attempted_before = recorded
+    try:
+        yield
+    finally:
+        _hooks.attempted_before = previous
 
 
 class _AnswerSaved(TransientError):
@@ -182,7 +130,7 @@ class StripeGateway(Protocol):
     ) -> str: ...
     def order_intents(self, payment: Payment) -> list[IntentSnapshot]: ...
     def order_transfers(self, payment: Payment) -> list[dict[str, Any]]: ...
-    def intent_refunds(self, payment_intent_id: str) -> list[dict[str, Any]]: ...
+    def intent_refunds(self, payment_intent_id: str, *, since: int | None = None) -> list[dict[str, Any]]: ...
     def connected_account(self, account_id: str) -> AccountSnapshot | None: ...
 
 
@@ -194,6 +142,7 @@ class StripeApiGateway:
         self._api_key = api_key
         self._client: Any = None
         self._client_key: str | None = None
+        self.lookups = StripeLookups(self._call, lambda: self._stripe())
 
     def _stripe(self) -> Any:
         import stripe  # imported on first use: keeps the handlers' cold start short
@@ -267,15 +216,17 @@ class StripeApiGateway:
                     self._stripe().payment_intents.create, params=params, options={"idempotency_key": key}
                 )
             ),
-            look_up=lambda: self._find_hold_by_metadata(payment),
+            look_up=lambda: self.lookups.hold_by_metadata(payment),
         )
 
     def _keyed(
         self, action: str, payment: Payment, *, send: Any, look_up: Any, look_first: bool = False
     ) -> Any:
-        """Send with idempotency key attempt 0, 1, ...; before each new key (and before the
-        first, with ``look_first``) look up what an earlier attempt may have done."""
+        """Send with idempotency key attempt 0, 1, ...; before each new key look up what an
+        earlier attempt may have done, and before the first too with ``look_first``, unless no
+        earlier attempt of this call was recorded (``attempted_before(False)``)."""
         saved: _AnswerSaved | None = None
+        look_first = look_first and getattr(_hooks, "attempted_before", None) is not False
         for attempt in range(MAX_KEY_ATTEMPTS):
             if attempt or look_first:
                 found = look_up()
@@ -293,42 +244,13 @@ class StripeApiGateway:
         keys are covered by this lookup through the order's metadata."""
         if payment.payment_intent_id:
             return self.retrieve(payment.payment_intent_id)
-        return self._find_hold_by_metadata(payment)
-
-    def _find_hold_by_metadata(self, payment: Payment) -> IntentSnapshot | None:
-        """The order's PaymentIntent that holds or held money, preferring a live one."""
-        intents = self.order_intents(payment)
-        rank = {"requires_capture": 0, "succeeded": 1, "requires_action": 2, "processing": 3}
-        return min(intents, key=lambda i: (rank.get(i.status, 9), -i.created), default=None)
+        return self.lookups.hold_by_metadata(payment)
 
     def order_intents(self, payment: Payment) -> list[IntentSnapshot]:
-        """Every PaymentIntent of the order (its metadata names it), newest first: the
-        customer's, listed from shortly before the payment row was written (not Search, which
-        lags by up to an hour). TransientError when there are too many to rule any out."""
-        if not payment.stripe_customer_id:
-            return []
-        params: dict[str, Any] = {"customer": payment.stripe_customer_id, "limit": 100}
-        if isinstance(payment.created_at, datetime):
-            params["created"] = {"gte": int((payment.created_at - CREATED_BOUND_SLACK).timestamp())}
-        found: list[IntentSnapshot] = []
-        for _ in range(FIND_HOLD_MAX_PAGES):
-            page = self._call(self._stripe().payment_intents.list, params=params)
-            for intent in page.data:
-                snapshot = IntentSnapshot.from_stripe(intent)
-                if snapshot.metadata.get("order_id") == payment.order_id:
-                    found.append(snapshot)
-            if not page.has_more or not page.data:
-                return found
-            params["starting_after"] = page.data[-1].id
-        raise TransientError(
-            f"customer has more than {FIND_HOLD_MAX_PAGES * 100} PaymentIntents since the order: "
-            "cannot rule out an earlier hold"
-        )
+        return self.lookups.order_intents(payment)
 
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
-        return IntentSnapshot.from_stripe(
-            self._call(self._stripe().payment_intents.retrieve, payment_intent_id)
-        )
+        return self.lookups.retrieve(payment_intent_id)
 
     def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot:
         params = {"amount_to_capture": amount_to_capture} if amount_to_capture else {}
@@ -345,6 +267,7 @@ class StripeApiGateway:
                 )
             ),
             look_up=lambda: self._if_status(intent_id, "succeeded", "canceled"),
+            look_first=True,
         )
 
     def cancel(self, payment: Payment) -> IntentSnapshot:
@@ -386,51 +309,20 @@ class StripeApiGateway:
                         self._stripe().refunds.create, params=params, options={"idempotency_key": key}
                     ).id
                 ),
-                look_up=lambda: self._find_refund(payment),
+                look_up=lambda: self.lookups.refund_of(payment),
                 look_first=True,
             )
         )
 
-    def _find_refund(self, payment: Payment) -> str | None:
-        page = self._call(
-            self._stripe().refunds.list, params={"payment_intent": _require_intent(payment), "limit": 100}
-        )
-        for refund in page.data:
-            data = refund.to_dict()
-            # A failed or canceled refund gave nothing back: it is not "the refund".
-            if (data.get("metadata") or {}).get("payment_id") == payment.payment_id and data.get(
-                "status"
-            ) not in ("failed", "canceled"):
-                return str(data["id"])
-        return None
-
-    def intent_refunds(self, payment_intent_id: str) -> list[dict[str, Any]]:
-        """Every refund of the PaymentIntent: id, status, amount, metadata."""
-        page = self._call(
-            self._stripe().refunds.list, params={"payment_intent": payment_intent_id, "limit": 100}
-        )
-        return [refund.to_dict() for refund in page.data]
+    def intent_refunds(self, payment_intent_id: str, *, since: int | None = None) -> list[dict[str, Any]]:
+        return self.lookups.intent_refunds(payment_intent_id, since=since)
 
     def connected_account(self, account_id: str) -> AccountSnapshot | None:
-        """The platform's view of a Connect account (GET /v1/accounts/{id}); None when Stripe
-        says the platform has no such account: 404, or 403 ``account_invalid`` (the account
-        does not exist or is not connected to this platform). Other refusals (a restricted key
-        without the accounts read permission) are configuration errors: transient."""
-        import stripe
-
-        try:
-            return AccountSnapshot.from_stripe(self._call(self._stripe().accounts.retrieve, account_id))
-        except (TransientError, Rejection) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, stripe.StripeError) and (
-                cause.http_status in (400, 404) or cause.code == "account_invalid"
-            ):
-                return None
-            raise
+        return self.lookups.connected_account(account_id)
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         """Pay the runner, once: a transfer made by an earlier attempt (its answer lost to a
-        crash, even days ago) is found by the order's transfer_group first."""
+        crash, even days ago) is found by the order's transfer_group first (when one may exist)."""
         params = {
             "amount": amount_cents,
             "currency": payment.currency,
@@ -458,16 +350,7 @@ class StripeApiGateway:
         return str(transfers[0]["id"]) if transfers else None
 
     def order_transfers(self, payment: Payment) -> list[dict[str, Any]]:
-        """Every transfer of this payment (by the order's transfer_group and our metadata)."""
-        page = self._call(
-            self._stripe().transfers.list, params={"transfer_group": payment.order_id, "limit": 100}
-        )
-        return [
-            data
-            for data in (transfer.to_dict() for transfer in page.data)
-            if data.get("transfer_group") == payment.order_id
-            and (data.get("metadata") or {}).get("payment_id") == payment.payment_id
-        ]
+        return self.lookups.order_transfers(payment)
 
     def reverse_transfer(
         self, payment: Payment, amount_cents: int | None = None, *, transfer_id: str | None = None
@@ -493,17 +376,10 @@ class StripeApiGateway:
                         options={"idempotency_key": key},
                     ).id
                 ),
-                look_up=lambda: self._find_reversal(transfer_id),
+                look_up=lambda: self.lookups.reversal_of(transfer_id),
                 look_first=True,
             )
         )
-
-    def _find_reversal(self, transfer_id: str) -> str | None:
-        transfer = self._call(self._stripe().transfers.retrieve, transfer_id).to_dict()
-        reversals = (transfer.get("reversals") or {}).get("data") or []
-        if transfer.get("reversed") or int(transfer.get("amount_reversed") or 0) > 0:
-            return str(reversals[0]["id"]) if reversals else transfer_id
-        return None
 
 
 def _require_intent(payment: Payment) -> str:
