@@ -255,3 +255,58 @@ def test_payout_velocity_above_the_limit_is_flagged_not_blocked(
         flagged = metrics.metric_set.get("PayoutVelocityHigh", {}).get("Value")
         assert flagged == ([1.0] if n == 1 else None), (n, flagged)
     metrics.clear_metrics()
+
+
+def test_stripes_verdict_on_an_account_is_kept_for_a_while_then_read_again(
+    new_card,
+    authorize_handler,
+    make_services,
+    paying_stripe,
+    payment_row,
+    published_events,
+    localstripe_client,
+    register_runner,
+    pg_connection,
+):
+    """Issue 19: a release to an account Stripe called able to receive transfers within
+    PAYOUT_ACCOUNT_CHECK_TTL_SECONDS reads nothing from Stripe; a verdict older than that, or a
+    negative one, is read again, and an account that lost its transfers capability is then
+    refused with nothing captured."""
+    runner, account = register_runner()
+
+    def release_one() -> dict[str, Any]:
+        row = authorized_payment(new_card, authorize_handler, payment_row)
+        batch = handle_command_batch(
+            msk_event(_release(row, runner, account)), None, make_services(stripe=paying_stripe)
+        )
+        assert batch == NO_FAILURES
+        return row
+
+    for _ in range(2):
+        assert payment_row(release_one()["order_id"])["transfer_id"]
+    assert paying_stripe.calls["connected_account"] == 1, "the second release trusted the kept verdict"
+    kept = pg_connection.run(
+        "SELECT transfers_capability, payouts_enabled FROM connected_accounts WHERE account_id = :a",
+        a=account,
+    )
+    assert kept == [["active", True]]
+
+    localstripe_client.v1.accounts.update(
+        account, params={"capabilities": {"transfers": {"requested": False}}}
+    )
+    pg_connection.run(
+        "UPDATE connected_accounts SET verified_at = now() - interval '2 hours' WHERE account_id = :a",
+        a=account,
+    )
+    captures = paying_stripe.calls["capture"]
+    stale = release_one()
+    assert paying_stripe.calls["connected_account"] == 2, "a verdict past its hour is read again"
+    failed = _failed(published_events, stale["order_id"])
+    assert failed["error"] == REFUSED and "cannot receive transfers" in failed["message"]
+    assert (
+        paying_stripe.calls["capture"] == captures
+        and payment_row(stale["order_id"])["status"] == "AUTHORIZED"
+    )
+
+    release_one()
+    assert paying_stripe.calls["connected_account"] == 3, "a negative verdict is never trusted"

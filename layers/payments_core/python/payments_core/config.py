@@ -60,6 +60,20 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     return values
 
 
+def _bounded(name: str, default: float, least: float, most: float) -> float:
+    """A number of the environment within [least, most]; ValueError naming the range otherwise."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number between {least:g} and {most:g}, got {raw!r}") from exc
+    if not least <= value <= most:
+        raise ValueError(f"{name} must be between {least:g} and {most:g}, got {raw!r}")
+    return value
+
+
 # Retention (payments_core.retention): how long each kind of row is kept, in days, and the
 # least each setting accepts. A floor is what correctness needs, not taste: a lower value would
 # delete rows something may still read, so it is refused (ValueError) rather than clamped.
@@ -160,6 +174,8 @@ def retention_settings() -> RetentionSettings:
 
 COMMAND_WORKERS_CEILING = 32
 RECONCILE_WORKERS_CEILING = 16  # database connections a reconciler run may hold besides its own
+# A day: Stripe's verdict on an account is not trusted for longer (0 trusts it not at all).
+MAX_PAYOUT_ACCOUNT_CHECK_TTL_SECONDS = 86_400.0
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
 MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
@@ -260,6 +276,11 @@ class Settings:
     # More transfers than this to one Connect account within an hour raise PayoutVelocityHigh
     # (a warning and a metric to alarm on; the payout itself is not held back).
     payout_velocity_max_per_hour: int = 40
+    # How long Stripe's word that a runner's Connect account can receive transfers is trusted
+    # before a release reads the account again (0: read it on every release). An account
+    # disconnected within this time is paid by a transfer Stripe refuses: the capture stands and
+    # TransferFailed is alarmed (README, "Who gets paid").
+    payout_account_check_ttl_seconds: float = 3600.0
     # How long the retention job keeps each kind of row (payments_core.retention)
     retention: RetentionSettings = RetentionSettings()
 
@@ -346,5 +367,8 @@ def get_settings() -> Settings:
             0.1, min(MAX_USER_SERVICE_TIMEOUT_SECONDS, float(_str("USER_SERVICE_TIMEOUT_SECONDS", "5")))
         ),
         payout_velocity_max_per_hour=max(1, _int("PAYOUT_VELOCITY_MAX_PER_HOUR", 40)),
+        payout_account_check_ttl_seconds=_bounded(
+            "PAYOUT_ACCOUNT_CHECK_TTL_SECONDS", 3600.0, 0.0, MAX_PAYOUT_ACCOUNT_CHECK_TTL_SECONDS
+        ),
         retention=retention_settings(),
     )

@@ -8,10 +8,20 @@ connected to the platform and can receive transfers. Anything else is refused fo
 it is the saga's decision. A user service or Stripe that does not answer is transient: the
 release is retried.
 
-The check runs under the order's lease, each time a release is about to move money (it is a
-few reads, and its answer may change: an account can be disconnected between two releases), so
-a redelivered release is checked again against the destination it would pay: the one already
-recorded on the payment, if any (the first release's runner stands), else the one it names.
+The check runs under the order's lease, each time a release is about to move money (its answer
+may change: an account can be disconnected between two releases), so a redelivered release is
+checked again against the destination it would pay: the one already recorded on the payment, if
+any (the first release's runner stands), else the one it names.
+
+Stripe's part of the verdict is kept (``connected_accounts``): an account Stripe called able to
+receive transfers within ``payout_account_check_ttl_seconds`` (1 h by default) is not read
+again, so a release to a known-good account costs no Stripe read. A negative or older verdict
+is read again. The trade-off: an account disconnected (or its transfers capability lost) within
+that time passes this check; Stripe then refuses the transfer itself (``account_invalid`` /
+``insufficient_capabilities_for_transfer``), so nobody else is paid, but the capture has been
+made: the release completes with the transfer's failure recorded and ``TransferFailed``
+alarmed, and the runner is paid by an operator or the money given back by a revert. The user
+service's part (whose account it is) is asked on every release.
 """
 
 from __future__ import annotations
@@ -48,7 +58,17 @@ def verify_destination(
         _refuse(payment, cid, runner_id, account_id, "the runner is the order's customer")
     if user.stripe_connect_account_id != account_id:
         _refuse(payment, cid, runner_id, account_id, "the account is not the runner's Connect account")
+    ttl = services.settings.payout_account_check_ttl_seconds
+    if ttl > 0 and repository.account_verified_within(services.db, account_id, ttl):
+        return
     account = services.stripe.connected_account(account_id)
+    if ttl > 0:
+        repository.record_account_verdict(
+            services.db,
+            account_id,
+            account.transfers_capability if account else None,
+            account.payouts_enabled if account else False,
+        )
     if account is None:
         _refuse(payment, cid, runner_id, account_id, "the account is not connected to the platform")
     if not account.can_receive_transfers:
