@@ -39,7 +39,7 @@ from payments_core.kafka_gateway import EventPublisher, OutgoingMessage
 from payments_core.leases import LeaseBusy, lease_ttl_seconds
 from payments_core.observability import add_metric, count, logger
 from payments_core.services import Services, get_services
-from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, take_stripe_seconds
+from payments_core.stripe_throttle import RequestPacer, StripeThrottle, ThrottledStripe, take_stripe_seconds
 
 _DISPATCH: dict[str, Callable[[Services, Command], str]] = {
     "authorize_payment": authorization.authorize,
@@ -163,9 +163,15 @@ def container_pool(base: Services) -> WorkerPool[Services]:
 def make_pool(base: Services, size: int) -> WorkerPool[Services]:
     """A pool of ``size`` slots derived from ``base``: a slot is ``base`` with its own database
     connection (the one-slot pool runs on the caller's thread and keeps ``base``'s), a
-    throttled Stripe gateway and a publisher safe to share between threads."""
+    throttled and paced Stripe gateway and a publisher safe to share between threads."""
     settings = base.settings
-    throttle = StripeThrottle(settings.stripe_max_in_flight, call_budget_s=settings.stripe_timeout_seconds)
+    # This container's share of the account's Stripe budget (see stripe_throttle)
+    share = settings.stripe_account_requests_per_second / settings.stripe_budget_containers
+    throttle = StripeThrottle(
+        settings.stripe_max_in_flight,
+        call_budget_s=settings.stripe_timeout_seconds,
+        pacer=RequestPacer(share),
+    )
     stripe = ThrottledStripe(base.stripe, throttle)
     publisher = _SharedPublisher(base.publisher)
 

@@ -174,6 +174,8 @@ def retention_settings() -> RetentionSettings:
 
 COMMAND_WORKERS_CEILING = 32
 RECONCILE_WORKERS_CEILING = 16  # database connections a reconciler run may hold besides its own
+# Far above any limit Stripe grants one account: a larger value is a mistake, refused.
+MAX_STRIPE_REQUESTS_PER_SECOND = 10_000.0
 # A day: Stripe's verdict on an account is not trusted for longer (0 trusts it not at all).
 MAX_PAYOUT_ACCOUNT_CHECK_TTL_SECONDS = 86_400.0
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
@@ -254,6 +256,13 @@ class Settings:
     command_workers: int = 16
     # Stripe requests in flight per container, across workers (a 429 lowers it for a while)
     stripe_max_in_flight: int = 16
+    # Stripe limits requests per second per account (live mode 100, test mode 25, and 25 per
+    # endpoint unless Stripe raised them); the command function's share of that budget is split
+    # evenly between the containers that can run at once (its partitions, set by infra): each
+    # container paces its requests to stripe_account_requests_per_second / stripe_budget_containers.
+    # The default leaves live mode's other 20/s to the audit (10/s) and the webhook function.
+    stripe_account_requests_per_second: float = 80.0
+    stripe_budget_containers: int = 1
     # No record is started with less time left in the invocation than this: enough for one
     # Stripe call (STRIPE_TIMEOUT_SECONDS), its database commit and the events' publish.
     command_start_margin_ms: int = 15_000
@@ -349,6 +358,10 @@ def get_settings() -> Settings:
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),
         command_workers=max(1, min(COMMAND_WORKERS_CEILING, _int("COMMAND_WORKERS", 16))),
         stripe_max_in_flight=max(1, _int("STRIPE_MAX_IN_FLIGHT", 16)),
+        stripe_account_requests_per_second=_bounded(
+            "STRIPE_ACCOUNT_REQUESTS_PER_SECOND", 80.0, 0.1, MAX_STRIPE_REQUESTS_PER_SECOND
+        ),
+        stripe_budget_containers=max(1, _int("STRIPE_BUDGET_CONTAINERS", 1)),
         command_start_margin_ms=max(0, _int("COMMAND_START_MARGIN_MS", 15_000)),
         metrics_namespace=_str("POWERTOOLS_METRICS_NAMESPACE", "CampusG/Payments"),
         clerk_issuer=issuer,

@@ -1,18 +1,24 @@
-"""Back-pressure on Stripe for the command pool: a cap on requests in flight per function
-instance, and a 429 that slows everyone down instead of failing the batch.
+"""Back-pressure on Stripe for the command pool: a share of the account's request rate and a
+cap on requests in flight per function instance, and a 429 that slows everyone down instead of
+failing the batch.
 
-Stripe limits an account (about 100 write requests/s live, 25/s in test mode, plus a cap on
-concurrent requests) and answers 429 beyond it. A 429 means the request was not processed, so
-it is safe to send again with the same idempotency key. ``ThrottledStripe`` wraps any
-``StripeGateway``:
+Stripe limits an account (100 requests/s live, 25/s in test mode, 25/s per endpoint unless
+Stripe raised them, plus a cap on concurrent requests) and answers 429 beyond it. A 429 means
+the request was not processed, so it is safe to send again with the same idempotency key.
+``ThrottledStripe`` wraps any ``StripeGateway``:
+- every request waits for its turn at the container's ``RequestPacer``: the account's budget
+  for the function shared out statically, ``STRIPE_ACCOUNT_REQUESTS_PER_SECOND`` divided by
+  ``STRIPE_BUDGET_CONTAINERS`` (how many containers can run at once: one per partition), so
+  the containers together stay within it without talking to each other (a lookup and the
+  call after it are two requests, each paced);
 - at most ``limit`` calls at once, shared by every worker of the container (``StripeThrottle``);
 - on a 429 the limit is halved (down to 1) and every caller waits out a backoff (exponential,
   with jitter); a timeout or dropped connection halves it too (not retried here); each success
   then raises the limit by one again, up to its ceiling;
 - the call is retried while the invocation's remaining time allows another Stripe call;
   otherwise the ``TransientError`` goes up and the record is delivered again later.
-Each call's latency is counted for the calling thread (``take_stripe_seconds``), so the
-command path can report Stripe time per record.
+Each call's latency (its wait for a turn included) is counted for the calling thread
+(``take_stripe_seconds``), so the command path can report Stripe time per record.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from payments_core.errors import TransientError
+from payments_core.stripe_gateway import before_each_request
 
 if TYPE_CHECKING:
     from payments_core.domain import Payment
@@ -67,6 +74,49 @@ def is_overloaded(exc: BaseException) -> bool:
     return False
 
 
+class RequestPacer:
+    """At most ``per_second`` requests per second on average, spread evenly, with up to
+    ``burst`` at once after a quiet spell (``per_second`` <= 0: no limit). Each caller reserves
+    the next free turn under a lock and sleeps until it outside the lock (the generic cell rate
+    algorithm), so many threads share one rate without a queue."""
+
+    def __init__(
+        self,
+        per_second: float,
+        *,
+        burst: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._tolerance = (max(1, burst) - 1) * self.interval
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")  # the turn after the last one given
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.waited_s = 0.0
+
+    def wait(self, max_wait_s: float | None = None) -> float:
+        """Sleep until this request's turn; returns the seconds slept. A turn further away than
+        ``max_wait_s`` is not taken (TransientError: the request is not sent)."""
+        with self._lock:
+            now = self._clock()
+            turn = max(self._next, now)
+            wait = max(0.0, turn - self._tolerance - now)
+            if max_wait_s is not None and wait > max_wait_s:
+                raise TransientError(
+                    f"Stripe request budget: the next turn is {wait:.1f} s away, later than this "
+                    "invocation can wait; not sent"
+                )
+            self._next = turn + self.interval
+            self.requests += 1
+            self.waited_s += wait
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
 class StripeThrottle:
     """The container-wide limiter shared by every worker's ``ThrottledStripe``."""
 
@@ -80,9 +130,11 @@ class StripeThrottle:
         max_attempts: int = 8,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        pacer: RequestPacer | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        self.pacer = pacer
         self.ceiling = max_in_flight
         self.limit = max_in_flight
         self.in_flight = 0
@@ -132,13 +184,21 @@ class StripeThrottle:
             self._cond.notify_all()
             return backoff
 
+    def _pace(self) -> None:
+        """Before each request of a call: wait for its turn, if the invocation has time for it."""
+        if self.pacer is None:
+            return
+        left = None if self.deadline is None else self.deadline - self._clock() - self.call_budget_s
+        self.pacer.wait(None if left is None else max(0.0, left))
+
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         attempt = 0
         while True:
             self._acquire()
             started = self._clock()
             try:
-                result = fn(*args)
+                with before_each_request(self._pace):
+                    result = fn(*args)
             except TransientError as exc:
                 _spent.seconds = getattr(_spent, "seconds", 0.0) + self._clock() - started
                 if not is_rate_limited(exc):
