@@ -30,6 +30,8 @@ from conftest import (
 from payments_core import api
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
+from payments_core.contracts import STRIPE_API_ERROR
+from payments_core.errors import Rejection
 from payments_core.services import Services, set_services
 from payments_core.stripe_gateway import StripeApiGateway
 
@@ -406,6 +408,16 @@ def test_release_of_an_intent_that_cannot_be_captured_yet_is_answered(
     row = authorized_payment(new_card, authorize_handler, payment_row)
 
     class StripeSays(TransfersElsewhere):
+        """Stripe's PaymentIntent is not capturable yet: it refuses the capture as Stripe does."""
+
+        def capture(self, payment: Any, amount_to_capture: int | None) -> Any:
+            self.calls["capture"] += 1
+            raise Rejection(
+                STRIPE_API_ERROR,
+                f"This PaymentIntent could not be captured because it has a status of {stripe_status}.",
+                stripe_code="payment_intent_unexpected_state",
+            )
+
         def retrieve(self, payment_intent_id: str) -> Any:
             return dataclasses.replace(self.inner.retrieve(payment_intent_id), status=stripe_status)
 
@@ -415,7 +427,8 @@ def test_release_of_an_intent_that_cannot_be_captured_yet_is_answered(
         handle_command_batch(msk_event(release, first_offset=1), None, make_services(stripe=stripe))
         == NO_FAILURES
     )
-    assert stripe.calls["capture"] == 0 and payment_row(row["order_id"])["status"] == "AUTHORIZED"
+    # the capture is sent without a read first; its refusal makes the release read the intent
+    assert stripe.calls["capture"] == 1 and payment_row(row["order_id"])["status"] == "AUTHORIZED"
     event = published_events(row["order_id"], at_least=2)[-1]
     expected = {"processing": "PAYMENT_PROCESSING", "requires_action": "PAYMENT_REQUIRES_ACTION"}[
         stripe_status
