@@ -128,7 +128,9 @@ class Functions(Construct):
                 **self._stripe_key(stripe, "authorize_payment"),
                 "COMMAND_WORKERS": str(fc.command_workers),
                 "STRIPE_MAX_IN_FLIGHT": str(fc.stripe_max_in_flight),
-                "STRIPE_BUDGET_CONTAINERS": str(stripe_budget_containers(config)),
+                # The account's Stripe budget is shared evenly by the containers that can run at
+                # once: one invocation per partition (payments_core.stripe_throttle)
+                "STRIPE_BUDGET_CONTAINERS": str(plan.partitions.value),
                 "COMMAND_START_MARGIN_MS": str(fc.command_start_margin_ms),
                 **_command_integrations(config),
             },
@@ -445,16 +447,6 @@ def _command_integrations(config: StageConfig) -> dict[str, str]:
     if config.business.payout_velocity_max_per_hour is not None:
         env["PAYOUT_VELOCITY_MAX_PER_HOUR"] = str(config.business.payout_velocity_max_per_hour)
     return env
-
-
-def stripe_budget_containers(config: StageConfig) -> int:
-    """How many authorize containers can run at once, each taking an even share of the
-    account's Stripe budget (payments_core.stripe_throttle): one per partition (the MSK mapping
-    runs one invocation per partition at a time), fewer if a reservation caps the function.
-    For an imported cluster ``kafka.partitions`` must name its topic's partition count."""
-    partitions = config.kafka.partitions
-    reserved = config.functions.authorize_reserved_concurrency
-    return min(partitions, reserved) if reserved else partitions
 
 
 def metric_namespace(stage: str) -> str:
