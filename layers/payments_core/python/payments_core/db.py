@@ -19,6 +19,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -58,15 +59,23 @@ _BEGIN = (
 )
 
 
+@dataclass(frozen=True)
+class _Result:
+    rows: list[list[Any]] | None
+    columns: list[dict[str, Any]] | None
+    row_count: int
+
+
 def run_one_trip(
     conn: pg8000.native.Connection, sql: str, params: dict[str, Any], *, begin: bool = False
-) -> list[list[Any]] | None:
+) -> _Result:
     """``conn.run(sql, **params)`` in one round trip. pg8000 sends an unnamed statement in three
     (Parse+Sync, Describe+Sync, Bind+Execute+Sync), and outside a transaction block each Sync
     ends a transaction of its own: three round trips and three server transactions where one
     does. Here the same unnamed statement goes as libpq's PQexecParams sends it (Parse, Bind,
     Describe portal, Execute, Sync): nothing named is left in the session, so RDS Proxy keeps
-    multiplexing. The result is read by pg8000's own handlers, as ``run`` reads it.
+    multiplexing. The result is read by pg8000's own handlers, as ``run`` reads it, and
+    returned (not left on ``conn``, which may be a wrapper: the crash drill's).
     ``begin``: START TRANSACTION first, in the same flight and before the same Sync, so an error
     in either skips both (the statement never runs outside the transaction)."""
     statement, make_vals = pg8000.native.to_statement(sql)
@@ -91,11 +100,8 @@ def run_one_trip(
     pg_core._write(conn._sock, pg_core.EXECUTE_MSG)
     pg_core._write(conn._sock, pg_core.SYNC_MSG)
     pg_core._flush(conn._sock)
-    try:
-        conn.handle_messages(context)
-    finally:
-        conn._context = context
-    return context.rows
+    conn.handle_messages(context)
+    return _Result(context.rows, context.columns, context.row_count)
 
 
 def _session_ended(exc: DatabaseError) -> bool:
@@ -199,15 +205,14 @@ class Database:
 
     def query(self, sql: str, **params: Any) -> list[Row]:
         """Run one statement on the current connection (inside or outside a transaction)."""
-        conn, rows = self._run(sql, params)
-        if not rows or conn.columns is None:
+        result = self._run(sql, params)
+        if not result.rows or result.columns is None:
             return []
-        names = [c["name"] for c in conn.columns]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        names = [c["name"] for c in result.columns]
+        return [dict(zip(names, row, strict=True)) for row in result.rows]
 
     def execute(self, sql: str, **params: Any) -> int:
-        conn, _ = self._run(sql, params)
-        return int(conn.row_count or 0)
+        return max(0, self._run(sql, params).row_count)
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
@@ -247,11 +252,8 @@ class Database:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _run(
-        self, sql: str, params: dict[str, Any]
-    ) -> tuple[pg8000.native.Connection, list[list[Any]] | None]:
-        """Run one statement; returns the connection it ran on (for its columns and row count)
-        and its rows."""
+    def _run(self, sql: str, params: dict[str, Any]) -> _Result:
+        """Run one statement; returns its rows, columns and row count."""
         # One retry, only for a connection kept from before (a stale one) outside a transaction.
         # A statement may then run twice if the connection broke after the server ran it: every
         # such statement is idempotent.
@@ -260,12 +262,16 @@ class Database:
             conn = self.connection()
             begin = self._begin_pending
             try:
+                one_trip = hasattr(conn, "handle_messages")  # pg8000's (a test's fake has only run)
                 if begin:  # the transaction starts with this statement, in the same flight
                     self._begin_pending, self._transaction = False, self._generation
-                    rows = run_one_trip(conn, sql, params, begin=True)
-                else:
-                    rows = run_one_trip(conn, sql, params) if params else conn.run(sql)
-                return conn, rows
+                    if one_trip:
+                        return run_one_trip(conn, sql, params, begin=True)
+                    conn.run("START TRANSACTION")
+                if params and one_trip:
+                    return run_one_trip(conn, sql, params)
+                rows = conn.run(sql, **params)
+                return _Result(rows, conn.columns, int(conn.row_count or 0))
             except CONNECTION_ERRORS as exc:
                 lost: Exception = exc
             except DatabaseError as exc:
