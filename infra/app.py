@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,14 @@ def create_app(context: dict[str, Any] | None = None, outdir: str | None = None)
 
 
 def main() -> None:
-    create_app().synth()
+    try:
+        app = create_app()
+        app.synth()
+    except ValueError as error:  # a setting refused (config, capacity model): one line, no traceback
+        raise SystemExit(f"synth: error: {error}") from None
+    # What synth cannot see (quotas, Stripe's granted limits): infra/capacity/report.py.
+    stage = app.node.try_get_context("stage") or "dev"
+    print(f"synth: before deploying {stage}, check: make capacity STAGE={stage}", file=sys.stderr)
 
 
 if __name__ == "__main__":

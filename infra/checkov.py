@@ -27,10 +27,10 @@ class Ack:
 # Lambda functions
 FUNCTION_CONCURRENCY = Ack(
     "CKV_AWS_115",
-    "No reserved concurrency: Lambda keeps 10 of the account's concurrency unreserved, so a "
-    "reservation fails in an account still at the 10 quota; functions.authorize_reserved_concurrency "
-    "and functions.api_reserved_concurrency reserve it for the authorize and API functions where the "
-    "quota allows (README).",
+    "No reserved concurrency: Lambda keeps 100 of the account's concurrency unreserved, so a "
+    "reservation fails in an account whose quota is still low; capacity.reserve_concurrency reserves "
+    "the authorize and API functions' (sized from the stage's rate) where the quota allows (README, "
+    "Sizing).",
 )
 FUNCTION_NO_DLQ = Ack(
     "CKV_AWS_116",

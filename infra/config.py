@@ -83,21 +83,26 @@ class KafkaConfig:
     events_topic: str
     dead_letter_topic: str
     consumer_group_id: str
-    partitions: int  # for the topics the stack creates (own cluster only); never changed afterwards
+    # For the topics the stack creates (own cluster only). None: derived from
+    # capacity.orders_per_second (infra/capacity/sizing.py). Raising it adds partitions, which
+    # remaps keys: drain first (README, "Sizing"); lowering it never removes any.
+    partitions: int | None
     replication_factor: int
     batch_size: int
     max_batching_window_seconds: int
     starting_position: str  # TRIM_HORIZON or LATEST
     retry_attempts: int
     max_record_age_seconds: int
-    min_pollers: int  # provisioned pollers; 0 = on-demand (Lambda then rejects the retry controls)
-    max_pollers: int
+    # Provisioned pollers (at least 1: the retry controls need provisioned mode). None: derived
+    # from the partitions (5 concurrent invocations per poller).
+    min_pollers: int | None
+    max_pollers: int | None
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     name: str
-    instance_type: str
+    instance_type: str | None  # None: the cheapest class that carries the rate (capacity model)
     allocated_storage_gb: int
     max_allocated_storage_gb: int
     multi_az: bool
@@ -105,6 +110,10 @@ class DatabaseConfig:
     deletion_protection: bool
     retain: bool
     secret_rotation_days: int
+    # RDS Proxy: None derives them (infra/capacity/sizing.py): the share of max_connections left
+    # after direct sessions and headroom, and the functions' own socket timeout.
+    proxy_max_connections_percent: int | None = None
+    proxy_borrow_timeout_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,13 +124,13 @@ class FunctionsConfig:
     # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
     authorize_memory_mb: int
     authorize_timeout_seconds: int
-    # None (the default everywhere): no reservation. Lambda keeps 10 of the account's concurrency
-    # unreserved, so reserving anything fails in an account whose quota is still the new-account
-    # 10; set it (at least the partition count) only where the quota allows (README).
+    # None: the partition count where capacity.reserve_concurrency is on, no reservation where
+    # it is off. Lambda keeps 100 of the account's concurrency unreserved, so reserving anything
+    # fails in an account whose quota is still low (README, "Sizing": the checklist).
     authorize_reserved_concurrency: int | None
-    # The saga API's function. None (the default everywhere, for the same quota): no reservation,
-    # so nothing bounds its database sessions; otherwise at least what capacity.orders_per_second
-    # needs and at most capacity.api_db_connections (infra/capacity.py checks both).
+    # The saga API's function. None: what capacity.orders_per_second needs where
+    # capacity.reserve_concurrency is on, else no reservation (nothing bounds its database
+    # sessions then); if set, at least what the rate needs and at most capacity.api_db_connections.
     api_reserved_concurrency: int | None
     command_workers: int
     stripe_max_in_flight: int  # per container; x partitions / Stripe latency must stay under Stripe's limit
@@ -133,7 +142,7 @@ class FunctionsConfig:
 @dataclass(frozen=True)
 class ApiConfig:
     webhook_max_body_kb: int  # 16, 32, 48 or 64: WAF's body inspection sizes for API Gateway
-    # The limits below are derived from capacity.orders_per_second (infra/capacity.py) unless
+    # The limits below are derived from capacity.orders_per_second (infra/capacity/) unless
     # set; a value set too low for that rate fails the synth.
     throttle_rate_limit: int | None = None  # the saga API's stage (and the public stage's default)
     throttle_burst_limit: int | None = None
@@ -227,6 +236,24 @@ class BusinessConfig:
     # Payouts to one runner's account per hour above which the command function refuses a
     # release (PAYOUT_VELOCITY_MAX_PER_HOUR); None: the layer's own default.
     payout_velocity_max_per_hour: int | None = None
+    # The reconciler's Stripe calls per second (AUDIT_STRIPE_READS_PER_SECOND): its share of the
+    # account's Stripe budget, which sets how many final payments a day its audit keeps up with
+    # (README, "Operations"). Raise it with the budget Stripe grants the account.
+    audit_stripe_reads_per_second: float = 10.0
+    # Delays before each further look at a stale payment still where it was (RECONCILE_BACKOFF_SECONDS)
+    reconcile_backoff_seconds: list[int] = field(default_factory=lambda: [300, 900, 3600])
+
+    def __post_init__(self) -> None:
+        if not 0 < self.audit_stripe_reads_per_second <= 1000:
+            raise ValueError(
+                "business.audit_stripe_reads_per_second must be above 0 and at most 1000 (Stripe calls "
+                f"per second), got {self.audit_stripe_reads_per_second}"
+            )
+        if not self.reconcile_backoff_seconds or min(self.reconcile_backoff_seconds) < 0:
+            raise ValueError(
+                "business.reconcile_backoff_seconds must be a non-empty list of whole seconds, got "
+                f"{self.reconcile_backoff_seconds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -270,17 +297,24 @@ class MonitoringConfig:
     # WebhookSignatureRejected per 5 minutes at which on-call hears of it: a few are Stripe's
     # retries of a stale delivery, many are someone probing the public webhook or a rolled secret.
     webhook_signature_rejected_threshold: int = 10
+    # How long the oldest check the reconciler left due (a stale payment's look, an uncertain
+    # payment's audit) may have waited before on-call hears of it: a run every 5 minutes that
+    # keeps up leaves nothing older than a few minutes.
+    check_backlog_age_threshold_seconds: int = 1800
 
 
 @dataclass(frozen=True)
 class CapacityConfig:
-    """What a stage is sized for; infra/capacity.py derives the API's limits from it."""
+    """What a stage is sized for; infra/capacity/ derives its limits and sizes from it."""
 
     orders_per_second: float  # the target rate of orders, end to end
     # The RDS Proxy sessions the saga API's function may hold (one per concurrent container):
-    # the ceiling of functions.api_reserved_concurrency. Well under the instance's
-    # max_connections (t4g.micro ~ 80, t4g.small ~ 180), which the other functions share.
-    api_db_connections: int
+    # the ceiling of functions.api_reserved_concurrency. None: what the rate needs; the database
+    # class is chosen to hold it with every other function's sessions.
+    api_db_connections: int | None = None
+    # Reserve the authorize and API functions' concurrency (derived unless set). Off where the
+    # account's Lambda concurrency quota is not known to allow it (README, "Sizing").
+    reserve_concurrency: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 PYTHON_VERSION = "3.12"
 ARCHITECTURE = "arm64"  # Graviton: cheaper per GB-second than x86_64 for the same work
-# The wheel platform tag pip must fetch for that architecture (Lambda runs Amazon Linux 2023, glibc 2.34).
-PIP_PLATFORM = "manylinux2014_aarch64"
+# The platform the layer's wheels are installed for, in uv's --python-platform form (Lambda runs
+# Amazon Linux 2023, glibc 2.34; manylinux2014 wheels, glibc 2.17, are what every package ships).
+WHEEL_PLATFORM = "aarch64-manylinux2014"
 
 # Shipped by the Lambda Python runtime itself; bundling them would add ~20 MB for nothing.
 PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer")

@@ -9,8 +9,12 @@ sagas; locally it also answers CORS for the frontend's origins (``FRONTEND_ORIGI
 as an API Gateway with CORS enabled would, so campusG's unmodified profile page can fetch
 ``/history/{user_id}`` from the browser (in AWS the private API is reachable only inside the
 VPC, never from a browser). The public one (``PUBLIC_API_URL``) serves only
-``GET``/``OPTIONS /history/{user_id}`` to ``public_history``, which answers CORS itself, and
-answers any other path 403 ``Missing Authentication Token`` as API Gateway does.
+``GET``/``OPTIONS /history/{user_id}`` to ``public_history``, which answers CORS itself.
+
+Both read their routes from ``payments_core.routes`` (the list the resolver, the public face
+and the CDK read) and, as API Gateway does, answer any method or path not declared there
+(``TRACE``, ``HEAD`` of a ``GET`` route, an unknown path) with 403 ``{"message":"Missing
+Authentication Token"}`` without invoking the function.
 
 Each HTTP request becomes an API Gateway REST proxy event; the handler's ``statusCode``,
 ``headers``, ``multiValueHeaders`` and ``body`` are returned as they are (a base64 body is
@@ -48,26 +52,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from payments_core import routes as api_routes
+
 from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
 from local.settings import AWS_ACCOUNT_ID, HOST, load
 
 log = logging.getLogger("local.api_gateway")
 
-# The REST API's resources (infra/ declares the same ones).
-ROUTES: list[tuple[str, str]] = [
-    ("POST", "/api/stripe-webhook"),
-    ("GET", "/payment/{order_id}/status"),
-    ("GET", "/payment/{payment_id}/details"),
-    ("POST", "/payment/{payment_id}/release"),
-    ("POST", "/payment/{payment_id}/revert"),
-    ("GET", "/history/{user_id}"),
-    ("GET", "/health"),
-]
-# The public API's resources: the frontend's history route and its preflight.
+# The private face: payment_api's resolver's routes (the webhook too: localstripe posts here).
+ROUTES: list[tuple[str, str]] = [(r.method, r.path) for r in api_routes.RESOLVER_ROUTES]
+# The public face: the frontend's history route and its preflight.
 PUBLIC_ROUTES: list[tuple[str, str]] = [
-    ("GET", "/history/{user_id}"),
-    ("OPTIONS", "/history/{user_id}"),
+    (r.method, r.path) for r in api_routes.served_by(api_routes.PUBLIC_HISTORY)
 ]
+MISSING_TOKEN_HEADERS = [
+    ("Content-Type", "application/json"),
+    ("x-amzn-ErrorType", "MissingAuthenticationTokenException"),
+]
+MISSING_TOKEN_BODY = json.dumps({"message": "Missing Authentication Token"}).encode()
 CORS_ALLOWED_METHODS = "GET, POST, OPTIONS"
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type"
 DEFAULT_BINARY_MEDIA_TYPES = ("application/octet-stream", "image/*", "application/pdf", "application/zip")
@@ -195,7 +197,7 @@ class ApiGateway:
     # origins answered CORS by the gateway itself (the private face, locally); empty: none
     cors_origins: tuple[str, ...] = ()
     # an undeclared path or method is answered 403 here (API Gateway), not forwarded
-    strict_routes: bool = False
+    strict_routes: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # the last requests, served at GET /_local/requests (never forwarded to the handler)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
@@ -311,14 +313,7 @@ def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServe
                 self._reply(204, cors, b"")
                 return
             if gateway.strict_routes and not gateway.declared(self.command, path_only):
-                self._reply(
-                    403,
-                    [
-                        ("Content-Type", "application/json"),
-                        ("x-amzn-ErrorType", "MissingAuthenticationTokenException"),
-                    ],
-                    json.dumps({"message": "Missing Authentication Token"}).encode(),
-                )
+                self._reply(403, list(MISSING_TOKEN_HEADERS), MISSING_TOKEN_BODY)
                 return
             event = build_event(
                 method=self.command,
@@ -351,7 +346,12 @@ def make_server(gateway: ApiGateway, host: str, port: int) -> ThreadingHTTPServe
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+        def __getattr__(self, name: str) -> Any:
+            # Every method reaches _handle (http.server answers an unknown one 501 itself):
+            # API Gateway answers TRACE, or any method it was not given, 403 like a wrong path.
+            if name.startswith("do_"):
+                return self._handle
+            raise AttributeError(name)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug(format, *args)
@@ -381,7 +381,6 @@ def main(argv: list[str] | None = None) -> int:
             function=function,
             routes=compile_routes(routes),
             binary_media_types=DEFAULT_BINARY_MEDIA_TYPES + extra_binary,
-            strict_routes=True,
         )
     else:
         function = os.environ.get("LOCAL_API_FUNCTION") or "payment_api"

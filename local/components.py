@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from local import settings as cfg
-from local.processes import Component, StackError, log_contains, port_open, rel, say
+from local.processes import Component, StackError, log_contains, port_open, rel, run_with_progress
 from local.settings import HOST, LocalSettings
 
 
@@ -65,26 +65,23 @@ class Kafka(Component):
         staging = work / "lib.partial"
         shutil.rmtree(staging, ignore_errors=True)
         log = self.settings.log_path("kafka-jars")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        say(f"{self.name:<14}fetching Kafka {cfg.KAFKA_VERSION} jars from Maven Central (once)...")
-        with log.open("wb") as out:
-            result = subprocess.run(
-                [
-                    "mvn",
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(pom),
-                    f"{cfg.MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
-                    "-DincludeScope=runtime",
-                    f"-DoutputDirectory={staging}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=600,
-                check=False,
-            )
-        if result.returncode != 0:
+        code = run_with_progress(
+            self.name,
+            f"fetching Kafka {cfg.KAFKA_VERSION} jars from Maven Central",
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                f"{cfg.MAVEN_DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            log,
+            timeout=600,
+        )
+        if code != 0:
             raise StackError(
                 self.name,
                 "Maven could not fetch the Kafka jars",
@@ -302,6 +299,10 @@ class Postgres(Component):
     def superuser_connection(self) -> Any:
         import pg8000.native
 
+        if not self.socket_path.exists():  # adopted (docker compose): its superuser is the stack's user
+            from local.adopt import tcp_connection
+
+            return tcp_connection(self.settings)
         return pg8000.native.Connection(user="postgres", unix_sock=str(self.socket_path), database="postgres")
 
 
@@ -357,19 +358,15 @@ class StripeMock(Component):
             )
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         log = self.settings.log_path("stripe-mock-build")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        say(f"{self.name:<14}building stripe-mock {cfg.STRIPE_MOCK_VERSION} with `go install` (once)...")
-        env = dict(os.environ, GOBIN=str(self.binary.parent))
-        with log.open("wb") as out:
-            result = subprocess.run(
-                [go, "install", f"{cfg.STRIPE_MOCK_MODULE}@{cfg.STRIPE_MOCK_VERSION}"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                timeout=900,
-                check=False,
-            )
-        if result.returncode != 0 or not self.binary.is_file():
+        code = run_with_progress(
+            self.name,
+            f"building stripe-mock {cfg.STRIPE_MOCK_VERSION} with `go install`",
+            [go, "install", f"{cfg.STRIPE_MOCK_MODULE}@{cfg.STRIPE_MOCK_VERSION}"],
+            log,
+            timeout=900,
+            env=dict(os.environ, GOBIN=str(self.binary.parent)),
+        )
+        if code != 0 or not self.binary.is_file():
             raise StackError(
                 self.name,
                 "`go install` of stripe-mock failed",

@@ -17,7 +17,10 @@ What it reproduces of the AWS mapping:
   backoff, while other partitions go on;
 - after ``max_retries`` re-deliveries the record is sent to the dead-letter topic with the
   reason in its headers (the on-failure destination of the AWS mapping) and the partition
-  moves on.
+  moves on;
+- disabled and enabled again (``--no-enabled`` / ``--enabled``) by a pause file: while it exists
+  the mapping lets its invocations end, commits them and leaves the consumer group, as the AWS
+  mapping's pollers stop (``python -m tools.partitions pause|resume``).
 
 A handler given as a callable (tests) runs in-process, on the partition's thread: with several
 partitions it must be safe to call from several threads at once (the service's own handler
@@ -39,6 +42,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from local.lambda_runtime import (
@@ -51,8 +55,14 @@ from local.lambda_runtime import (
 )
 from local.msk_events import build_event, failed_offsets, partition_key
 from local.settings import AWS_ACCOUNT_ID, AWS_REGION, DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, client_env
+from local.settings import load as load_settings
 
 log = logging.getLogger("local.event_source")
+
+
+def pause_file_path() -> Path:
+    """The stack's mapping is disabled while this file exists (tools/partitions.py writes it)."""
+    return Path(os.environ.get("LOCAL_ESM_PAUSE_FILE") or load_settings().state_dir / "event-source.paused")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -86,6 +96,7 @@ class MappingConfig:
     # requests in flight per container (STRIPE_MAX_IN_FLIGHT; the service's default is 16)
     function_env: dict[str, str] = field(default_factory=lambda: {"STRIPE_MAX_IN_FLIGHT": "3"})
     cluster_arn: str = f"arn:aws:kafka:{AWS_REGION}:{AWS_ACCOUNT_ID}:cluster/campusg-local/00000000-0000-0000-0000-000000000000-1"
+    pause_file: str = ""  # while this file exists the mapping is disabled (empty: never)
 
     @classmethod
     def from_env(cls) -> MappingConfig:
@@ -103,6 +114,7 @@ class MappingConfig:
             dead_letter_topic=os.environ.get("DEAD_LETTER_TOPIC") or DEAD_LETTER_TOPIC,
             handler_timeout_s=_env_float("LOCAL_ESM_HANDLER_TIMEOUT_S", 60.0),
             function_env={"STRIPE_MAX_IN_FLIGHT": os.environ.get("STRIPE_MAX_IN_FLIGHT") or "3"},
+            pause_file=str(pause_file_path()),
         )
 
 
@@ -134,6 +146,7 @@ class EventSourceMapping:
     stop_event: threading.Event = field(default_factory=threading.Event)
     polling_since: float | None = None  # when the current Kafka poll began (see the watchdog)
     invocations: int = 0
+    paused: bool = False
     _consumer: Any = None
     _producer: Any = None
     _retries: dict[Any, _Retry] = field(default_factory=dict)
@@ -211,6 +224,9 @@ class EventSourceMapping:
                 if not self._ready():
                     self.stop_event.wait(self.config.handler_missing_retry_s)
                     continue
+                if self._pause_requested():
+                    self.stop_event.wait(0.2)
+                    continue
                 try:
                     if self._consumer is None:
                         self._connect()
@@ -228,6 +244,24 @@ class EventSourceMapping:
             self.close()
             for container in list(self._containers.values()):
                 container.stop()
+
+    def _pause_requested(self) -> bool:
+        """Disabled: let the invocations in flight end and commit, then leave the group (no
+        member left: nothing fetched, what is not committed stays in Kafka for the resume)."""
+        if not (self.config.pause_file and os.path.exists(self.config.pause_file)):
+            if self.paused:
+                log.info("RESUMED: %s", self.config.topic)
+                self.paused = False
+            return False
+        if not self.paused:
+            for thread in list(self._busy.values()):
+                thread.join(timeout=self.config.handler_timeout_s + 5)
+            if self._consumer is not None:
+                self._settle_finished()
+            self._close_quietly()
+            self.paused = True
+            log.info("PAUSED: %s (group %s left)", self.config.topic, self.config.group_id)
+        return True
 
     def _close_quietly(self) -> None:
         try:
@@ -443,6 +477,10 @@ def main() -> int:
         stream=sys.stderr,
     )
     config = MappingConfig.from_env()
+    if config.pause_file and os.path.exists(config.pause_file):
+        # a procedure killed while the mapping was paused: a fresh start is enabled, as a new mapping
+        log.warning("removing a stale pause file %s: the mapping starts enabled", config.pause_file)
+        os.unlink(config.pause_file)
     mapping = EventSourceMapping(config)
 
     def on_signal(*_: Any) -> None:

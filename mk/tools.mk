@@ -1,5 +1,5 @@
 # Developer tools (tools/): the machine-readable contract, the benchmark and the demo.
-.PHONY: schemas schemas-check bench demo
+.PHONY: schemas schemas-check bench bench-reconciler demo
 
 schemas: venv ## generate schemas/ (JSON Schema per command and event, AsyncAPI) from the models
 	@$(PY) -m tools.schemas
@@ -9,6 +9,9 @@ schemas-check: venv ## fail if schemas/ is out of date with the models
 
 bench: venv ## measure authorize/webhook overhead, end-to-end latency, cold imports (stack started if needed)
 	@$(PY) -m tools.bench
+
+bench-reconciler: venv ## the reconciler's checks/s at its Stripe pace and the final payments a day it keeps up with (LATENCY_MS=300)
+	@$(PY) -m tools.reconcile_bench --latency-ms $(or $(LATENCY_MS),300)
 
 demo: venv ## play the campusG payment conversation against the local stack (starts it; leaves it running)
 	@$(PY) -m local.stack up
@@ -33,3 +36,12 @@ else
 redrive: venv ## list dead letters; IDS="0:12 0:13" or ALL=1 re-queues them (STAGE=… runs it in AWS)
 	@$(PY) -m tools.redrive $(if $(ALL),--all) $(IDS)
 endif
+
+# payment_commands' partitions: the status, or PARTITIONS=<n> grows the topic safely (drain, pause
+# the mapping, grow, resume: docs/operations-partitions.md). Locally against the local stack;
+# with STAGE=… on the command line, the stage's mapping and topics function (an imported
+# cluster: the commands are printed).
+.PHONY: partitions
+partitions: venv ## commands topic: status; PARTITIONS=<n> grows it (drain, pause, grow, resume); STAGE=… in AWS
+	@$(PY) -m tools.partitions $(if $(PARTITIONS),grow $(PARTITIONS)) \
+	  $(if $(filter command line,$(origin STAGE)),--stage $(STAGE)) $(if $(CONTEXT_FILE),--context-file $(CONTEXT_FILE))

@@ -55,14 +55,24 @@ def local_settings() -> LocalSettings:
     return load_local_settings()
 
 
+def _down(local_settings: LocalSettings, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` do not answer: a server on its ports, a portless emulator by its pid."""
+    return [
+        comp.name
+        for comp in stack.components(local_settings)
+        if comp.name in names
+        and not (
+            all(stack.port_open(p) for p in comp.port_numbers)
+            if comp.port_numbers
+            else comp.running_pid() is not None
+        )
+    ]
+
+
 @pytest.fixture(scope="session")
 def local_stack(local_settings: LocalSettings) -> LocalSettings:
     """Fails the test unless the stack's servers answer on their ports."""
-    down = [
-        comp.name
-        for comp in stack.components(local_settings)
-        if comp.name in REQUIRED_COMPONENTS and not all(stack.port_open(p) for p in comp.port_numbers)
-    ]
+    down = _down(local_settings, REQUIRED_COMPONENTS)
     if down:
         pytest.fail(f"local stack not running ({', '.join(down)} down): run `make local-up`", pytrace=False)
     return local_settings
@@ -70,8 +80,17 @@ def local_stack(local_settings: LocalSettings) -> LocalSettings:
 
 @pytest.fixture(autouse=True)
 def _integration_needs_stack(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("integration") is not None:
+    """An integration test needs the stack: the components its ``needs`` marker names (what
+    ``make test-one`` starts for it), else the servers of REQUIRED_COMPONENTS."""
+    if request.node.get_closest_marker("integration") is None:
+        return
+    needs = request.node.get_closest_marker("needs")
+    if needs is None:
         request.getfixturevalue("local_stack")
+        return
+    down = _down(request.getfixturevalue("local_settings"), tuple(needs.args))
+    if down:
+        pytest.fail(f"local stack: {', '.join(down)} down: run `make local-up`", pytrace=False)
 
 
 @pytest.fixture

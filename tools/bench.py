@@ -41,6 +41,8 @@ asserts: the targets are printed next to the figures.
     the production Stripe settings, on 3 and on 12 partitions (sized to the local
     max_connections): PostgreSQL CPU per 1,000 commands, statements, transactions and tuples
     read per command, connections per in-flight order, Lambda CPU and Stripe calls per command.
+(j) storage (issue 19): bytes stored per payment and the size of each table, after 2,000 orders
+    and again after the retention job (tools/bench_storage.py).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from local.db_activity import InFlightSampler, InFlightSummary
 from local.lambda_runtime import FakeLambdaContext, load_handler
 from local.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
 from local.settings import load as load_local_settings
+from tools import bench_storage
 
 LAYER_PYTHON = REPO_ROOT / "layers" / "payments_core" / "python"
 BUILT_LAYER = REPO_ROOT / "build" / "layer"
@@ -1195,11 +1198,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dbcost-partitions", type=int, nargs="*", default=[3, 12], help="(i): partition counts"
     )
+    parser.add_argument("--storage-orders", type=int, default=2000, help="orders for (j)")
     parser.add_argument(
         "--memory-mb", type=int, default=512, help="the authorize function's memory, for cost"
     )
     parser.add_argument(
-        "--only", nargs="*", choices=list("abcdefghi"), help="run only these sections (default: all)"
+        "--only", nargs="*", choices=list("abcdefghij"), help="run only these sections (default: all)"
     )
     parser.add_argument(
         "--setups", nargs="*", choices=THROUGHPUT_SETUPS, help="(g): only these Stripe set-ups (default: all)"
@@ -1227,6 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         "i": lambda: _bench_db_cost(
             report, args.dbcost_commands, get_settings().command_workers, tuple(args.dbcost_partitions)
         ),
+        "j": lambda: bench_storage.bench_storage(report, args.storage_orders, Row),
     }
     started = time.time()
     with service_logs_to(out / "service.log"):

@@ -9,8 +9,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from payments_core.api import app
 from payments_core.observability import logger, metrics, tracer
+from payments_core.routes import WEBHOOK
 
-ROUTE = ("POST", "/api/stripe-webhook")  # API Gateway's resource template, not the stage's path
+ROUTE = (WEBHOOK.method, WEBHOOK.path)  # API Gateway's resource template, not the stage's path
 NOT_FOUND = {
     "statusCode": 404,
     "headers": {"Content-Type": "application/json"},

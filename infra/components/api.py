@@ -27,14 +27,18 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
+from payments_core import routes
 
 from infra import checkov
 from infra.capacity import Limits
 from infra.config import ApiConfig
 from infra.nag import Suppression, suppress
 
-WEBHOOK_PATH = "api/stripe-webhook"
-HISTORY_PATH = "history/{user_id}"
+# Every route comes from payments_core.routes, the list the function's resolver, the public
+# history function and the local API Gateway read.
+_PUBLIC = routes.on_api(routes.PUBLIC)
+WEBHOOK_PATH = routes.api_gateway_path(routes.WEBHOOK, _PUBLIC)
+HISTORY_PATH = routes.api_gateway_path(routes.BROWSER_HISTORY, _PUBLIC)
 # WAF sees the path as requested (/<stage>/history/…): the history rule matches on this part.
 HISTORY_WAF_MATCH = "/history/"
 _INSPECTION_LIMITS = {16: "KB_16", 32: "KB_32", 48: "KB_48", 64: "KB_64"}
@@ -42,14 +46,8 @@ SAGA_AUTH = {"none": apigw.AuthorizationType.NONE, "iam": apigw.AuthorizationTyp
 # (path under the root, method): the saga's routes, served by payments_core.api. API Gateway
 # allows one variable name per level, so every /payment/{id}/… shares {id}; the function routes
 # on the request path.
-SAGA_ROUTES = (
-    ("payment/{id}/status", "GET"),
-    ("payment/{id}/details", "GET"),
-    ("payment/{id}/release", "POST"),
-    ("payment/{id}/revert", "POST"),
-    ("history/{user_id}", "GET"),
-    ("health", "GET"),
-)
+_PRIVATE = routes.on_api(routes.PRIVATE)
+SAGA_ROUTES = tuple((routes.api_gateway_path(r, _PRIVATE), r.method) for r in _PRIVATE)
 
 
 class PaymentApi(Construct):
@@ -79,7 +77,7 @@ class PaymentApi(Construct):
         webhook_integration = apigw.LambdaIntegration(webhook_handler, allow_test_invoke=False)
         stack_name = Stack.of(self).stack_name
 
-        webhook_route = f"/{WEBHOOK_PATH}/POST"
+        webhook_route = f"/{WEBHOOK_PATH}/{routes.WEBHOOK.method}"
         method_options = {
             webhook_route: apigw.MethodDeploymentOptions(
                 throttling_rate_limit=limits.webhook_rate,
@@ -87,9 +85,11 @@ class PaymentApi(Construct):
             )
         }
         if history_handler:
-            method_options[f"/{HISTORY_PATH}/GET"] = apigw.MethodDeploymentOptions(
-                throttling_rate_limit=config.history_throttle_rate_limit,
-                throttling_burst_limit=config.history_throttle_burst_limit,
+            method_options[f"/{HISTORY_PATH}/{routes.BROWSER_HISTORY.method}"] = (
+                apigw.MethodDeploymentOptions(
+                    throttling_rate_limit=config.history_throttle_rate_limit,
+                    throttling_burst_limit=config.history_throttle_burst_limit,
+                )
             )
         self.api = apigw.RestApi(
             self,
@@ -107,17 +107,13 @@ class PaymentApi(Construct):
         validator = self.api.add_request_validator(
             "Validator", validate_request_parameters=True, validate_request_body=True
         )
-        self.webhook_method = (
-            self.api.root.add_resource("api")
-            .add_resource("stripe-webhook")
-            .add_method(
-                "POST",
-                webhook_integration,
-                authorization_type=apigw.AuthorizationType.NONE,
-                # Unsigned requests are turned away by API Gateway before they cost an invocation.
-                request_parameters={"method.request.header.Stripe-Signature": True},
-                request_validator=validator,
-            )
+        self.webhook_method = self.api.root.resource_for_path(WEBHOOK_PATH).add_method(
+            routes.WEBHOOK.method,
+            webhook_integration,
+            authorization_type=apigw.AuthorizationType.NONE,
+            # Unsigned requests are turned away by API Gateway before they cost an invocation.
+            request_parameters={f"method.request.header.{h}": True for h in routes.WEBHOOK.required_headers},
+            request_validator=validator,
         )
 
         self.history_methods: list[apigw.Method] = []
@@ -179,12 +175,12 @@ class PaymentApi(Construct):
         # The function adds the same CORS headers to its own answers, 401 and 403 included.
         preflight = resource.add_cors_preflight(
             allow_origins=config.frontend_origins,
-            allow_methods=["GET", "OPTIONS"],
+            allow_methods=[r.method for r in routes.served_by(routes.PUBLIC_HISTORY)],
             allow_headers=["Authorization", "Content-Type"],
             max_age=Duration.hours(1),
         )
         get = resource.add_method(
-            "GET",
+            routes.BROWSER_HISTORY.method,
             apigw.LambdaIntegration(handler, allow_test_invoke=False),
             # The function verifies the Clerk session token (issuer, signature, expiry) and
             # that it belongs to {user_id}; API Gateway has no Clerk authorizer to do it.

@@ -2,7 +2,9 @@
 
 Two database users: the master (``payments_admin``) is for schema migrations only; the
 functions connect as the application role ``payments_app`` (rows only: SELECT, INSERT,
-UPDATE; no DDL), which the migration creates with the password of its own secret. The functions
+UPDATE; no DDL, no DELETE), which the migration creates with the password of its own secret, and
+the retention job as ``payments_retention`` (the deletes and the archive's moves, nothing else:
+``payments_core.migrate.RETENTION_GRANTS``), likewise with its own secret. The functions
 connect to the proxy (Lambda scales out faster than Postgres accepts connections) with IAM
 database authentication, so they read no password at all; the proxy logs in with the secrets.
 The migration custom resource connects to the instance itself (DDL inside a proxied session
@@ -25,12 +27,23 @@ from infra.nag import Suppression, suppress
 POSTGRES_PORT = 5432
 MASTER_USER = "payments_admin"
 APP_ROLE = "payments_app"  # payments_core.migrate.APP_ROLE creates it
+RETENTION_ROLE = "payments_retention"  # payments_core.migrate.RETENTION_ROLE creates it
 
 
 class Database(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, config: DatabaseConfig, network: Network, production: bool
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DatabaseConfig,
+        network: Network,
+        production: bool,
+        instance_type: str,
+        proxy_max_connections_percent: int,
+        proxy_borrow_timeout_seconds: int,
     ):
+        """``instance_type`` and the proxy's settings come from the capacity model (set or derived)."""
         super().__init__(scope, id)
         self.config = config
         self.port = POSTGRES_PORT
@@ -38,7 +51,7 @@ class Database(Construct):
             self,
             "Instance",
             engine=rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_17_9),
-            instance_type=ec2.InstanceType(config.instance_type),
+            instance_type=ec2.InstanceType(instance_type),
             vpc=network.vpc,
             vpc_subnets=network.data_subnets,
             database_name=config.name,
@@ -71,7 +84,12 @@ class Database(Construct):
         self.app_secret = rds.DatabaseSecret(self, "AppSecret", username=APP_ROLE, dbname=config.name)
         self.app_secret.apply_removal_policy(retention)
         self.app_secret_attached = self.app_secret.attach(self.instance)
-        for secret in (generated, self.app_secret):
+        self.retention_secret = rds.DatabaseSecret(
+            self, "RetentionSecret", username=RETENTION_ROLE, dbname=config.name
+        )
+        self.retention_secret.apply_removal_policy(retention)
+        self.retention_secret_attached = self.retention_secret.attach(self.instance)
+        for secret in (generated, self.app_secret, self.retention_secret):
             checkov.skip(secret, checkov.SECRET_KEY)
         checkov.skip(
             self.instance,
@@ -83,7 +101,11 @@ class Database(Construct):
             # Single-user rotation of both: each user changes its own password. The proxy
             # re-reads the secrets; the functions never see them. The rotation functions run in
             # security groups the network admits to the Secrets Manager endpoint.
-            for ident, secret in (("MasterRotation", self.secret), ("AppRotation", self.app_secret_attached)):
+            for ident, secret in (
+                ("MasterRotation", self.secret),
+                ("AppRotation", self.app_secret_attached),
+                ("RetentionRotation", self.retention_secret_attached),
+            ):
                 self.rotations.append(
                     sm.SecretRotation(
                         self,
@@ -102,13 +124,17 @@ class Database(Construct):
 
         self.proxy = self.instance.add_proxy(
             "Proxy",
-            secrets=[self.secret, self.app_secret_attached],
+            secrets=[self.secret, self.app_secret_attached, self.retention_secret_attached],
             vpc=network.vpc,
             vpc_subnets=network.function_subnets,
             require_tls=True,
             iam_auth=True,
             debug_logging=False,
             idle_client_timeout=Duration.minutes(5),
+            # max_connections less the direct sessions (migration, rotations) and the superuser's
+            # reserve; a client waits for a backend no longer than its own socket timeout.
+            max_connections_percent=proxy_max_connections_percent,
+            borrow_timeout=Duration.seconds(proxy_borrow_timeout_seconds),
         )
         self.instance.connections.allow_default_port_from(self.proxy, "RDS Proxy")
 

@@ -16,7 +16,8 @@ from aws_cdk.aws_secretsmanager import ISecret
 from constructs import Construct
 
 from infra import checkov
-from infra.components.data import APP_ROLE, Database
+from infra.capacity import Sizing
+from infra.components.data import APP_ROLE, RETENTION_ROLE, Database
 from infra.components.messaging import Messaging
 from infra.components.network import Network
 from infra.components.secrets import StripeSecrets
@@ -53,6 +54,7 @@ class Functions(Construct):
         id: str,
         *,
         config: StageConfig,
+        plan: Sizing,
         layer_zip: Path,
         network: Network,
         messaging: Messaging,
@@ -107,6 +109,7 @@ class Functions(Construct):
             "POWERTOOLS_LOG_LEVEL": fc.log_level,
         }
         self._config = config
+        self._plan = plan
         self._network = network
         # The dead-letter topic is the mapping's on-failure destination (records kept whole, for
         # `make redrive`); the service's own dead letters (no order) go to the SQS queue.
@@ -118,7 +121,7 @@ class Functions(Construct):
                 "payment_commands consumer: authorize, release, revert",
                 Duration.seconds(fc.authorize_timeout_seconds),
             ),
-            reserved_concurrency=fc.authorize_reserved_concurrency,
+            reserved_concurrency=plan.authorize_reserved,  # the partitions, or set (infra/capacity/)
             memory_mb=fc.authorize_memory_mb,
             environment={
                 **self.environment,
@@ -133,8 +136,8 @@ class Functions(Construct):
             _Spec(
                 "payment_api", "the saga's payment queries, release and revert", Duration.seconds(20)
             ),  # API GW waits 29 s
-            # Bounds its RDS Proxy sessions (one per container); sized in infra/capacity.py.
-            reserved_concurrency=fc.api_reserved_concurrency,
+            # Bounds its RDS Proxy sessions (one per container); sized in infra/capacity/.
+            reserved_concurrency=plan.api.api_reserved_concurrency,
         )
         # Stripe's webhook has a function of its own: the signing secret and a restricted key
         # that can only cancel, and no command topic (it publishes events only).
@@ -157,7 +160,12 @@ class Functions(Construct):
             _Spec(
                 "reconcile_payments", "re-reads stale payments from Stripe", Duration.minutes(4)
             ),  # < 5 min rate
-            environment={**self.environment, **self._stripe_key(stripe, "reconcile_payments")},
+            environment={
+                **self.environment,
+                **self._stripe_key(stripe, "reconcile_payments"),
+                "AUDIT_STRIPE_READS_PER_SECOND": f"{bc.audit_stripe_reads_per_second:g}",
+                "RECONCILE_BACKOFF_SECONDS": ",".join(str(s) for s in bc.reconcile_backoff_seconds),
+            },
         )
         self.service_functions = [
             self.authorize_payment,
@@ -179,11 +187,13 @@ class Functions(Construct):
                 "DB_IAM_AUTH": "false",
                 "DB_SECRET_ID": database.secret.secret_arn,
                 "DB_APP_SECRET_ID": database.app_secret.secret_arn,
+                "DB_RETENTION_SECRET_ID": database.retention_secret.secret_arn,
             },
         )
         database.instance.connections.allow_default_port_from(migrate_sg, "schema migrations")
         _read_secret(self.migrate_database, database.secret)
         _read_secret(self.migrate_database, database.app_secret)
+        _read_secret(self.migrate_database, database.retention_secret)
         database.proxy.connections.allow_from(
             network.function_security_group, ec2.Port.tcp(database.port), "functions"
         )
@@ -197,6 +207,7 @@ class Functions(Construct):
                 environment=self._only("KAFKA_", "PAYMENT_", "DEAD_LETTER_TOPIC", "POWERTOOLS_"),
             )
             messaging.grant_create_topics(self.create_topics, *self.topics)
+            messaging.grant_grow_topic(self.create_topics, kc.commands_topic, kc.consumer_group_id)
             self.custom_resource_functions.append(self.create_topics)
 
         # What each function's code calls (tests/infra/test_template_checks.py derives the same
@@ -276,16 +287,18 @@ class Functions(Construct):
 
     def _add_retention(self, database: Database) -> lambda_.Function:
         """The daily retention job (payments_core.retention): deletes expired rows of the outbox,
-        webhook ids, leases, money calls and command outcomes. The database only, as the
-        application role (its DELETE covers exactly those tables: payments_core.migrate); no
-        Stripe key, no Kafka, no secret to read (IAM auth through the proxy)."""
+        webhook ids, leases, money calls and command outcomes, archives old payments. The
+        database only, as its own role (payments_retention: exactly the privileges it uses,
+        payments_core.migrate.RETENTION_GRANTS; the application role deletes nothing); no
+        Stripe key, no Kafka, no secret to read (IAM auth through the proxy, which holds the
+        role's secret)."""
         fn = self._function(
             # Batches of 1,000 until done: the first run on a grown table may need several days'
             # runs; each stops 10 s before its timeout and the next goes on.
             _Spec("retain_data", "deletes rows past their retention", Duration.minutes(10)),
-            environment=self._only("DB_", "POWERTOOLS_"),
+            environment={**self._only("DB_", "POWERTOOLS_"), "DB_USER": RETENTION_ROLE},
         )
-        database.proxy.grant_connect(fn, APP_ROLE)
+        database.proxy.grant_connect(fn, RETENTION_ROLE)
         self.database_functions.append(fn)
         self._suppress_managed_and_wildcards(fn)
         return fn
@@ -338,10 +351,8 @@ class Functions(Construct):
 
     def _add_kafka_trigger(self, messaging: Messaging) -> None:
         kc = self._config.kafka
-        if kc.min_pollers < 1:
-            # Lambda accepts retry limits, bisecting and partial batch responses for Kafka only in
-            # provisioned mode; without them a poison command would block its partition forever.
-            raise ValueError("kafka.min_pollers must be >= 1: the Kafka retry controls need provisioned mode")
+        # Provisioned mode (min_pollers >= 1, checked in infra/capacity/sizing.py): Lambda accepts
+        # retry limits, bisecting and partial batch responses for Kafka only there.
         self.trigger = sources.ManagedKafkaEventSource(
             cluster_arn=messaging.cluster_arn,
             topic=kc.commands_topic,
@@ -358,7 +369,7 @@ class Functions(Construct):
             # others (an imported cluster's operator creates it).
             on_failure=sources.KafkaDlq(kc.dead_letter_topic),
             provisioned_poller_config=sources.ProvisionedPollerConfig(
-                minimum_pollers=kc.min_pollers, maximum_pollers=kc.max_pollers
+                minimum_pollers=self._plan.min_pollers.value, maximum_pollers=self._plan.max_pollers.value
             ),
             # The mapping's own metrics (offset lag, event and error counts) for the alarms.
             metrics_config=lambda_.MetricsConfig(

@@ -202,3 +202,13 @@ class Messaging(Construct):
                 resources=[self.topic_arn(t) for t in topics],
             )
         )
+
+    def grant_grow_topic(self, grantee: iam.IGrantable, topic: str, group: str) -> None:
+        """What payments_core.partitions needs: add partitions to ``topic`` (AlterTopic: Kafka's
+        CreatePartitions) and read ``group``'s members and committed offsets (DescribeGroup)."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["kafka-cluster:AlterTopic"], resources=[self.topic_arn(topic)])
+        )
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(actions=["kafka-cluster:DescribeGroup"], resources=[self.group_arn(group)])
+        )

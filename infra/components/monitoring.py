@@ -196,6 +196,21 @@ class Monitoring(Construct):
             "uncertain payments stay due for their check against Stripe for an hour",
             periods=12,
         )
+        # Emitted by every reconciler run: how long the oldest check it left due has waited.
+        # Past the threshold for two runs, the reconciler is not keeping up (its Stripe share,
+        # AUDIT_STRIPE_READS_PER_SECOND, is too small for the rate) or its checks keep failing.
+        for name, what in (
+            ("StaleCheckBacklogAge", "payments stuck in a non-final status wait"),
+            ("AuditBacklogAge", "uncertain and final payments wait"),
+        ):
+            alarm(
+                name,
+                service_metric_(name, "Maximum"),
+                config.check_backlog_age_threshold_seconds,
+                f"{what} longer than {config.check_backlog_age_threshold_seconds} s for their check against "
+                "Stripe: the reconciler is behind (README, Operations)",
+                periods=2,
+            )
         alarm(
             "TransferReversalFailed",
             service_metric_("TransferReversalFailed", "Sum"),

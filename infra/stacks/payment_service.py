@@ -41,17 +41,26 @@ class PaymentServiceStack(Stack):
         Tags.of(self).add("service", "payment-service", exclude_resource_types=untaggable)
         Tags.of(self).add("stage", config.name, exclude_resource_types=untaggable)
 
-        limits = capacity.limits(config)  # before anything: an under-sized stage fails here
+        # Before anything: a stage whose settings cannot carry its rate fails here (infra/capacity/).
+        self.plan = plan = capacity.plan(config)
         network = Network(self, "Network", config=config.network, availability_zones=availability_zones)
         messaging = Messaging(self, "Messaging", config=config.kafka, network=network)
         database = Database(
-            self, "Data", config=config.database, network=network, production=config.production
+            self,
+            "Data",
+            config=config.database,
+            network=network,
+            production=config.production,
+            instance_type=plan.database.value.name,
+            proxy_max_connections_percent=plan.proxy_max_connections_percent.value,
+            proxy_borrow_timeout_seconds=plan.proxy_borrow_timeout_s.value,
         )
         stripe = StripeSecrets(self, "Stripe", retain=config.production)
         functions = Functions(
             self,
             "Functions",
             config=config,
+            plan=plan,
             layer_zip=layer_zip,
             network=network,
             messaging=messaging,
@@ -62,7 +71,7 @@ class PaymentServiceStack(Stack):
             self,
             "Api",
             config=config.api,
-            limits=limits,
+            limits=plan.api,
             handler=functions.payment_api,
             webhook_handler=functions.stripe_webhook,
             stage=config.name,
@@ -125,10 +134,14 @@ class PaymentServiceStack(Stack):
             cfn_function.node.add_dependency(self.migrations)
         for mapping in functions.kafka_mappings:
             mapping.node.add_dependency(self.migrations)
-        # Rotations start once the schema migration has run: it creates the application role
-        # (whose first rotation would otherwise fail), and it reads the master secret, which a
-        # rotation running at the same moment could change under it.
-        for secret in (self.database.secret, self.database.app_secret_attached):
+        # Rotations start once the schema migration has run: it creates the application and
+        # retention roles (whose first rotation would otherwise fail), and it reads the master
+        # secret, which a rotation running at the same moment could change under it.
+        for secret in (
+            self.database.secret,
+            self.database.app_secret_attached,
+            self.database.retention_secret_attached,
+        ):
             for child in secret.node.children:
                 if isinstance(child, sm.RotationSchedule):
                     child.node.add_dependency(self.migrations)
@@ -145,8 +158,15 @@ class PaymentServiceStack(Stack):
             service_token=provider.service_token,
             properties={
                 "Topics": functions.topics,
-                "Partitions": str(kc.partitions),
+                # Grows with the profile (after a drain: README, "Sizing"); a lower value never
+                # removes partitions (payments_core.topics leaves an existing topic's count alone).
+                "Partitions": str(self.plan.partitions.value),
                 "ReplicationFactor": str(kc.replication_factor),
+                # A larger Partitions grows the commands topic only while its mapping is paused
+                # and drained (payments_core.partitions); otherwise the deploy fails with the
+                # procedure (make partitions). The events topic is never grown here.
+                "GrowTopic": kc.commands_topic,
+                "ConsumerGroup": kc.consumer_group_id,
             },
             resource_type="Custom::PaymentsKafkaTopics",
         )
@@ -219,6 +239,15 @@ class PaymentServiceStack(Stack):
                 "lists and re-queues dead-lettered commands: make redrive STAGE=<stage>",
             ),
         }
+        outputs["CommandsMappingId"] = (
+            self.functions.trigger.event_source_mapping_id,
+            "the payment_commands event source mapping's UUID: make partitions STAGE=<stage> pauses it",
+        )
+        if self.functions.create_topics:
+            outputs["TopicsFunctionName"] = (
+                self.functions.create_topics.function_name,
+                "creates and grows the Kafka topics in the VPC: make partitions STAGE=<stage>",
+            )
         if self.functions.public_history:
             outputs["PublicHistoryUrl"] = (
                 self.api.history_url,

@@ -1,5 +1,5 @@
 """Issue 19, the API's limits: derived from each stage's capacity.orders_per_second
-(infra/capacity.py) unless set, refused when set too low; Stripe's webhook addresses exempt from
+(infra/capacity/) unless set, refused when set too low; Stripe's webhook addresses exempt from
 the per-IP WAF rule; the API function's reservation bounded by its database connections."""
 
 from __future__ import annotations
@@ -88,8 +88,14 @@ def test_each_stage_has_its_rate_in_cdk_json() -> None:
         "dev": 5,
         "staging": 20,
         "prod": 50,
+        "campus1000": 500,  # synthesizes, never deployed by the pipeline (test_capacity_profiles.py)
     }
-    assert [capacity.limits(stages[n]).webhook_rate for n in ("dev", "staging", "prod")] == [60, 240, 600]
+    assert [capacity.limits(stages[n]).webhook_rate for n in ("dev", "staging", "prod", "campus1000")] == [
+        60,
+        240,
+        600,
+        6000,
+    ]
 
 
 def test_stripe_addresses_are_exempt_from_the_per_ip_rule(faster: dict[str, Any]) -> None:
@@ -159,7 +165,7 @@ def _api_function(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_api_function_not_reserved_by_default(dev_raw: dict[str, Any]) -> None:
-    # null by default (an account at the 10 quota cannot reserve): acknowledged to checkov
+    # off by default (capacity.reserve_concurrency: a low quota cannot reserve): acknowledged to checkov
     fn = _api_function(dev_raw)
     assert "ReservedConcurrentExecutions" not in fn["Properties"]
     assert "CKV_AWS_115" in [s["id"] for s in fn["Metadata"]["checkov"]["skip"]]

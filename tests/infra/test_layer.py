@@ -20,7 +20,7 @@ import pytest
 
 from infra import build_layer
 from infra.components.functions import handler_of
-from infra.runtime import PIP_PLATFORM, PROVIDED_BY_RUNTIME
+from infra.runtime import PROVIDED_BY_RUNTIME, WHEEL_PLATFORM
 
 pytestmark = pytest.mark.infra
 
@@ -36,7 +36,7 @@ def host_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
         platform.machine().lower(), platform.machine().lower()
     )
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    build_layer.build(out, platform=f"manylinux2014_{machine}", python_version=version)
+    build_layer.build(out, platform=f"{machine}-manylinux2014", python_version=version)
     return out / "layer" / "python"
 
 
@@ -96,11 +96,11 @@ def test_real_layer_size(
     tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path_factory.mktemp("lambda-layer")
-    zipped = build_layer.build(out)  # python3.12 / manylinux2014_aarch64, as deployed
+    zipped = build_layer.build(out)  # python3.12 / aarch64-manylinux2014, as deployed
     size_mb = zipped.stat().st_size / 1024 / 1024
     unzipped_mb = build_layer.unzipped_size(out / "layer") / 1024 / 1024
     with capsys.disabled():
-        print(f"\nlayer ({PIP_PLATFORM}): {size_mb:.1f} MB zipped, {unzipped_mb:.1f} MB unzipped")
+        print(f"\nlayer ({WHEEL_PLATFORM}): {size_mb:.1f} MB zipped, {unzipped_mb:.1f} MB unzipped")
     assert size_mb < MAX_ZIPPED_MB
     assert unzipped_mb < 250  # Lambda's limit for function + layers, unzipped
     with zipfile.ZipFile(zipped) as zf:

@@ -363,3 +363,47 @@ def test_production_needs_the_user_service_and_https_origins(synth: Synth) -> No
     with pytest.raises(ValueError, match="not an origin"):
         IntegrationsConfig(None, ["https://campusg.example/path"]).validate(production=False)
     IntegrationsConfig(None, ["http://localhost:5173"]).validate(production=False)
+
+
+def test_the_reconciler_paces_to_its_stripe_share_and_its_backlog_age_is_alarmed(
+    dev_raw: dict[str, Any],
+) -> None:
+    env = _functions(dev_raw)[RECONCILER]["Environment"]["Variables"]
+    assert env["AUDIT_STRIPE_READS_PER_SECOND"] == "10"  # business.audit_stripe_reads_per_second
+    assert env["RECONCILE_BACKOFF_SECONDS"] == "300,900,3600"
+    assert "AUDIT_STRIPE_READS_PER_SECOND" not in _functions(dev_raw)[AUTHORIZE]["Environment"]["Variables"]
+    (topic,) = resources(dev_raw, "AWS::SNS::Topic")
+    alarms = {
+        a["Properties"]["MetricName"]: a["Properties"]
+        for a in resources(dev_raw, "AWS::CloudWatch::Alarm").values()
+        if "MetricName" in a["Properties"]
+    }
+    for name in ("StaleCheckBacklogAge", "AuditBacklogAge"):
+        alarm = alarms[name]
+        assert alarm["Namespace"] == "CampusG/Payments/dev"
+        assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+            "Maximum",
+            1800,
+            "GreaterThanThreshold",
+        ), name
+        assert alarm["EvaluationPeriods"] == 2 and alarm["Period"] == 300
+        assert alarm["AlarmActions"] == [{"Ref": topic}]
+    assert alarms["AuditBacklog"]["Statistic"] == "Minimum"  # the count's alarm stays as it was
+
+
+def test_a_reconciler_pace_of_nothing_is_refused() -> None:
+    from infra.config import BusinessConfig
+
+    base = {
+        "stripe_api_base": "https://api.stripe.com",
+        "default_currency": "sgd",
+        "platform_fee_bps": 0,
+        "reconcile_pending_after_seconds": 60,
+        "reconcile_requires_action_after_seconds": 3600,
+        "reconcile_authorized_after_seconds": 561600,
+        "reconcile_batch_size": 50,
+    }
+    with pytest.raises(ValueError, match="audit_stripe_reads_per_second must be above 0"):
+        BusinessConfig(**base, audit_stripe_reads_per_second=0)
+    with pytest.raises(ValueError, match="reconcile_backoff_seconds must be a non-empty list"):
+        BusinessConfig(**base, reconcile_backoff_seconds=[])

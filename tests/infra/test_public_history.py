@@ -66,7 +66,7 @@ def test_route_has_its_own_throttle(dev_raw: dict[str, Any]) -> None:
     history = settings[("/~1history~1{user_id}", "GET")]
     assert (history["ThrottlingRateLimit"], history["ThrottlingBurstLimit"]) == (100, 200)
     webhook = settings[("/~1api~1stripe-webhook", "POST")]
-    # dev's 5 orders/s x 4 webhooks x 3 (infra/capacity.py), burst 2 s of it
+    # dev's 5 orders/s x 4 webhooks x 3 (infra/capacity/), burst 2 s of it
     assert (webhook["ThrottlingRateLimit"], webhook["ThrottlingBurstLimit"]) == (60, 120)
 
 

@@ -145,13 +145,16 @@ def test_environment_matches_payments_core_config(dev: Template, dev_raw: dict[s
         if "migrations" in props["Description"]:
             # the master user, straight to the instance, for DDL only
             assert env["DB_IAM_AUTH"] == "false" and "DB_SECRET_ID" in env and "DB_APP_SECRET_ID" in env
+            assert "DB_RETENTION_SECRET_ID" in env
             assert env["DB_HOST"] == {"Fn::GetAtt": [instance, "Endpoint.Address"]}
         elif props["Description"] in deploy_time[1:]:
             # Kafka only: no database at all
             assert not {k for k in env if k.startswith("DB_")}, name
         else:
-            # the application role through the proxy with an IAM token: no password anywhere
-            assert env["DB_IAM_AUTH"] == "true" and env["DB_USER"] == "payments_app", name
+            # the application role (the retention job: its own role) through the proxy with an
+            # IAM token: no password anywhere
+            role = "payments_retention" if props["Description"] == RETENTION else "payments_app"
+            assert env["DB_IAM_AUTH"] == "true" and env["DB_USER"] == role, name
             assert "DB_SECRET_ID" not in env, name
             assert env["DB_HOST"] == {"Fn::GetAtt": [proxy, "Endpoint"]}, name
     dev.has_resource_properties(
@@ -294,13 +297,14 @@ def test_production_database_is_protected(synth: Synth) -> None:
     assert db["Properties"]["MultiAZ"] is True
     assert db["DeletionPolicy"] == "Retain"
     assert db["Properties"]["BackupRetentionPeriod"] >= 7
-    # Its credentials stay with it: the master and the application role's secrets are retained.
+    # Its credentials stay with it: the master's, the application role's and the retention
+    # role's secrets are retained.
     db_secrets = [
         v
         for v in resources(prod, "AWS::SecretsManager::Secret").values()
         if "GenerateSecretString" in v["Properties"]
     ]
-    assert len(db_secrets) == 2
+    assert len(db_secrets) == 3
     assert all(v["DeletionPolicy"] == "Retain" for v in db_secrets)
 
 
@@ -322,7 +326,7 @@ def test_secrets(dev: Template, dev_raw: dict[str, Any]) -> None:
             )
         },
     )
-    dev.resource_count_is("AWS::SecretsManager::RotationSchedule", 2)  # master and application role
+    dev.resource_count_is("AWS::SecretsManager::RotationSchedule", 3)  # master, application, retention
     # No real Stripe credential anywhere in the template.
     assert not re.search(r"(sk|rk)_(live|test)_[A-Za-z0-9]{8,}|whsec_[A-Za-z0-9]{8,}", json.dumps(dev_raw))
 
@@ -355,6 +359,8 @@ def test_alarms_notify_the_topic(dev_raw: dict[str, Any]) -> None:
         "AuditUnresolved",
         "RefundFailed",
         "AuditBacklog",
+        "AuditBacklogAge",
+        "StaleCheckBacklogAge",
     ):
         assert ("CampusG/Payments/dev", metric) in by_metric, metric
     assert ("AWS/Lambda", "OffsetLag") in by_metric
@@ -514,3 +520,49 @@ def test_the_mappings_dead_letters_raise_an_alarm(dev: Template, dev_raw: dict[s
             "Threshold": 0,
         },
     )
+
+
+def _connect_resources(raw: dict[str, Any], role: str) -> list[str]:
+    """The rds-db:connect resources of a function role, as JSON text (they are Fn::Join)."""
+    return [
+        json.dumps(statement["Resource"])
+        for policy in resources(raw, "AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "rds-db:connect"
+        in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    ]
+
+
+def test_the_retention_job_alone_connects_as_its_own_role(dev_raw: dict[str, Any]) -> None:
+    """Issue 19: payments_retention (DELETE and the archive's moves) for retain_data only; its
+    secret is the proxy's, so the function reads none."""
+    connects = {
+        props["Description"]: _connect_resources(dev_raw, props["Role"]["Fn::GetAtt"][0])
+        for props in _our_functions(dev_raw).values()
+    }
+    (retention,) = connects.pop(RETENTION)
+    assert "dbuser:" in retention and "/payments_retention" in retention and "payments_app" not in retention
+    users = [r for found in connects.values() for r in found]
+    assert users and all("/payments_app" in r and "payments_retention" not in r for r in users), users
+    (proxy,) = resources(dev_raw, "AWS::RDS::DBProxy").values()
+    assert len(proxy["Properties"]["Auth"]) == 3  # master, application, retention
+    secrets = [
+        v["Properties"]["GenerateSecretString"]["SecretStringTemplate"]
+        for v in resources(dev_raw, "AWS::SecretsManager::Secret").values()
+        if "GenerateSecretString" in v["Properties"]
+    ]
+    assert any('"payments_retention"' in t for t in secrets), secrets
+    (fn,) = [p for p in _our_functions(dev_raw).values() if p["Description"] == RETENTION]
+    policies = [
+        p["Properties"]["PolicyDocument"]["Statement"]
+        for p in resources(dev_raw, "AWS::IAM::Policy").values()
+        if {"Ref": fn["Role"]["Fn::GetAtt"][0]} in p["Properties"]["Roles"]
+    ]
+    actions = {
+        a
+        for st in policies
+        for s in st
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
+    assert not [a for a in actions if a.startswith(("secretsmanager:", "kafka", "sqs:"))], actions

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from payments_core import routes as route_list
 
 from tests.infra.conftest import Synth, resources
 
@@ -311,12 +312,24 @@ def code_actions() -> dict[str, set[str]]:
         if re.search(r'"enable_idempotence":\s*True', producer):
             kafka.add("kafka-cluster:WriteDataIdempotently")
         actions["kafka_gateway"] = kafka
-    admin = _source("topics")
+    admin = _source("topics") + _source("partitions")
     if "KafkaAdminClient(" in admin:
         kafka = {"kafka-cluster:Connect", "kafka-cluster:DescribeTopic"}
         if "create_topics(" in admin:
             kafka.add("kafka-cluster:CreateTopic")
         actions["topics"] = kafka
+    # Growing the commands topic (payments_core.partitions): CreatePartitions is AlterTopic on
+    # that topic; the mapping's group's members and committed offsets are DescribeGroup.
+    grow = _source("partitions")
+    actions["partitions"] = {
+        action
+        for call, action in (
+            ("create_partitions(", "kafka-cluster:AlterTopic"),
+            ("list_group_offsets(", "kafka-cluster:DescribeGroup"),
+            ("describe_groups(", "kafka-cluster:DescribeGroup"),
+        )
+        if call in grow
+    }
     # The redrive's reader: a consumer without a group (assign and seek), so no group actions.
     redrive = _source("redrive")
     if "KafkaConsumer(" in redrive:
@@ -398,9 +411,23 @@ def _route_key(method: str, path: str) -> tuple[str, str]:
     return method.upper(), re.sub(r"\{[^}]+\}|<[^>]+>", "{}", path)
 
 
+def _listed_route(node: ast.AST) -> route_list.Route | None:
+    """``routes.NAME.rule`` (a route of payments_core.routes, as the resolver registers it)."""
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "routes"
+    ):
+        listed = getattr(route_list, node.value.attr, None)
+        return listed if isinstance(listed, route_list.Route) else None
+    return None
+
+
 def _handlers_of(module: _Module, resolver: str, routes: set[tuple[str, str]]) -> set[tuple[str, str]]:
     """The functions registered on ``resolver`` that run for ``routes``: its route functions for
-    those routes only, and its exception and not-found handlers."""
+    those routes only (``@app.get("/path")`` or ``@app.route(routes.NAME.rule, …)``), and its
+    exception and not-found handlers."""
     found = set()
     for name, node in module.defs.items():
         for decorator in getattr(node, "decorator_list", []):
@@ -415,6 +442,10 @@ def _handlers_of(module: _Module, resolver: str, routes: set[tuple[str, str]]) -
             if func.attr in ("get", "post", "put", "patch", "delete") and call and call.args:
                 path = call.args[0]
                 if isinstance(path, ast.Constant) and _route_key(func.attr, str(path.value)) in routes:
+                    found.add((module.name, name))
+            elif func.attr == "route" and call and call.args:
+                listed = _listed_route(call.args[0])
+                if listed is not None and _route_key(listed.method, listed.path) in routes:
                     found.add((module.name, name))
             elif func.attr in ("exception_handler", "not_found"):
                 found.add((module.name, name))
@@ -595,11 +626,18 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
     if "migrate" in uses:
         secret("DB_SECRET_ID")
         secret("DB_APP_SECRET_ID")
+        secret("DB_RETENTION_SECRET_ID")
     if "admin" in uses:
         admin = actions["topics"]
         need.add(("kafka-cluster:Connect", "cluster"))
         topics = (env["PAYMENT_COMMANDS_TOPIC"], env["PAYMENT_EVENTS_TOPIC"], env["DEAD_LETTER_TOPIC"])
         need.update((a, f"topic:{t}") for t in topics for a in admin - {"kafka-cluster:Connect"})
+        # The commands topic grows, with its mapping's group checked (the topics resource names both).
+        (resource,) = resources(raw, "Custom::PaymentsKafkaTopics").values()
+        grow = resource["Properties"]
+        for action in actions["partitions"]:
+            kind = "group" if action == "kafka-cluster:DescribeGroup" else "topic"
+            need.add((action, f"{kind}:{grow['ConsumerGroup' if kind == 'group' else 'GrowTopic']}"))
     if "db" in uses and env.get("DB_IAM_AUTH") == "true":
         need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
     if "stripe" in uses:

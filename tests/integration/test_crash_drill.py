@@ -78,6 +78,7 @@ STRIPE_TIMEOUT_S = 3
 # then its re-checks after a fix or a failed check; its share of Stripe reads per second.
 AUDIT_BACKOFF = "15,3,6"
 AUDIT_READS_PER_S = "30"
+RECONCILE_BACKOFF = "3,3,6"
 AUDIT_SETTLE_TIMEOUT_S = float(os.environ.get("CRASH_DRILL_AUDIT_SETTLE_TIMEOUT_S", "90"))
 
 
@@ -148,6 +149,9 @@ def test_crash_drill(
         "STRIPE_MAX_NETWORK_RETRIES": "0",
         "AUDIT_BACKOFF_SECONDS": AUDIT_BACKOFF,
         "AUDIT_STRIPE_READS_PER_SECOND": AUDIT_READS_PER_S,
+        # a stale payment's look that leaves it where it was (a failed look among them) is
+        # repeated after seconds, not the 5 minutes and more a deployed stage waits
+        "RECONCILE_BACKOFF_SECONDS": RECONCILE_BACKOFF,
     }
     lease_ttl = _lease_ttl(env)
     # A late transfer lands lease_ttl + 4 s after it was sent: the audit keeps a payment whose

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event
-from payments_core import leases, reconciliation, repository
+from payments_core import check_queue, leases, reconciliation, repository
 from payments_core.commands import handle_command_batch
 from payments_core.db import Database
 from payments_core.errors import TransientError
@@ -54,7 +54,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(
     cmd = authorize_command(new_card())
     order_id = cmd["payload"]["order_id"]
     assert authorize_handler(msk_event(cmd)) == NO_FAILURES
-    repository.audit_settled(fresh.db, order_id)
+    check_queue.audit_settled(fresh.db, order_id)
     old = leases.acquire(stale.db, order_id, ttl_s=0.5)
     time.sleep(0.7)
     new = leases.acquire(fresh.db, order_id, ttl_s=30, audit_delay_s=0)
@@ -113,7 +113,7 @@ def test_money_calls_record_intent_and_outcome_and_an_unknown_one_makes_the_paym
         o=order_id,
     )
     assert calls == [["create_hold", "ok", True]]
-    repository.audit_settled(make_services().db, order_id)
+    check_queue.audit_settled(make_services().db, order_id)
 
     services = make_services()
     with (
@@ -135,7 +135,7 @@ def test_a_money_call_left_open_by_a_dead_holder_is_flagged_for_the_audit(
     order_id = cmd["payload"]["order_id"]
     assert authorize_handler(msk_event(cmd)) == NO_FAILURES
     services = make_services()
-    repository.audit_settled(services.db, order_id)
+    check_queue.audit_settled(services.db, order_id)
     lease = leases.acquire(services.db, order_id, ttl_s=0.3)
     # The holder dies between writing the intent and learning the outcome.
     pg_connection.run(

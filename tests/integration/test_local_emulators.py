@@ -386,7 +386,6 @@ def test_api_text_body_stays_text(api: tuple[int, list[dict[str, Any]]]) -> None
         ("/payment/3b0d6c1e/status", "/payment/{order_id}/status", {"order_id": "3b0d6c1e"}),
         ("/payment/pay%201/details", "/payment/{payment_id}/details", {"payment_id": "pay 1"}),
         ("/health", "/health", None),
-        ("/not/a/route", "/not/a/route", None),
     ],
 )
 def test_api_fills_resource_and_path_parameters(
@@ -400,6 +399,22 @@ def test_api_fills_resource_and_path_parameters(
     assert event["pathParameters"] == params
     assert event["body"] is None and event["isBase64Encoded"] is False
     assert event["queryStringParameters"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/not/a/route"), ("TRACE", "/health"), ("HEAD", "/health"), ("DELETE", "/payment/x/release")],
+)
+def test_api_answers_what_is_not_declared_as_api_gateway_does(
+    api: tuple[int, list[dict[str, Any]]], method: str, path: str
+) -> None:
+    port, received = api
+    response, data = _request(port, method, path, None, [])
+    assert response.status == 403
+    assert response.getheader("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
+    if method != "HEAD":
+        assert json.loads(data) == {"message": "Missing Authentication Token"}
+    assert received == [], "the function is not invoked"
 
 
 def test_api_answers_502_until_the_handler_exists(tmp_path: Path) -> None:

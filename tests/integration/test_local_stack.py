@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -117,6 +115,67 @@ def test_migrations_create_tables_once(make_pg_connection: Callable[..., Any], u
         assert second == []
         assert _schema(check) == before
         assert check.run("SELECT version, applied_at FROM schema_migrations ORDER BY version") == recorded
+        check.close()
+    finally:
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()",
+            d=scratch,
+        )
+        admin.run(f"DROP DATABASE IF EXISTS {scratch}")
+
+
+def test_a_migration_runs_as_postgresql_parses_it(
+    make_pg_connection: Callable[..., Any], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration file is sent whole: a function body and a string holding ';' or '--' are
+    PostgreSQL's to parse (splitting on ';' by hand cut them apart), and a file that fails
+    half-way applies nothing of itself."""
+    from payments_core import migrate
+    from payments_core.db import Database
+
+    tricky = """
+        CREATE TABLE semicolons (note text NOT NULL DEFAULT 'a; b -- not a comment');
+        CREATE FUNCTION semicolons_note() RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN 'x;y';
+        END;
+        $$;
+        INSERT INTO semicolons DEFAULT VALUES;
+    """
+    broken = "CREATE TABLE half_done (id int); SELECT no_such_function();"
+    scratch = f"migrate_parse_{unique}"
+    admin = make_pg_connection(DB_NAME)
+    admin.run(f"CREATE DATABASE {scratch}")
+    try:
+        params = {
+            "user": os.environ["PGUSER"],
+            "password": os.environ["PGPASSWORD"],
+            "host": os.environ["DB_HOST"],
+            "port": int(os.environ["DB_PORT"]),
+            "database": scratch,
+        }
+        monkeypatch.setattr(migrate, "migration_files", lambda: [("9001_tricky", tricky)])
+        db = Database(**params)
+        try:
+            assert migrate.apply_migrations(db) == ["9001_tricky"]
+        finally:
+            db.close()
+        check = make_pg_connection(scratch)
+        assert check.run("SELECT note, semicolons_note() FROM semicolons") == [
+            ["a; b -- not a comment", "x;y"]
+        ]
+
+        monkeypatch.setattr(
+            migrate, "migration_files", lambda: [("9001_tricky", tricky), ("9002_broken", broken)]
+        )
+        db = Database(**params)
+        try:
+            with pytest.raises(Exception, match="no_such_function"):
+                migrate.apply_migrations(db)
+        finally:
+            db.close()
+        assert check.run("SELECT to_regclass('half_done') IS NULL")[0][0] is True
+        assert check.run("SELECT version FROM schema_migrations") == [["9001_tricky"]]
         check.close()
     finally:
         admin.run(
@@ -243,54 +302,3 @@ def test_local_up_reports_a_foreign_port_in_one_line(tmp_path: Path) -> None:
     assert "LOCAL_POSTGRES_PORT" in lines[0]  # the fix
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "state" / "run").exists() or not any((tmp_path / "state" / "run").iterdir())
-
-
-def _docker_compose() -> list[str] | None:
-    docker = shutil.which("docker")
-    if docker is not None:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
-
-
-def test_docker_compose_file_is_valid() -> None:
-    compose = _docker_compose()
-    if compose is None:
-        pytest.skip("neither `docker compose` (the compose plugin) nor `docker-compose` is installed")
-    result = subprocess.run(
-        [*compose, "-f", "docker-compose.local.yml", "config", "--quiet"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def test_docker_compose_mirrors_the_local_topology() -> None:
-    """Without Docker: the compose file names the same servers on the same 127.0.0.1 ports."""
-    import yaml
-
-    services = yaml.safe_load((REPO_ROOT / "docker-compose.local.yml").read_text())["services"]
-    images = {name: spec["image"].split(":")[0] for name, spec in services.items()}
-    assert images["kafka"] == "apache/kafka"
-    assert images["postgres"] == "postgres"
-    assert images["moto"] == "motoserver/moto"
-    # localstripe runs through the project's adapter, as without Docker
-    assert "local._localstripe" in " ".join(services["localstripe"]["command"])
-    assert images["stripe-mock"] == "stripe/stripe-mock"
-    assert services["localstack"]["profiles"] == ["localstack"]
-    published = {  # "127.0.0.1:${LOCAL_KAFKA_PORT:-9092}:9092" -> the default host port
-        name: [m.group(1) for p in spec.get("ports", []) if (m := re.search(r":-(\d+)\}", p))]
-        for name, spec in services.items()
-    }
-    assert published["kafka"] == ["9092"]
-    assert published["postgres"] == ["55432"]
-    assert published["moto"] == ["4566"]
-    assert published["localstripe"] == ["8420"]
-    assert published["stripe-mock"] == ["12111"]
-    for spec in services.values():
-        assert all(str(p).startswith("127.0.0.1:") for p in spec.get("ports", []))

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from payments_core import db as db_module
-from payments_core import migrate
+from payments_core import migrate, retention
 from payments_core.config import get_settings
 from payments_core.errors import TransientError
 
@@ -254,6 +254,8 @@ class DbSecrets:
     master_id: str
     app_id: str
     app_password: str
+    retention_id: str
+    retention_password: str
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +265,13 @@ def db_secrets(tls_postgres: TlsPostgres, local_stack: LocalSettings) -> Iterato
 
     sm: Any = boto3.client("secretsmanager", endpoint_url=local_stack.aws_endpoint)
     run = uuid.uuid4().hex[:10]
-    found = DbSecrets(f"tls-test/{run}/master", f"tls-test/{run}/app", secrets.token_urlsafe(18))
+    found = DbSecrets(
+        f"tls-test/{run}/master",
+        f"tls-test/{run}/app",
+        secrets.token_urlsafe(18),
+        f"tls-test/{run}/retention",
+        secrets.token_urlsafe(18),
+    )
     master = {
         "username": MASTER,
         "password": tls_postgres.password,
@@ -276,8 +284,12 @@ def db_secrets(tls_postgres: TlsPostgres, local_stack: LocalSettings) -> Iterato
         Name=found.app_id,
         SecretString=json.dumps({"username": migrate.APP_ROLE, "password": found.app_password}),
     )
+    sm.create_secret(
+        Name=found.retention_id,
+        SecretString=json.dumps({"username": migrate.RETENTION_ROLE, "password": found.retention_password}),
+    )
     yield found
-    for secret_id in (found.master_id, found.app_id):
+    for secret_id in (found.master_id, found.app_id, found.retention_id):
         sm.delete_secret(SecretId=secret_id, ForceDeleteWithoutRecovery=True)
 
 
@@ -294,6 +306,7 @@ def migration_env(
         for key, value in {
             "DB_SECRET_ID": db_secrets.master_id,
             "DB_APP_SECRET_ID": db_secrets.app_id,
+            "DB_RETENTION_SECRET_ID": db_secrets.retention_id,
             "DB_HOST": "127.0.0.1",
             "DB_PORT": str(tls_postgres.port),
             "DB_NAME": "payments",
@@ -368,9 +381,13 @@ def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
             "ALTER TABLE payments ADD COLUMN sneaky integer",
             "DROP TABLE outbox",
             "CREATE TABLE sneaky (id integer)",
-            "DELETE FROM payments",
-            "DELETE FROM reverted_orders",
             "SELECT * FROM schema_migrations",
+            # No function deletes a row: the retention job has a role of its own (issue 19).
+            *(f"DELETE FROM {table}" for table in migrate.RETENTION_GRANTS),  # noqa: S608 - our names
+            "DELETE FROM reverted_orders",
+            # The archive and the roll-ups are the retention job's to write; the functions read them.
+            "INSERT INTO user_payment_totals VALUES ('u', 'customer', 'sgd', 'SUCCEEDED', 1, 1)",
+            "UPDATE payments_archive SET status = 'FAILED'",
         ):
             with pytest.raises(pg8000.native.DatabaseError) as refused:
                 app.run(ddl)
@@ -378,11 +395,71 @@ def test_the_application_role_reads_and_writes_rows_but_cannot_alter_tables(
                 ddl,
                 refused.value,
             )  # insufficient privilege
-        # The retention job (payments_core.retention) deletes from exactly these tables.
-        for table in migrate.RETENTION_TABLES:
-            app.run(f"DELETE FROM {table} WHERE false")  # noqa: S608 - names from RETENTION_TABLES
+        assert app.run("SELECT count(*) FROM payments_archive") == [[0]]
+        assert app.run("SELECT count(*) FROM user_payment_totals") == [[0]]
     finally:
         app.close()
+
+
+def test_the_retention_role_runs_the_job_and_can_do_nothing_else(
+    migration_env: Callable[[str], None], rds_bundle: str, tls_postgres: TlsPostgres, db_secrets: DbSecrets
+) -> None:
+    """Issue 19: the job archives and deletes as payments_retention, whose grants are exactly
+    what it uses (migrate.RETENTION_GRANTS): a grant short and this run fails."""
+    migration_env(rds_bundle + tls_postgres.ca_pem.decode())
+    migrate.run()
+    admin = tls_postgres.superuser("payments")
+    order_id = f"tls-ret-{uuid.uuid4().hex[:8]}"
+    try:
+        admin.run(
+            "INSERT INTO payments (payment_id, order_id, clerk_user_id, amount_cents, currency, status, updated_at)"
+            " VALUES (:p, :o, 'user_tls', 700, 'sgd', 'SUCCEEDED', now() - interval '500 days')",
+            p=str(uuid.uuid4()),
+            o=order_id,
+        )
+        admin.run(
+            "INSERT INTO stripe_events (stripe_event_id, event_type, received_at)"
+            " VALUES (:e, 'x', now() - interval '40 days')",
+            e=f"evt_{order_id}",
+        )
+    finally:
+        admin.close()
+    job = db_module.Database(
+        get_settings(),
+        user=migrate.RETENTION_ROLE,
+        password=db_secrets.retention_password,
+        host="127.0.0.1",
+        port=tls_postgres.port,
+        database="payments",
+        ssl_context=ssl.create_default_context(cadata=tls_postgres.ca_pem.decode()),
+    )
+    try:
+        assert job.query("SELECT current_user AS u") == [{"u": migrate.RETENTION_ROLE}]
+        report = retention.run(job, get_settings())
+        assert report.complete and report.deleted["payments"] >= 1 and report.deleted["stripe_events"] >= 1
+        assert job.query("SELECT status FROM payments_archive WHERE order_id = :o", o=order_id) == [
+            {"status": "SUCCEEDED"}
+        ]
+        assert job.query(
+            "SELECT amount_cents FROM user_payment_totals WHERE user_id = 'user_tls' AND role = 'customer'"
+        ) == [{"amount_cents": 700}]
+        for refused in (
+            "UPDATE payments SET status = 'FAILED'",
+            "INSERT INTO payments (payment_id, order_id, amount_cents, currency, status)"
+            " VALUES (gen_random_uuid(), 'x', 1, 'sgd', 'PENDING')",
+            "SELECT * FROM reverted_orders",
+            "UPDATE outbox SET published_at = NULL",
+            "INSERT INTO stripe_events (stripe_event_id, event_type) VALUES ('evt_x', 'x')",
+            "UPDATE payments_archive SET status = 'FAILED'",
+            "DELETE FROM user_payment_totals",
+            "SELECT * FROM schema_migrations",
+            "CREATE TABLE sneaky (id integer)",
+        ):
+            with pytest.raises(pg8000.native.DatabaseError) as denied:
+                job.query(refused)
+            assert denied.value.args[0]["C"] in ("42501", "42P01"), (refused, denied.value)
+    finally:
+        job.close()
 
 
 def test_a_later_migration_leaves_a_rotated_password_alone(

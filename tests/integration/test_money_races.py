@@ -220,10 +220,18 @@ def test_a_crash_after_capture_before_any_row_names_the_runner_still_reverses_by
 
 
 def test_a_hold_that_appears_on_a_final_payment_is_canceled(
-    new_card, authorize_handler, payment_row, make_services, localstripe_client, make_pg_connection
+    new_card,
+    authorize_handler,
+    payment_row,
+    make_services,
+    localstripe_client,
+    make_pg_connection,
+    scheduler_paused,
 ):
     """Defect 3: the payment is already REVERTED (its revert raced a create still executing at
-    Stripe) when Stripe reports the hold. The webhook cancels it instead of ignoring it."""
+    Stripe) when Stripe reports the hold. The webhook cancels it instead of ignoring it. (The
+    stack's scheduled audit is paused: a webhook that found the order busy during the authorize
+    makes it due at once, and that audit would cancel the hold first.)"""
     from payments_core import webhooks
     from webhook_helpers import payment_intent_event
 

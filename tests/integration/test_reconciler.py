@@ -8,19 +8,23 @@ so these tests assert end states and effects, not which reconciler produced them
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import requests
 from conftest import CARD_3DS, authorize_command, msk_event
+from payments_core import check_queue, leases
 from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
 from payments_core.domain import Payment
 from payments_core.errors import TransientError
+from payments_core.observability import metrics
 from payments_core.reconciliation import reconcile
 from payments_core.services import Services
 from payments_core.stripe_gateway import IntentSnapshot, StripeApiGateway
@@ -277,3 +281,186 @@ def test_overlapping_reconcilers_touch_each_payment_once(
         assert row["status"] == "REVERTED" and row["failure_code"] == "AUTHORIZATION_EXPIRED"
         assert len(_failed_events(outbox_rows, order_id)) == 1
     assert sum(r.get("expired", 0) for r in results) <= len(orders)
+
+
+# ---- the stale checks' schedule (issue 19: a waiting hold is not read on every run) --------
+
+
+@pytest.fixture
+def unage(pg_connection: Any) -> Iterator[Callable[..., None]]:
+    """Rows a test aged and left AUTHORIZED are made young again afterwards: later tests'
+    reconciler runs (and the stack's) need not look at them."""
+    aged: list[str] = []
+    yield aged.extend
+    pg_connection.run(
+        "UPDATE payments SET updated_at = now() WHERE order_id = ANY(CAST(:o AS text[])) AND status = 'AUTHORIZED'",
+        o=aged,
+    )
+
+
+def _holds(card: Any, authorize_handler: Callable, payment_row: Callable, n: int) -> list[str]:
+    return [_authorize(card, authorize_handler, payment_row)["order_id"] for _ in range(n)]
+
+
+def _made_due(pg_connection: Any, *order_ids: str) -> None:
+    pg_connection.run(
+        "UPDATE payments SET check_due_at = now() - interval '1 second' WHERE order_id = ANY(CAST(:o AS text[]))",
+        o=list(order_ids),
+    )
+
+
+def _seconds_until_next_look(payment_row: Callable, order_id: str) -> float:
+    row = payment_row(order_id)
+    return (row["check_due_at"] - row["stale_checked_at"]).total_seconds()
+
+
+def test_a_hold_still_waiting_is_not_read_again_on_the_next_run(
+    new_card, authorize_handler, payment_row, reconciler, age, unage, scheduler_paused
+):
+    orders = _holds(new_card(), authorize_handler, payment_row, 3)
+    unage(orders)
+    age(*orders)
+    first = RecordingStripe()
+    reconcile(reconciler(stripe=first))
+    assert {o: first.calls[("find_hold", o)] for o in orders} == dict.fromkeys(orders, 1)
+
+    second = RecordingStripe()
+    reconcile(reconciler(stripe=second))  # the next run, at once: every 5 minutes in AWS
+
+    assert [call for call in second.calls if call[1] in orders] == [], "a waiting hold read on every run"
+    for order_id in orders:
+        row = payment_row(order_id)
+        assert row["status"] == "AUTHORIZED" and row["check_attempts"] == 1
+        assert _seconds_until_next_look(payment_row, order_id) == get_settings().reconcile_backoff_seconds[0]
+
+
+def test_a_waiting_hold_is_looked_at_again_after_growing_delays(
+    new_card, authorize_handler, payment_row, reconciler, age, unage, pg_connection, scheduler_paused
+):
+    (order_id,) = _holds(new_card(), authorize_handler, payment_row, 1)
+    unage([order_id])
+    age(order_id)
+    backoff = get_settings().reconcile_backoff_seconds
+    reconcile(reconciler())
+    for attempt in range(2, len(backoff) + 2):  # the last delay repeats
+        _made_due(pg_connection, order_id)
+        stripe = RecordingStripe()
+        reconcile(reconciler(stripe=stripe))
+        assert stripe.calls[("find_hold", order_id)] == 1
+        assert payment_row(order_id)["check_attempts"] == attempt
+        expected = backoff[min(attempt, len(backoff)) - 1]
+        assert _seconds_until_next_look(payment_row, order_id) == expected
+
+
+def test_a_look_that_moves_the_payment_clears_its_schedule(
+    new_card,
+    authorize_handler,
+    payment_row,
+    localstripe_client,
+    reconciler,
+    age,
+    pg_connection,
+    scheduler_paused,
+):
+    row = _authorize(new_card(), authorize_handler, payment_row)
+    order_id = row["order_id"]
+    age(order_id)
+    reconcile(reconciler())
+    assert payment_row(order_id)["check_due_at"] is not None, "still held: looked at again later"
+    localstripe_client.v1.payment_intents.cancel(row["payment_intent_id"])  # the hold lapses
+    _made_due(pg_connection, order_id)
+
+    stripe = RecordingStripe()
+    reconcile(reconciler(stripe=stripe))
+    reconcile(reconciler(stripe=stripe))
+
+    # (Stripe's webhook may have moved it first: then the look finds it final, without Stripe)
+    assert stripe.calls[("find_hold", order_id)] <= 1
+    expired = payment_row(order_id)
+    assert expired["status"] == "REVERTED" and expired["check_due_at"] is None
+    assert expired["check_attempts"] == 0
+
+
+def test_a_new_status_is_looked_at_afresh_once_past_its_own_window(
+    new_card, make_services, payment_row, reconciler, age, unage, scheduler_paused
+):
+    cmd = authorize_command(new_card())
+    order_id = cmd["payload"]["order_id"]
+    unage([order_id])
+    handle_command_batch(msk_event(cmd), None, make_services(stripe=CrashAfterCreate(reaches_stripe=True)))
+    age(order_id)
+    reconcile(reconciler())  # PENDING past its window: completed
+    completed = payment_row(order_id)
+    assert completed["status"] == "AUTHORIZED" and completed["check_due_at"] is None
+    age(order_id)  # and now AUTHORIZED past its window
+
+    stripe = RecordingStripe()
+    reconcile(reconciler(stripe=stripe))
+
+    assert stripe.calls[("find_hold", order_id)] == 1
+    assert payment_row(order_id)["check_attempts"] == 1
+
+
+def test_a_run_reads_every_due_payment_once_page_by_page_and_reports_what_it_left(
+    new_card, authorize_handler, payment_row, make_services, reconciler, age, unage, scheduler_paused
+):
+    orders = _holds(new_card(), authorize_handler, payment_row, 5)
+    unage(orders)
+    age(*orders)
+    busy = leases.acquire(make_services().db, orders[0], ttl_s=60)  # another container has it
+    stripe = RecordingStripe()
+    services = reconciler(stripe=stripe)
+    services.settings = dataclasses.replace(services.settings, reconcile_batch_size=2)
+    metrics.clear_metrics()
+
+    outcome = reconcile(services)  # no deadline: it ends because every page was read once
+
+    assert outcome["skipped_locked"] >= 1 and stripe.calls[("find_hold", orders[0])] == 0
+    assert {o: stripe.calls[("find_hold", o)] for o in orders[1:]} == dict.fromkeys(orders[1:], 1)
+    emitted = metrics.metric_set
+    assert emitted["StaleCheckBacklog"]["Value"] == [1], "the held one is left, and counted"
+    assert emitted["StaleCheckBacklogAge"]["Value"][0] >= AGED - WINDOW
+    assert emitted["AuthorizationsNearExpiry"]["Value"][0] >= len(orders)
+    assert emitted["ReconcileChecks"]["Value"][0] >= len(orders) - 1
+    assert emitted["ReconcileCheckRate"]["Value"][0] > 0
+    metrics.clear_metrics()
+
+    leases.release(busy)
+    later = RecordingStripe()
+    reconcile(reconciler(stripe=later))
+    assert {o: later.calls[("find_hold", o)] for o in orders} == {o: int(o == orders[0]) for o in orders}
+
+
+@pytest.mark.parametrize(
+    ("query", "index", "bounded"),
+    [
+        (check_queue._STALE_SQL, "payments_status_updated_idx", "updated_at <"),
+        (check_queue._RECHECK_SQL, "payments_check_due_idx", "check_due_at <="),
+        (check_queue._AUDIT_SQL, "payments_audit_due_order_idx", "audit_due_at <="),
+    ],
+    ids=["first-look", "next-look", "audit"],
+)
+def test_each_page_is_an_index_range_scan_from_its_cursor(pg_connection, query, index, bounded):
+    # The local table is too small for the planner to prefer an index on its own: with
+    # sequential scans priced out, this shows the index serves the page (range and cursor in
+    # the index condition, rows in the page's order), which is what it does at scale.
+    pg_connection.run("SET enable_seqscan = off")
+    pg_connection.run("SET enable_bitmapscan = off")
+    plan = "\n".join(
+        r[0]
+        for r in pg_connection.run(
+            "EXPLAIN " + query,
+            status="AUTHORIZED",
+            window=float(WINDOW),
+            as_of=datetime.now(UTC),
+            after_key=datetime(2026, 1, 1, tzinfo=UTC),
+            after_order="an order",
+            limit=50,
+        )
+    )
+    assert f"using {index} on payments" in plan, plan
+    condition = next(line for line in plan.splitlines() if "Index Cond" in line)
+    assert bounded in condition and (">=" in condition or "ROW(" in condition), plan  # due, after the cursor
+    # in the index's order (ties of the first look's updated_at aside: an Incremental Sort), so
+    # a page reads its rows and stops, whatever the backlog
+    assert not re.search(r"(^|->)\s*Sort\s+\(", plan, re.MULTILINE), plan

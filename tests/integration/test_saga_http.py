@@ -424,12 +424,19 @@ def test_release_of_an_intent_that_cannot_be_captured_yet_is_answered(
     assert event["correlation_id"] == release["correlation_id"]
 
 
-def test_a_body_api_gateway_base64_encoded_is_read(over_http, local_settings):
-    """A binary media type makes API Gateway base64-encode the body: it is decoded, not refused."""
+def test_a_body_declared_as_another_media_type_is_refused(over_http, local_settings):
+    """The document declares application/json bodies only: another Content-Type (here one the
+    gateway base64-encodes as binary) is a 400 naming the fix, before the payment is looked up.
+    A base64-encoded JSON body is read: tests/unit/test_api_contract.py."""
     response = requests.post(
         f"http://127.0.0.1:{local_settings.api_port}/payment/{uuid.uuid4()}/release",
         data=json.dumps(RUNNER).encode(),
         headers={"Content-Type": "application/octet-stream"},
         timeout=15,
     )
-    assert response.status_code == 404, response.text  # the body was accepted; the payment is unknown
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "success": False,
+        "error": "BAD_REQUEST",
+        "message": "Content-Type must be application/json, not application/octet-stream",
+    }

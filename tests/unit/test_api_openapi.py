@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from payments_core.api import app, openapi_document
 
@@ -39,12 +40,48 @@ def test_document_lists_every_route() -> None:
             assert "422" not in op["responses"], path  # this API answers 400, not 422
 
 
+def _schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref", "")
+    return document["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else schema
+
+
 def test_release_documents_its_required_body() -> None:
-    operation = json.loads(openapi_document())["paths"]["/payment/{payment_id}/release"]["post"]
+    document = json.loads(openapi_document())
+    operation = document["paths"]["/payment/{payment_id}/release"]["post"]
     body = operation["requestBody"]
     assert body["required"] is True
-    assert body["content"]["application/json"]["schema"]["required"] == [
+    assert _schema(document, body["content"]["application/json"]["schema"])["required"] == [
         "runner_id",
         "runner_connect_account_id",
     ]
     assert {"202", "400", "404", "409"} <= set(operation["responses"])
+
+
+def test_document_says_what_the_code_enforces() -> None:
+    document = json.loads(openapi_document())
+    paths = document["paths"]
+    webhook = paths["/api/stripe-webhook"]["post"]
+    (signature,) = webhook["parameters"]
+    assert (signature["name"].lower(), signature["in"], signature["required"]) == (
+        "stripe-signature",
+        "header",
+        True,
+    )
+    assert "400" in webhook["responses"]
+    revert = paths["/payment/{payment_id}/revert"]["post"]
+    assert revert["requestBody"].get("required", False) is False  # the body is optional
+    release = _schema(
+        document,
+        paths["/payment/{payment_id}/release"]["post"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ],
+    )
+    amount = release["properties"]["amount_to_capture"]["anyOf"][0]
+    assert amount == {"type": "integer", "maximum": 99999999, "exclusiveMinimum": 0}
+    assert release["properties"]["runner_id"]["pattern"] == "^[^\\u0000]*$"
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if operation.get("parameters") or operation.get("requestBody"):
+                assert "400" in operation["responses"], path  # every validation error is a 400
+            for body in operation.get("requestBody", {}).get("content", {}):
+                assert body == "application/json", path

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from payments_core import api, queries, repository, secret_checks, webhooks
+from payments_core import api, archive, queries, repository, secret_checks, webhooks
 from payments_core.config import get_settings
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import TransientError
@@ -196,6 +196,7 @@ def stored(monkeypatch: pytest.MonkeyPatch, applied: list[dict[str, Any]]) -> di
 
     monkeypatch.setattr(repository, "get_by_order_id", by_order)
     monkeypatch.setattr(repository, "get_by_payment_id", lambda db, pid, **kw: rows.get(pid))
+    monkeypatch.setattr(archive, "find", lambda db, **kw: None)  # nothing archived here
     return rows
 
 

@@ -14,33 +14,21 @@ from payments_core.errors import TransientError
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 
-class FakeSocket:
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-
-    def gettimeout(self) -> float | None:
-        return self.timeout
-
-    def settimeout(self, value: float | None) -> None:
-        self.timeout = value
-
-
 class FakeConnection:
     """Answers what Database asks; ``dead`` makes every statement fail as a dropped
     connection does; ``errors`` maps an SQL fragment to the error its statement raises."""
 
-    def __init__(self, number: int, log: list[tuple[int, str, dict[str, Any], float | None]]) -> None:
+    def __init__(self, number: int, log: list[tuple[int, str, dict[str, Any]]]) -> None:
         self.number = number
         self.log = log
         self.dead = False
         self.errors: dict[str, Exception] = {}
         self.columns: list[dict[str, str]] | None = None
         self.row_count = -1
-        self._usock = FakeSocket(5)
         self.closed = False
 
     def run(self, sql: str, **params: Any) -> list[list[Any]] | None:
-        self.log.append((self.number, sql, params, self._usock.timeout))
+        self.log.append((self.number, sql, params))
         if self.dead:
             raise InterfaceError("network error")
         for fragment, error in self.errors.items():
@@ -60,7 +48,7 @@ class FakeDatabase(Database):
     def __init__(self, **options: Any) -> None:
         super().__init__(get_settings(), **options)
         self.opened: list[FakeConnection] = []
-        self.log: list[tuple[int, str, dict[str, Any], float | None]] = []
+        self.log: list[tuple[int, str, dict[str, Any]]] = []
 
     def _connect(self) -> Any:
         conn = FakeConnection(len(self.opened) + 1, self.log)
@@ -69,7 +57,7 @@ class FakeDatabase(Database):
 
     def statements(self, fragment: str) -> list[int]:
         """The connections (by number) on which statements containing ``fragment`` ran."""
-        return [number for number, sql, _, _ in self.log if fragment in sql]
+        return [number for number, sql, _ in self.log if fragment in sql]
 
 
 def drop(db: FakeDatabase) -> None:
@@ -114,7 +102,7 @@ def test_the_database_sends_nothing_that_lives_in_the_session() -> None:
     with db.transaction():
         db.execute("INSERT INTO outbox VALUES (1)")
     db.query("SELECT 1")
-    sent = " ".join(sql for _, sql, _, _ in db.log).lower()
+    sent = " ".join(sql for _, sql, _ in db.log).lower()
     for pinning in ("pg_advisory_lock", "pg_try_advisory_lock(", "set_config", "set "):
         assert pinning not in sent
 

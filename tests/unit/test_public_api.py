@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,21 +148,25 @@ def test_no_token_is_401_without_an_error_code_and_with_cors(jwks: Jwks, databas
 
 @pytest.mark.parametrize(
     ("authorization", "reason"),
+    # Minted when the test runs, not when it is collected: a session token lives 60 s, and the
+    # whole unit suite can take longer than that to reach this test.
     [
-        ("Bearer not-a-token", "malformed token"),
-        (f"Bearer {token(**without('sid'))}", "not a session token (no 'sid' claim)"),
-        (f"Bearer {token(azp='http://evil.example')}", "token issued to another origin ('azp')"),
+        (lambda: "Bearer not-a-token", "malformed token"),
+        (lambda: f"Bearer {token(**without('sid'))}", "not a session token (no 'sid' claim)"),
+        (lambda: f"Bearer {token(azp='http://evil.example')}", "token issued to another origin ('azp')"),
         (
-            f"Bearer {session_token(USER, private_key=new_private_key(), kid=public_jwk(KEY)['kid'], iss=ISSUER, origin=ORIGIN)}",
+            lambda: (
+                f"Bearer {session_token(USER, private_key=new_private_key(), kid=public_jwk(KEY)['kid'], iss=ISSUER, origin=ORIGIN)}"
+            ),
             "token signature does not verify",
         ),
     ],
     ids=["garbage", "no-sid", "other-azp", "other-key"],
 )
 def test_a_bad_token_is_401_invalid_token(
-    jwks: Jwks, database: TotalsDb, authorization: str, reason: str
+    jwks: Jwks, database: TotalsDb, authorization: Callable[[], str], reason: str
 ) -> None:
-    status, headers, body = answer(event(authorization=authorization))
+    status, headers, body = answer(event(authorization=authorization()))
     assert status == 401
     assert body == {"success": False, "error": "INVALID_TOKEN", "message": reason}
     assert headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')

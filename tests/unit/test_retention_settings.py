@@ -30,6 +30,8 @@ def test_defaults_are_the_documented_periods() -> None:
         "order_leases": 7,
         "stripe_money_calls": 30,
         "command_outcomes": 8,
+        "payments": 400,
+        "payments_archive": 2557,
     }
     assert s.batch_rows == 1000
     # every default is at least its floor, and the webhook ids outlive Stripe's 3-day retries
@@ -37,20 +39,25 @@ def test_defaults_are_the_documented_periods() -> None:
     assert RETENTION_FLOOR_DAYS["stripe_events"] > 3 and RETENTION_FLOOR_DAYS["outbox"] > 3
     # longer than Kafka's default 7-day retention of a command record
     assert RETENTION_FLOOR_DAYS["command_outcomes"] > 7
+    # payments stay live past the card networks' 120-day dispute window; the archive 7 years
+    assert RETENTION_FLOOR_DAYS["payments"] > 120 and s.payments_archive_days == 7 * 365 + 2
 
 
 def test_each_setting_is_read_from_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    for i, env in enumerate(RETENTION_ENV.values()):
-        monkeypatch.setenv(env, str(40 + i))
+    wanted = {t: RETENTION_FLOOR_DAYS[t] + 40 + i for i, t in enumerate(RETENTION_ENV)}
+    for table, env in RETENTION_ENV.items():
+        monkeypatch.setenv(env, str(wanted[table]))
     monkeypatch.setenv("RETENTION_BATCH_ROWS", "250")
     s = retention_settings()
-    assert [s.days(t) for t in RETENTION_ENV] == [40, 41, 42, 43, 44]
+    assert {t: s.days(t) for t in RETENTION_ENV} == wanted
     assert s.batch_rows == 250
     assert get_settings().retention == s  # the service's settings carry them
 
 
 @pytest.mark.parametrize("table", list(RETENTION_ENV))
 def test_a_period_below_its_floor_is_refused(monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    if table == "payments_archive":  # its floor is below the payments' default: lower that too
+        monkeypatch.setenv(RETENTION_ENV["payments"], str(RETENTION_FLOOR_DAYS["payments"]))
     monkeypatch.setenv(RETENTION_ENV[table], str(RETENTION_FLOOR_DAYS[table] - 1))
     with pytest.raises(ValueError, match=RETENTION_ENV[table]):
         retention_settings()
@@ -75,3 +82,23 @@ def test_a_batch_size_out_of_range_is_refused(monkeypatch: pytest.MonkeyPatch, r
 def test_an_empty_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETAIN_STRIPE_EVENTS_DAYS", "")
     assert retention_settings().stripe_events_days == 30
+
+
+def test_payments_outlive_every_other_row_of_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payment is archived with its order's remaining rows: only after their own periods."""
+    monkeypatch.setenv("RETAIN_STRIPE_EVENTS_DAYS", "400")
+    with pytest.raises(
+        ValueError, match=r"RETAIN_PAYMENTS_DAYS must exceed RETAIN_STRIPE_EVENTS_DAYS \(400\)"
+    ):
+        retention_settings()
+    monkeypatch.setenv("RETAIN_PAYMENTS_DAYS", "401")
+    assert retention_settings().payments_days == 401
+
+
+def test_the_archive_outlives_the_payments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETAIN_PAYMENTS_DAYS", "800")
+    monkeypatch.setenv("RETAIN_ARCHIVED_PAYMENTS_DAYS", "800")
+    with pytest.raises(ValueError, match="RETAIN_ARCHIVED_PAYMENTS_DAYS must exceed RETAIN_PAYMENTS_DAYS"):
+        retention_settings()
+    monkeypatch.setenv("RETAIN_ARCHIVED_PAYMENTS_DAYS", "801")
+    assert retention_settings().payments_archive_days == 801

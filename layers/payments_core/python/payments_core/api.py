@@ -1,10 +1,14 @@
 """The payment API behind API Gateway (REST): the Stripe webhook and the saga's status queries.
 
 Route functions stay tiny: verification and state changes are in ``webhooks``, JSON shapes in
-``queries``. Errors map to answers in one place (the exception handlers below):
+``queries``, the release and revert bodies (``Body()`` models) in ``saga_requests``. The paths
+come from ``routes`` (the one list both APIs, the CDK and the local API Gateway read), and the
+OpenAPI document (``make openapi``) is generated from this resolver, so it says what the
+validation enforces. Errors map to answers in one place (the exception handlers below):
 - an unverifiable webhook is a 400 and nothing is written;
 - a ``TransientError`` (database unreachable) is a 500, so Stripe retries the delivery later;
-- a malformed id is a 400 with the reason, an unknown one the contract's 404.
+- a malformed id is a 400 ``INVALID_REQUEST`` with the reason, an unknown one the contract's 404;
+- a missing or malformed release / revert body is the contract's 400 ``BAD_REQUEST``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -19,20 +24,62 @@ from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
+    OpenAPIRequestValidationMiddleware,
+)
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from pydantic import BeforeValidator, Field
 
-from payments_core import queries, saga_requests, webhooks
+from payments_core import queries, routes, saga_requests, webhooks
 from payments_core.errors import TransientError
 from payments_core.observability import count, logger
+from payments_core.routes import SIGNATURE_HEADER
 from payments_core.services import get_services
 
 API_TITLE = "campusG payment API"
 API_VERSION = "1.0.0"
-SIGNATURE_HEADER = "Stripe-Signature"
 
-app = APIGatewayRestResolver(enable_validation=True)
+
+class _JsonBodies(OpenAPIRequestValidationMiddleware):
+    """Powertools also reads form and multipart bodies (and answers a multipart type without a
+    boundary with an uncaught ValueError); the document declares application/json only, so any
+    other declared Content-Type is refused before a body is read (400, ``_not_json``). No
+    Content-Type at all is read as JSON, as before; media types are compared case-insensitively.
+    A JSON array is refused here too: Powertools would validate its first element (form fields
+    arrive as lists), accepting ``[{"reason": "…"}]`` where the document wants an object."""
+
+    def _get_body(self, app: Any) -> dict[str, Any]:
+        content_type = app.current_event.headers.get("content-type", "").strip()
+        if content_type and not content_type.lower().startswith(content_types.APPLICATION_JSON):
+            raise RequestUnsupportedContentType("Unsupported content type", errors=[])
+        document = self._parse_json_data(app)
+        if isinstance(document, list):
+            not_an_object = {"type": "model_attributes_type", "loc": ("body",), "msg": "not an object"}
+            raise RequestValidationError([{**not_an_object, "input": document}])
+        return document
+
+
+class _Resolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, validating, with JSON-only bodies (``_JsonBodies``) and path
+    variables that take whatever one path segment holds, as API Gateway's do: Powertools' own
+    pattern admits only URI-safe characters, so an id with a control character would miss its
+    route (404 "No such route") instead of getting the parameter's documented 400."""
+
+    def __init__(self) -> None:
+        super().__init__(enable_validation=True)
+        self._request_validation_middleware = _JsonBodies()
+
+    @staticmethod
+    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
+        return re.compile(base_regex.format(re.sub(r"(<\w+>)", r"(?P\1[^/]+)", rule)))
+
+
+app = _Resolver()
 JsonResponse = Response[dict[str, Any]]
 
 
@@ -53,32 +100,47 @@ _PAYMENT = _doc("The payment", queries.PaymentAnswer)
 # ---- routes ------------------------------------------------------------------------------
 
 
-@app.post(
-    "/api/stripe-webhook",
+def _last(value: Any) -> Any:
+    # Only multiValueHeaders carries a repeated header when headers is absent: API Gateway's
+    # single-value map holds the last value, so the last one counts here too.
+    return value[-1] if isinstance(value, list) and value else value
+
+
+Signature = Annotated[str, BeforeValidator(_last), Field(min_length=1)]
+
+
+@app.route(
+    routes.WEBHOOK.rule,
+    method=routes.WEBHOOK.method,
     summary="Stripe webhook",
     description="A Stripe event signed with the webhook secret (Stripe-Signature header, 300 s tolerance). "
     "Deduplicated by event id; the PaymentIntent's status decides the payment's new status.",
     responses={
         200: _doc("Received (applied, unchanged, duplicate, ignored or unknown)", queries.WebhookAnswer),
         400: _doc(
-            "Missing or invalid signature, stale timestamp, or not a Stripe event", queries.ErrorAnswer
+            "Missing (MISSING_SIGNATURE) or invalid (INVALID_SIGNATURE) signature, stale timestamp, "
+            "or not a Stripe event (INVALID_PAYLOAD)",
+            queries.ErrorAnswer,
         ),
         500: _UNAVAILABLE,
     },
 )
-def stripe_webhook() -> JsonResponse:
+def stripe_webhook(
+    signature: Annotated[Signature, Header(alias=SIGNATURE_HEADER, description="t=…,v1=… (HMAC-SHA256)")],
+) -> JsonResponse:
     services = get_services()
     try:
         body = raw_body(app.current_event.raw_event)
     except UndecodableBody as exc:
         raise webhooks.WebhookRejected(str(exc), webhooks.INVALID_PAYLOAD) from exc
-    event = webhooks.verify_event(body, signature_of(app.current_event.raw_event), services)
+    event = webhooks.verify_event(body, signature, services)
     outcome = webhooks.apply_event(services, event)
     return _json(HTTPStatus.OK, queries.WebhookAnswer(result=outcome.result).model_dump())
 
 
-@app.get(
-    "/payment/<order_id>/status",
+@app.route(
+    routes.PAYMENT_STATUS.rule,
+    method=routes.PAYMENT_STATUS.method,
     summary="A payment by order id",
     responses={200: _PAYMENT, 400: _BAD_REQUEST, 404: _NOT_FOUND, 500: _UNAVAILABLE},
 )
@@ -88,8 +150,9 @@ def payment_status(
     return _json(*queries.status_by_order(get_services().db, order_id))
 
 
-@app.get(
-    "/payment/<payment_id>/details",
+@app.route(
+    routes.PAYMENT_DETAILS.rule,
+    method=routes.PAYMENT_DETAILS.method,
     summary="A payment by payment id",
     responses={200: _PAYMENT, 400: _BAD_REQUEST, 404: _NOT_FOUND, 500: _UNAVAILABLE},
 )
@@ -108,11 +171,16 @@ _ALREADY = _doc(
     "Nothing to do: the payment is already there (nothing queued, nothing re-announced)",
     saga_requests.QueuedAnswer,
 )
-_BAD_BODY = _doc("Missing or malformed body or field (error BAD_REQUEST)", queries.ErrorAnswer)
+_BAD_BODY = _doc(
+    "Missing or malformed body or field, or a Content-Type other than application/json (error "
+    "BAD_REQUEST); a malformed payment id (error INVALID_REQUEST)",
+    queries.ErrorAnswer,
+)
 
 
-@app.post(
-    "/payment/<payment_id>/release",
+@app.route(
+    routes.RELEASE.rule,
+    method=routes.RELEASE.method,
     summary="Release a held payment to the runner",
     description="Queues a release_payment command (capture, then transfer to the runner's connected "
     "account), keyed by the order. The saga continues on the 2xx; the outcome is announced on payment_events.",
@@ -126,40 +194,32 @@ _BAD_BODY = _doc("Missing or malformed body or field (error BAD_REQUEST)", queri
         ),
         500: _UNAVAILABLE,
     },
-    openapi_extensions={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": saga_requests.ReleaseRequest.model_json_schema()}},
-        }
-    },
 )
 def release_payment(
     payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
+    body: Annotated[saga_requests.ReleaseRequest, Body(description="The runner to pay")],
 ) -> JsonResponse:
-    return _json(*saga_requests.request_release(get_services(), payment_id, _saga_body()))
+    return _json(*saga_requests.request_release(get_services(), payment_id, body))
 
 
-@app.post(
-    "/payment/<payment_id>/revert",
+@app.route(
+    routes.REVERT.rule,
+    method=routes.REVERT.method,
     summary="Give a payment back (compensation)",
     description="Queues a revert_payment command: cancels the hold, or refunds the capture and reverses "
     "the runner's transfer. The outcome is announced on payment_events as payment.released REVERTED.",
     responses={200: _ALREADY, 202: _QUEUED, 400: _BAD_BODY, 404: _NOT_FOUND, 500: _UNAVAILABLE},
-    openapi_extensions={
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": saga_requests.RevertRequest.model_json_schema()}},
-        }
-    },
 )
 def revert_payment(
     payment_id: Annotated[str, Path(pattern=_ID, description="The payment's id (payment.authorized)")],
+    body: Annotated[saga_requests.RevertRequest | None, Body(description="Optional: the reason")] = None,
 ) -> JsonResponse:
-    return _json(*saga_requests.request_revert(get_services(), payment_id, _saga_body()))
+    return _json(*saga_requests.request_revert(get_services(), payment_id, body))
 
 
-@app.get(
-    "/history/<user_id>",
+@app.route(
+    routes.HISTORY.rule,
+    method=routes.HISTORY.method,
     summary="A user's payment totals",
     description="Spent as customer (AUTHORIZED or SUCCEEDED) and earned as runner (SUCCEEDED).",
     responses={
@@ -174,8 +234,9 @@ def user_history(
     return _json(*queries.history(get_services().db, user_id))
 
 
-@app.get(
-    "/health",
+@app.route(
+    routes.HEALTH.rule,
+    method=routes.HEALTH.method,
     summary="Health",
     responses={
         200: _doc("Up", queries.HealthAnswer),
@@ -205,26 +266,6 @@ def raw_body(event: Mapping[str, Any]) -> bytes:
     return body.encode("utf-8")
 
 
-def _saga_body() -> bytes:
-    try:
-        return raw_body(app.current_event.raw_event)
-    except UndecodableBody as exc:
-        raise saga_requests.BadRequest(str(exc)) from exc
-
-
-def signature_of(event: Mapping[str, Any]) -> str | None:
-    """The Stripe-Signature header, whatever its case. API Gateway puts a repeated header's
-    last value in ``headers``; ``multiValueHeaders`` is the fallback when ``headers`` is absent."""
-    wanted = SIGNATURE_HEADER.lower()
-    for name, value in (event.get("headers") or {}).items():
-        if name.lower() == wanted and value:
-            return str(value)
-    for name, values in (event.get("multiValueHeaders") or {}).items():
-        if name.lower() == wanted and values:
-            return str(values[-1])
-    return None
-
-
 # ---- errors --------------------------------------------------------------------------------
 
 _ID_REASONS = {
@@ -241,16 +282,42 @@ def _webhook_rejected(exc: webhooks.WebhookRejected) -> JsonResponse:
     return _json(HTTPStatus.BAD_REQUEST, queries.error(exc.code, exc.message))
 
 
-@app.exception_handler(saga_requests.BadRequest)
-def _bad_saga_request(exc: saga_requests.BadRequest) -> JsonResponse:
-    return _json(HTTPStatus.BAD_REQUEST, queries.error(saga_requests.BAD_REQUEST, exc.reason))
-
-
 @app.exception_handler(RequestValidationError)
 def _invalid_request(exc: RequestValidationError) -> JsonResponse:
-    names = [str(e.get("loc", ("", ""))[-1]) for e in exc.errors()]
-    reasons = [_ID_REASONS.get(name, f"invalid {name}") for name in names] or ["invalid request"]
-    return _json(HTTPStatus.BAD_REQUEST, queries.error(queries.INVALID_REQUEST, "; ".join(reasons)))
+    """The resolver's validation errors as the contract's 400s (never Powertools' 422): a bad
+    id first (INVALID_REQUEST, as before the body was read), then a missing signature (the
+    webhook's MISSING_SIGNATURE), then the body (BAD_REQUEST, the saga's words)."""
+    errors = exc.errors()
+    by_place: dict[str, list[Any]] = {}
+    for e in errors:
+        loc = e.get("loc") or ("",)
+        by_place.setdefault(str(loc[0]), []).append(e)
+    if "path" in by_place:
+        names = [str(e["loc"][-1]) for e in by_place["path"]]
+        reasons = [_ID_REASONS.get(name, f"invalid {name}") for name in names]
+        return _json(HTTPStatus.BAD_REQUEST, queries.error(queries.INVALID_REQUEST, "; ".join(reasons)))
+    if "header" in by_place:  # the one declared header: Stripe's signature
+        rejected = webhooks.WebhookRejected(webhooks.MISSING_SIGNATURE_MESSAGE, webhooks.MISSING_SIGNATURE)
+        return _webhook_rejected(rejected)
+    if "body" in by_place:
+        message = saga_requests.describe_body_errors(by_place["body"], exc.body)
+        return _json(HTTPStatus.BAD_REQUEST, queries.error(saga_requests.BAD_REQUEST, message))
+    return _json(HTTPStatus.BAD_REQUEST, queries.error(queries.INVALID_REQUEST, "invalid request"))
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def _not_json(exc: RequestUnsupportedContentType) -> JsonResponse:
+    content_type = app.current_event.headers.get("content-type", "")
+    message = f"Content-Type must be application/json, not {content_type}"
+    return _json(HTTPStatus.BAD_REQUEST, queries.error(saga_requests.BAD_REQUEST, message))
+
+
+@app.exception_handler([UnicodeDecodeError, binascii.Error, RecursionError])
+def _unreadable_body(exc: Exception) -> JsonResponse:
+    # Raised only while the resolver reads a JSON body: base64 that is not UTF-8 text (API
+    # Gateway encodes binary media types), or nesting too deep for Python's parser.
+    message = f"body is not JSON: {type(exc).__name__}"
+    return _json(HTTPStatus.BAD_REQUEST, queries.error(saga_requests.BAD_REQUEST, message))
 
 
 @app.exception_handler(TransientError)

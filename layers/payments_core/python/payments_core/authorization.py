@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 
-from payments_core import leases, lifecycle, repository
+from payments_core import archive, leases, lifecycle, repository
 from payments_core.contracts import ORDER_REVERTED, STRIPE_UNEXPECTED_STATUS, AuthorizePayment, Command
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import Rejection, TransientError
@@ -51,7 +51,12 @@ def authorize(services: Services, command: Command) -> str:
             created = call_id is not None
             if call_id is not None:
                 lease.intended("create_hold", call_id)
-            payment = proposed if created else repository.get_by_order_id(db, body.order_id)
+            # An archived order's payment answers as any other duplicate: announced again.
+            payment = (
+                proposed
+                if created
+                else repository.get_by_order_id(db, body.order_id) or archive.find(db, order_id=body.order_id)
+            )
         if payment is None:  # not written, yet no payment: the order was reverted first
             raise Rejection(
                 ORDER_REVERTED,

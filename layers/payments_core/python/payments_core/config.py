@@ -28,6 +28,25 @@ def _str(name: str, default: str) -> str:
     return value if value else default
 
 
+# Booleans are parsed strictly: a misspelt DB_SSL=ture must stop the function at start-up, not
+# quietly turn TLS off.
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _bool(name: str, default: bool, *, also_true: frozenset[str] = frozenset()) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE or value in also_true:
+        return True
+    if value in _FALSE:
+        return False
+    accepted = ", ".join(sorted(_TRUE | also_true | _FALSE))
+    raise ValueError(f"{name} must be a boolean ({accepted}), got {raw!r}")
+
+
 def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     raw = os.environ.get(name)
     if not raw:
@@ -53,12 +72,21 @@ def _ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
 #   kept regardless (a re-delivery re-queues its answer only while it is the latest).
 # - order_leases / stripe_money_calls: only of payments that are over and settled (see the
 #   retention module); a day is far beyond any lease (40 s) or the audit's in-doubt horizon.
+# - payments: over (SUCCEEDED, REVERTED, FAILED) and settled payments move to the archive
+#   (payments_core.archive), after which no webhook or refund changes them. The floor is past
+#   the card networks' 120-day dispute filing window (Visa allows up to 540 days for a few
+#   reasons: docs/retention.md) and must exceed every other period here.
+# - payments_archive: archived payments are deleted this long after their last change; their
+#   totals stay in the roll-ups. 7 years: a common accounting-records period (Singapore asks
+#   for at least 5); finance decides.
 RETENTION_FLOOR_DAYS = {
     "outbox": 4,
     "stripe_events": 4,
     "order_leases": 1,
     "stripe_money_calls": 1,
     "command_outcomes": 8,
+    "payments": 130,
+    "payments_archive": 366,
 }
 RETENTION_DEFAULT_DAYS = {
     "outbox": 7,
@@ -66,6 +94,8 @@ RETENTION_DEFAULT_DAYS = {
     "order_leases": 7,
     "stripe_money_calls": 30,
     "command_outcomes": 8,
+    "payments": 400,
+    "payments_archive": 2557,
 }
 RETENTION_ENV = {
     "outbox": "RETAIN_OUTBOX_DAYS",
@@ -73,7 +103,12 @@ RETENTION_ENV = {
     "order_leases": "RETAIN_ORDER_LEASES_DAYS",
     "stripe_money_calls": "RETAIN_MONEY_CALLS_DAYS",
     "command_outcomes": "RETAIN_COMMAND_OUTCOMES_DAYS",
+    "payments": "RETAIN_PAYMENTS_DAYS",
+    "payments_archive": "RETAIN_ARCHIVED_PAYMENTS_DAYS",
 }
+# Kept in payments until everything else about the order has gone (its outbox rows, leases and
+# money calls are deleted with it), and archived long before the archive's own period ends.
+_LIVE_TABLES = ("outbox", "stripe_events", "order_leases", "stripe_money_calls", "command_outcomes")
 DEFAULT_RETENTION_BATCH_ROWS = 1000
 
 
@@ -86,6 +121,8 @@ class RetentionSettings:
     order_leases_days: int = RETENTION_DEFAULT_DAYS["order_leases"]
     stripe_money_calls_days: int = RETENTION_DEFAULT_DAYS["stripe_money_calls"]
     command_outcomes_days: int = RETENTION_DEFAULT_DAYS["command_outcomes"]
+    payments_days: int = RETENTION_DEFAULT_DAYS["payments"]
+    payments_archive_days: int = RETENTION_DEFAULT_DAYS["payments_archive"]
     # rows per DELETE statement: each one is short, so no lock is held for long
     batch_rows: int = DEFAULT_RETENTION_BATCH_ROWS
 
@@ -94,7 +131,8 @@ class RetentionSettings:
 
 
 def retention_settings() -> RetentionSettings:
-    """RETAIN_*_DAYS (whole days, at least the table's floor) and RETENTION_BATCH_ROWS (1-10000)."""
+    """RETAIN_*_DAYS (whole days, at least the table's floor; payments longer than every other
+    live period, the archive longer than payments) and RETENTION_BATCH_ROWS (1-10000)."""
     days: dict[str, int] = {}
     for table, env in RETENTION_ENV.items():
         value = _int(env, RETENTION_DEFAULT_DAYS[table])
@@ -103,6 +141,17 @@ def retention_settings() -> RetentionSettings:
                 f"{env} must be at least {RETENTION_FLOOR_DAYS[table]} days (rows still needed), got {value}"
             )
         days[f"{table}_days"] = value
+    longest = max(_LIVE_TABLES, key=lambda t: days[f"{t}_days"])
+    if days["payments_days"] <= days[f"{longest}_days"]:
+        raise ValueError(
+            f"RETAIN_PAYMENTS_DAYS must exceed {RETENTION_ENV[longest]} ({days[f'{longest}_days']}):"
+            " a payment is archived only after the rest of its order's rows"
+        )
+    if days["payments_archive_days"] <= days["payments_days"]:
+        raise ValueError(
+            "RETAIN_ARCHIVED_PAYMENTS_DAYS must exceed RETAIN_PAYMENTS_DAYS"
+            f" ({days['payments_days']}): an archived payment would be deleted as soon as it is archived"
+        )
     batch = _int("RETENTION_BATCH_ROWS", DEFAULT_RETENTION_BATCH_ROWS)
     if not 1 <= batch <= 10_000:
         raise ValueError(f"RETENTION_BATCH_ROWS must be between 1 and 10000, got {batch}")
@@ -110,10 +159,14 @@ def retention_settings() -> RetentionSettings:
 
 
 COMMAND_WORKERS_CEILING = 32
+RECONCILE_WORKERS_CEILING = 16  # database connections a reconciler run may hold besides its own
 DEFAULT_SESSION_TOKEN_LEEWAY_SECONDS = 5
 MAX_USER_SERVICE_TIMEOUT_SECONDS = 10.0
 MAX_SESSION_TOKEN_LEEWAY_SECONDS = 60  # more would keep a lapsed 60 s token alive twice as long
 DEFAULT_AUDIT_BACKOFF_SECONDS = (120, 900, 3600, 21600, 86400)
+# A stale payment the reconciler's look leaves where it was (a hold waiting for its release) is
+# looked at again after 5 min, 15 min, then hourly: a lapsed hold is found within the hour.
+DEFAULT_RECONCILE_BACKOFF_SECONDS = (300, 900, 3600)
 # Vite's local origin, where campusG's saga points return_url (https://localhost:5173/customer/history)
 DEFAULT_RETURN_URL_ORIGINS = ("http://localhost:5173", "https://localhost:5173")
 
@@ -140,6 +193,7 @@ class Settings:
     db_iam_auth: bool  # connect as db_user with an IAM token (RDS Proxy), not the secret's password
     db_user: str  # with db_iam_auth: the application role to connect as
     db_app_secret_id: str  # migrations only: the application role's secret (its password is set from it)
+    db_retention_secret_id: str  # migrations only: the retention job's role's secret, likewise
     # Stripe
     stripe_secret_key_secret_id: str
     stripe_webhook_secret_id: str
@@ -162,8 +216,17 @@ class Settings:
     # after each of these delays in turn (the last repeats) until Stripe and the row agree. The
     # first also lets anything still in flight at Stripe land before the first look.
     audit_backoff_seconds: tuple[int, ...] = DEFAULT_AUDIT_BACKOFF_SECONDS
-    # The audit's share of the account's Stripe read budget (live mode allows 100 reads/s).
+    # A stale payment still where it was after a look is looked at again after each of these
+    # delays in turn (the last repeats) while it stays in that status (check_queue).
+    reconcile_backoff_seconds: tuple[int, ...] = DEFAULT_RECONCILE_BACKOFF_SECONDS
+    # The reconciler's Stripe calls per second (the audit and the stale checks): its share of
+    # the account's request budget (live mode allows 100 reads/s), set per stage next to the
+    # budget the other functions share. It bounds the reconciler's throughput (README,
+    # "Operations": the final payments a day it keeps up with).
     audit_stripe_reads_per_second: float = 10.0
+    # Checks a reconciler run makes at once, each on its own database connection: with Stripe
+    # ~300 ms away one at a time is ~2.5 checks/s, below the pace above (README, "Operations").
+    reconcile_workers: int = 4
     # A money call whose outcome we never learned (a timeout, a 5xx, a holder that died) may
     # still land at Stripe: its payment is not called settled until this long after the call.
     audit_in_doubt_seconds: float = 3600.0
@@ -201,6 +264,19 @@ class Settings:
     retention: RetentionSettings = RetentionSettings()
 
 
+def _reads_per_second(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of Stripe requests per second, got {raw!r}") from exc
+    if not 0 < value <= 1000:  # 0 would stop every call for ever; above live mode's limits is a typo
+        raise ValueError(f"{name} must be above 0 and at most 1000 requests per second, got {raw!r}")
+    return value
+
+
 def _origins(name: str) -> tuple[str, ...]:
     """Comma-separated origins (``scheme://host[:port]``), compared exactly as browsers send them."""
     raw = os.environ.get(name) or ""
@@ -223,12 +299,13 @@ def get_settings() -> Settings:
         db_host=_str("DB_HOST", ""),
         db_port=_int("DB_PORT", 0),
         db_name=_str("DB_NAME", ""),
-        db_ssl=_str("DB_SSL", "true").lower() in ("1", "true", "yes", "require"),
+        db_ssl=_bool("DB_SSL", True, also_true=frozenset({"require"})),
         db_timeout_seconds=_int("DB_TIMEOUT_SECONDS", 5),
         db_ca_bundle=_str("DB_CA_BUNDLE", ""),
-        db_iam_auth=_str("DB_IAM_AUTH", "false").lower() in ("1", "true", "yes"),
+        db_iam_auth=_bool("DB_IAM_AUTH", False),
         db_user=_str("DB_USER", ""),
         db_app_secret_id=_str("DB_APP_SECRET_ID", ""),
+        db_retention_secret_id=_str("DB_RETENTION_SECRET_ID", ""),
         stripe_secret_key_secret_id=_str("STRIPE_SECRET_KEY_SECRET_ID", "campusg/payments/stripe-secret-key"),
         stripe_webhook_secret_id=_str("STRIPE_WEBHOOK_SECRET_ID", "campusg/payments/stripe-webhook-secret"),
         stripe_api_base=_str("STRIPE_API_BASE", "https://api.stripe.com"),
@@ -243,7 +320,9 @@ def get_settings() -> Settings:
         reconcile_authorized_after_seconds=_int("RECONCILE_AUTHORIZED_AFTER_SECONDS", 6 * 86400 + 12 * 3600),
         reconcile_batch_size=_int("RECONCILE_BATCH_SIZE", 50),
         audit_backoff_seconds=_ints("AUDIT_BACKOFF_SECONDS", DEFAULT_AUDIT_BACKOFF_SECONDS),
-        audit_stripe_reads_per_second=float(_str("AUDIT_STRIPE_READS_PER_SECOND", "10")),
+        reconcile_backoff_seconds=_ints("RECONCILE_BACKOFF_SECONDS", DEFAULT_RECONCILE_BACKOFF_SECONDS),
+        audit_stripe_reads_per_second=_reads_per_second("AUDIT_STRIPE_READS_PER_SECOND", 10.0),
+        reconcile_workers=max(1, min(RECONCILE_WORKERS_CEILING, _int("RECONCILE_WORKERS", 4))),
         audit_in_doubt_seconds=float(_str("AUDIT_IN_DOUBT_SECONDS", "3600")),
         webhook_lease_wait_seconds=float(_str("WEBHOOK_LEASE_WAIT_SECONDS", "0.5")),
         aws_region=_str("AWS_REGION", _str("AWS_DEFAULT_REGION", "ap-southeast-1")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -371,8 +372,13 @@ def has_unstorable_text(value: Any) -> bool:
 
 
 def describe_errors(exc: ValidationError) -> str:
+    return describe_error_list(exc.errors())
+
+
+def describe_error_list(errors: Sequence[Mapping[str, Any]]) -> str:
+    """``field is required`` / ``field: why``, for the first five of pydantic's errors."""
     parts = []
-    for error in exc.errors()[:5]:
+    for error in errors[:5]:
         where = ".".join(str(p) for p in error["loc"]) or "payload"
         parts.append(f"{where} is required" if error["type"] == "missing" else f"{where}: {error['msg']}")
     return "; ".join(parts)

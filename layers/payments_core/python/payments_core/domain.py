@@ -104,6 +104,7 @@ class Payment:
     transfer_reversal_id: str | None = None
     revert_reason: str | None = None
     reconciled_at: datetime | None = None
+    stale_checked_at: datetime | None = None  # the reconciler's last look in this status (check_queue)
     transferred_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None

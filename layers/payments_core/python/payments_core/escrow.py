@@ -8,7 +8,7 @@ out is the settlement audit's to find."""
 
 from __future__ import annotations
 
-from payments_core import leases, lifecycle, outbox, payouts, repository
+from payments_core import archive, leases, lifecycle, outbox, payouts, repository
 from payments_core.contracts import (
     INVALID_AMOUNT,
     PAYMENT_NOT_CAPTURABLE,
@@ -39,9 +39,18 @@ def release(services: Services, command: Command) -> str:
     with leases.hold_order(services, order_id) as services:
         db = services.db
         payment = repository.get_by_order_id(db, order_id)
-        if payment is None:
-            raise _not_found(body.order_id, body.payment_id, command.correlation_id)
         cid = command.correlation_id
+        if payment is None:
+            archived = archive.find(db, order_id=order_id)
+            if archived is None:
+                raise _not_found(body.order_id, body.payment_id, cid)
+            with db.transaction():  # read-only: its outcome announced again, nothing moved
+                if archived.status is S.SUCCEEDED:
+                    count("DuplicateCommand")
+                    lifecycle.announce(db, archived, correlation_id=cid)
+                else:
+                    _refuse_release(db, archived, cid, None)
+            return order_id
         if payment.status is S.SUCCEEDED:
             _complete_release(services, payment, body, cid)
             return order_id
@@ -191,6 +200,19 @@ def revert(services: Services, command: Command) -> str:
     with leases.hold_order(services, order_id) as services:
         db = services.db
         payment = repository.get_by_order_id(db, order_id)
+        archived = archive.find(db, order_id=order_id) if payment is None else None
+        if archived is not None and archived.status is S.SUCCEEDED:
+            # Archived payments are read-only (archive): the refund is an operator's, at Stripe.
+            count("RevertFailed")
+            raise Rejection(
+                REVERT_FAILED,
+                "the payment was archived (over for longer than RETAIN_PAYMENTS_DAYS): nothing was"
+                " refunded; refund it from the Stripe Dashboard",
+                order_id=order_id,
+                payment_id=archived.payment_id,
+                correlation_id=cid,
+            )
+        payment = payment or archived  # an archived REVERTED or FAILED one: acknowledged below
         if payment is None:
             # The revert overtook its own authorize (or the order never got one): remember it,
             # so that authorize, if it still comes, places no hold that nobody would release;

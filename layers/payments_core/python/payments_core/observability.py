@@ -8,6 +8,7 @@ flushes a metric set from inside ``add_metric`` once it holds 100 values).
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -67,10 +68,13 @@ class LazyTracer:
         return getattr(self.real, name)
 
 
-logger = Logger(service="payment-service")
-metrics = Metrics(namespace=get_settings().metrics_namespace, service="payment-service")
+# Powertools reads POWERTOOLS_SERVICE_NAME itself when no service is given; this is only the
+# fallback for a process that does not set it (a test, a tool).
+SERVICE_NAME = os.environ.get("POWERTOOLS_SERVICE_NAME") or "payment-service"
+logger = Logger(service=SERVICE_NAME)
+metrics = Metrics(namespace=get_settings().metrics_namespace, service=SERVICE_NAME)
 # X-Ray's SDK costs about as much to import as boto3: it is loaded on the first invocation
-tracer = LazyTracer(service="payment-service")
+tracer = LazyTracer(service=SERVICE_NAME)
 
 _metrics_lock = threading.Lock()
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from payments_core import queries
+from payments_core import queries, routes
 from payments_core.config import Settings, get_settings
 from payments_core.errors import TransientError
 from payments_core.observability import count, logger
@@ -36,7 +36,7 @@ from payments_core.observability import count, logger
 if TYPE_CHECKING:
     from payments_core.session_tokens import SessionTokenVerifier
 
-ALLOWED_METHODS = "GET, OPTIONS"
+ALLOWED_METHODS = routes.methods(routes.served_by(routes.PUBLIC_HISTORY))  # "GET, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type"
 PREFLIGHT_MAX_AGE_SECONDS = 600
 MISSING_TOKEN = "MISSING_TOKEN"  # noqa: S105 (an error code)
@@ -93,7 +93,7 @@ def history_answer(event: Mapping[str, Any]) -> dict[str, Any]:
     origin = header(event, "Origin")
     cors = cors_headers(origin, settings.frontend_origins)
     method = str(event.get("httpMethod") or "").upper()
-    if method == "OPTIONS":
+    if method == routes.BROWSER_HISTORY_PREFLIGHT.method:
         if cors:
             cors.update(
                 {
@@ -103,10 +103,10 @@ def history_answer(event: Mapping[str, Any]) -> dict[str, Any]:
                 }
             )
         return _response(HTTPStatus.NO_CONTENT, None, cors)
-    if method != "GET":
+    if method != routes.BROWSER_HISTORY.method:
         return _response(
             HTTPStatus.METHOD_NOT_ALLOWED,
-            queries.error(METHOD_NOT_ALLOWED, "only GET"),
+            queries.error(METHOD_NOT_ALLOWED, f"only {routes.BROWSER_HISTORY.method}"),
             {**cors, "Allow": ALLOWED_METHODS},
         )
     status, body, extra = _history(event, settings)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from payments_core import repository
+from payments_core import archive, repository
 from payments_core.contracts import amount_in_units, units_exact
 from payments_core.db import Database
 from payments_core.domain import Payment
@@ -134,12 +134,12 @@ def _answer(payment: Payment | None) -> tuple[int, dict[str, Any]]:
 
 def status_by_order(db: Database, order_id: str) -> tuple[int, dict[str, Any]]:
     """``GET /payment/{order_id}/status``: (HTTP status, body)."""
-    return _answer(repository.get_by_order_id(db, order_id))
+    return _answer(repository.get_by_order_id(db, order_id) or archive.find(db, order_id=order_id))
 
 
 def details_by_payment(db: Database, payment_id: str) -> tuple[int, dict[str, Any]]:
     """``GET /payment/{payment_id}/details``: (HTTP status, body). The id is already a UUID."""
-    return _answer(repository.get_by_payment_id(db, payment_id))
+    return _answer(repository.get_by_payment_id(db, payment_id) or archive.find(db, payment_id=payment_id))
 
 
 def history(db: Database, user_id: str) -> tuple[int, dict[str, Any]]:

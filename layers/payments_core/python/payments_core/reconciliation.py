@@ -1,9 +1,11 @@
 """The reconciler and settlement audit, run every few minutes until its deadline.
 
 Two kinds of payment are checked against Stripe, each under the order's lease (skipped, and
-left due, while someone else holds it):
+left due, while someone else holds it); check_queue keeps their schedules and the backlog:
 - stale non-final payments (PENDING, REQUIRES_ACTION, AUTHORIZED past their windows): webhooks
-  get lost, a function can die between Stripe and the database, holds lapse after ~7 days;
+  get lost, a function can die between Stripe and the database, holds lapse after ~7 days.
+  Looked at once past the window; one still where it was (a hold waiting for its release) is
+  looked at again after ``reconcile_backoff_seconds``, not on every run;
 - uncertain payments (``audit_due_at``): a money call whose outcome was never recorded (a
   crash, a timeout, a 5xx), a lease taken over, a payment that became final (something may
   still land), an event we did not expect (a stray hold, a transfer or refund update). Each is
@@ -14,7 +16,11 @@ left due, while someone else holds it):
   refunds made or redone on reverted ones) and checked again later; what cannot be fixed is
   counted (``AuditUnresolved``, alarmed) and checked again. A check that fails is retried,
   never marked done.
-Stripe reads are paced to ``audit_stripe_reads_per_second``, a share of the account's budget."""
+Stripe calls are paced to ``audit_stripe_reads_per_second``, the reconciler's share of the
+account's budget: with the checks' Stripe calls, it sets how many final payments a day the
+audit keeps up with (README, "Operations"). Every run reports what it did and what it left
+(``ReconcileChecks``, ``ReconcileCheckRate``, ``StaleCheckBacklog``/``Age``,
+``AuditBacklog``/``Age``; the ages are alarmed)."""
 
 from __future__ import annotations
 
@@ -22,19 +28,26 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from payments_core import authorization, leases, lifecycle, outbox, repository
+from aws_lambda_powertools.metrics import MetricUnit
+
+from payments_core import authorization, check_queue, leases, lifecycle, outbox, repository
+from payments_core.config import Settings
 from payments_core.contracts import AUTHENTICATION_FAILED, AUTHORIZATION_EXPIRED
+from payments_core.db import Database
 from payments_core.domain import Payment, PaymentStatus
 from payments_core.errors import Rejection, TransientError
-from payments_core.observability import count, logger
+from payments_core.observability import add_metric, count, logger
 from payments_core.services import Services, get_services
 from payments_core.stripe_gateway import IntentSnapshot
 
 S = PaymentStatus
+T = TypeVar("T")
+R = TypeVar("R")
 # A PaymentIntent in one of these may still hold money by itself: a customer can still finish
 # 3-D Secure, a payment can still be processing. One that requires a payment method or a
 # confirmation moves no money unless we send one, which we never do after a failure.
@@ -46,68 +59,126 @@ _REFUND_LIVE = frozenset({"succeeded", "pending", "requires_action"})
 
 
 def reconcile(services: Services | None = None, *, deadline: float | None = None) -> dict[str, int]:
-    """Check every due payment until none is left or ``deadline`` (time.monotonic()) passes;
-    returns counts by outcome."""
+    """Check what was due when the run started until none is left or ``deadline``
+    (time.monotonic()) passes; returns counts by outcome (and ``stripe_calls``)."""
     services = services or get_services()
     s = services.settings
     db = services.db
+    started = time.monotonic()
     outcomes: Counter[str] = Counter()
-    touched: list[str] = []
-    seen: list[str] = []
-    paced = replace(services, stripe=_Paced(services.stripe, _Pacer(s.audit_stripe_reads_per_second)))
+    pacer = _Pacer(s.audit_stripe_reads_per_second)
+    paced = replace(services, stripe=_Paced(services.stripe, pacer))
     outcomes["lost_calls_flagged"] = repository.flag_unfinished_money_calls(db, leases.lease_ttl_seconds(s))
-    windows = (
-        (S.PENDING, s.reconcile_pending_after_seconds),
-        (S.REQUIRES_ACTION, s.reconcile_requires_action_after_seconds),
-        (S.AUTHORIZED, s.reconcile_authorized_after_seconds),
-    )
-    while deadline is None or time.monotonic() < deadline:
-        batch: list[tuple[str, PaymentStatus | None]] = [
-            (order_id, status)
-            for status, age in windows
-            for order_id in repository.stale_order_ids(db, status, age, s.reconcile_batch_size, seen)
-        ]
-        batch += [
-            (o, None) for o in repository.due_audits(db, s.reconcile_batch_size, seen + [o for o, _ in batch])
-        ]
-        if not batch:
-            break
-        for order_id, status in batch:
-            if deadline is not None and time.monotonic() >= deadline:
+    run = check_queue.Run(db, stale_windows(s), s.reconcile_batch_size)
+
+    def check_all(worker: Services, checks: list[check_queue.Due]) -> list[tuple[str, str]]:
+        return [(due.order_id, _check(worker, due, run)) for due in checks if not _past(deadline)]
+
+    with _CheckPool(paced, s.reconcile_workers) as pool:
+        while not _past(deadline):
+            batch = run.next_batch()
+            if not batch:
                 break
-            seen.append(order_id)
-            outcome = _check(paced, order_id, status)
-            outcomes[outcome] += 1
-            if outcome not in ("unchanged", "settled", "skipped_locked", "skipped_pending", "errors"):
-                touched.append(order_id)
-    outbox.publish_best_effort(db, services.publisher, touched)
-    count("AuthorizationsNearExpiry", outcomes["still_held"])
-    count("AuditUnresolved", outcomes["unresolved"])
-    due, _ = repository.audit_backlog(db)
-    count("AuditBacklog", due)
+            by_order: dict[str, list[check_queue.Due]] = {}
+            for due in batch:  # one order's checks one after the other, on one worker
+                by_order.setdefault(due.order_id, []).append(due)
+            touched: list[str] = []
+            for order_id, outcome in (
+                done for group in pool.map(check_all, by_order.values()) for done in group
+            ):
+                outcomes[outcome] += 1
+                if outcome not in _NOTHING_CHANGED:
+                    touched.append(order_id)
+            outbox.publish_best_effort(db, services.publisher, touched)  # a page at a time: no list grows
+    _report(db, run, outcomes, time.monotonic() - started)
+    outcomes["stripe_calls"] = pacer.calls
     return {k: v for k, v in outcomes.items() if v}
 
 
-def _check(services: Services, order_id: str, status: PaymentStatus | None) -> str:
+# Outcomes after which nothing was written that announces anything (no publish needed).
+_NOTHING_CHANGED = frozenset(
+    {"unchanged", "settled", "still_held", "waiting", "skipped_locked", "skipped_pending", "errors"}
+)
+# Outcomes that are not a check (the order was someone else's, or the outcome is a tally).
+_NOT_CHECKS = frozenset({"skipped_locked", "lost_calls_flagged"})
+
+
+def stale_windows(settings: Settings) -> dict[PaymentStatus, float]:
+    """How long a payment may stay in each non-final status before the reconciler looks."""
+    return {
+        S.PENDING: settings.reconcile_pending_after_seconds,
+        S.REQUIRES_ACTION: settings.reconcile_requires_action_after_seconds,
+        S.AUTHORIZED: settings.reconcile_authorized_after_seconds,
+    }
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _report(db: Database, run: check_queue.Run, outcomes: Counter[str], elapsed_s: float) -> None:
+    """Every run: what it did, how fast, and what it left (the backlog alarms read these)."""
+    checks = sum(n for outcome, n in outcomes.items() if outcome not in _NOT_CHECKS)
+    count("ReconcileChecks", checks)
+    add_metric("ReconcileCheckRate", MetricUnit.CountPerSecond, checks / elapsed_s if elapsed_s > 0 else 0.0)
+    count("AuditUnresolved", outcomes["unresolved"])
+    try:
+        left = check_queue.backlog(db, run.windows, run.as_of)
+    except TransientError as exc:  # the checks are done; only the gauges are missing this time
+        logger.warning("reconciler backlog not measured", extra={"reason": str(exc)})
+        return
+    count("AuthorizationsNearExpiry", left.authorized_past_window)
+    count("StaleCheckBacklog", left.stale_due)
+    add_metric("StaleCheckBacklogAge", MetricUnit.Seconds, left.stale_age_s)
+    count("AuditBacklog", left.audits_due)
+    add_metric("AuditBacklogAge", MetricUnit.Seconds, left.audit_age_s)
+    logger.info(
+        "reconciler run",
+        extra={
+            "checks": checks,
+            "seconds": round(elapsed_s, 3),
+            "stale_backlog": left.stale_due,
+            "audit_backlog": left.audits_due,
+        },
+    )
+
+
+def _check(services: Services, due: check_queue.Due, run: check_queue.Run) -> str:
     db = services.db
     try:
-        with leases.hold_order(services, order_id) as held:
-            if status is not None:
-                outcome = _reconcile_one(held, order_id, status)
-                repository.mark_reconciled(db, order_id)
-                return outcome
-            return _audit(held, order_id)
+        with leases.hold_order(services, due.order_id) as held:
+            if due.kind == "audit":
+                return _audit(held, due.order_id)
+            return _stale_check(held, due, run)
     except leases.LeaseBusy:
-        return "skipped_locked"
+        return "skipped_locked"  # left due: behind this run's cursor, the next run takes it
     except (TransientError, Rejection) as exc:
-        logger.warning("check failed; it is retried later", extra={"order_id": order_id, "reason": str(exc)})
+        logger.warning(
+            "check failed; it is retried later", extra={"order_id": due.order_id, "reason": str(exc)}
+        )
         count("AuditCheckFailed")
-        with contextlib.suppress(TransientError):  # still due if this fails: the next run retries it
-            if status is None:
-                repository.audit_again_later(db, order_id, services.settings.audit_backoff_seconds)
-            else:  # still stale, so still a candidate: only sorted behind those not yet looked at
-                repository.mark_reconciled(db, order_id)
+        if due.kind == "audit":
+            with contextlib.suppress(TransientError):  # still due if this fails: the next run retries it
+                check_queue.audit_again_later(db, due.order_id, services.settings.audit_backoff_seconds)
         return "errors"
+
+
+def _stale_check(services: Services, due: check_queue.Due, run: check_queue.Run) -> str:
+    """A look at a stale payment, under its lease: what the page said may have changed since."""
+    db = services.db
+    payment = repository.get_by_order_id(db, due.order_id)
+    if payment is None or (payment.stale_checked_at is not None and payment.stale_checked_at > run.as_of):
+        return "unchanged"  # another run looked after this one started: its schedule stands
+    if not run.is_stale(payment.status, payment.updated_at):
+        if due.kind == "recheck":  # final, or in a status whose window has not passed yet
+            check_queue.nothing_due(db, due.order_id)
+        return "unchanged"
+    status = payment.status
+    try:
+        return _reconcile_one(services, payment)
+    finally:  # also when the look failed: due again after the next delay
+        with contextlib.suppress(TransientError):
+            check_queue.stale_checked(db, due.order_id, status, services.settings.reconcile_backoff_seconds)
 
 
 # ---- the settlement audit -------------------------------------------------------------------
@@ -150,9 +221,9 @@ def _audit(services: Services, order_id: str) -> str:
             "audit fixed what Stripe and our row disagreed on", extra={**extra, "fixes": found.fixed}
         )
     if found.fixed or found.unresolved or found.waiting:
-        repository.audit_again_later(db, order_id, services.settings.audit_backoff_seconds)
+        check_queue.audit_again_later(db, order_id, services.settings.audit_backoff_seconds)
         return "fixed" if found.fixed else "unresolved" if found.unresolved else "waiting"
-    repository.audit_settled(db, order_id)
+    check_queue.audit_settled(db, order_id)
     return "settled"
 
 
@@ -253,11 +324,9 @@ def cancel_stray_hold(services: Services, payment: Payment, payment_intent_id: s
 # ---- stale non-final payments ----------------------------------------------------------------
 
 
-def _reconcile_one(services: Services, order_id: str, expected: PaymentStatus) -> str:
+def _reconcile_one(services: Services, payment: Payment) -> str:
     db = services.db
-    payment = repository.get_by_order_id(db, order_id)
-    if payment is None or payment.status is not expected:
-        return "unchanged"  # another path moved it since the query
+    order_id = payment.order_id
     cid = payment.correlation_id
     if payment.status is S.PENDING:
         authorization.authorize_pending(services, payment, correlation_id=cid)
@@ -302,7 +371,44 @@ def _reconcile_one(services: Services, order_id: str, expected: PaymentStatus) -
     return "expired" if changed else "unchanged"
 
 
-# ---- pacing ----------------------------------------------------------------------------------
+# ---- concurrency and pacing -------------------------------------------------------------------
+
+
+class _CheckPool:
+    """``size`` threads for a run's checks: a check waits mostly on Stripe (~300 ms a call), so
+    one at a time would cap a run near 3 checks/s whatever its Stripe share. Each thread has its
+    own database connection (a lease is held on one, and a pg8000 connection is not shared
+    between threads); all share the pacer. Size 1: on the caller's thread and connection."""
+
+    def __init__(self, services: Services, size: int) -> None:
+        self._base = services
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="reconcile") if size > 1 else None
+        self._local = threading.local()
+        self._made: list[Database] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _CheckPool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        for db in self._made:
+            db.close()
+
+    def map(self, fn: Callable[[Services, T], R], items: Iterable[T]) -> list[R]:
+        if self._executor is None:
+            return [fn(self._base, item) for item in items]
+        return list(self._executor.map(lambda item: fn(self._worker(), item), items))
+
+    def _worker(self) -> Services:
+        worker: Services | None = getattr(self._local, "services", None)
+        if worker is None:
+            db = type(self._base.db)(self._base.settings)  # of the run's own kind (a test's double too)
+            with self._lock:
+                self._made.append(db)
+            worker = self._local.services = replace(self._base, db=db)
+        return worker
 
 
 class _Pacer:
@@ -312,9 +418,11 @@ class _Pacer:
         self._interval = 1.0 / per_second if per_second > 0 else 0.0
         self._next = time.monotonic()
         self._lock = threading.Lock()
+        self.calls = 0
 
     def wait(self) -> None:
         with self._lock:
+            self.calls += 1
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self._interval

@@ -24,6 +24,7 @@ _INSERT_PENDING_SQL = """
     SELECT CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
            :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING', 1
     WHERE NOT EXISTS (SELECT 1 FROM reverted_orders WHERE order_id = :order_id)
+      AND NOT EXISTS (SELECT 1 FROM payments_archive WHERE order_id = :order_id)
     ON CONFLICT (order_id) DO NOTHING
 """
 # The same, with the intent of the PaymentIntent create the row counts (stripe_money_calls, see
@@ -54,8 +55,9 @@ def _pending_params(payment: Payment) -> dict[str, Any]:
 
 
 def insert_pending(db: Database, payment: Payment) -> bool:
-    """Write the PENDING row for an order unless one exists or the order was reverted before
-    it (reverted_orders); True when this call wrote it.
+    """Write the PENDING row for an order unless one exists, the order was reverted before
+    it (reverted_orders) or its payment was archived (payments_archive: see archive for why the
+    order's lease makes this check safe); True when this call wrote it.
     The row counts the PaymentIntent create its writer is about to send (committed before the
     call), so whoever finds it PENDING later knows Stripe may already have one."""
     count = db.execute(_INSERT_PENDING_SQL, **_pending_params(payment))
@@ -94,12 +96,14 @@ def get_by_payment_intent_id(db: Database, payment_intent_id: str) -> Payment | 
 
 
 def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None) -> str | None:
-    """Resolve a command's reference (order id or payment id) to the order, without locking."""
+    """Resolve a command's reference (order id or payment id) to the order, without locking;
+    an archived payment's too."""
     if order_id:
         return order_id
     if payment_id and is_uuid(payment_id):
         rows = db.query(
-            "SELECT order_id FROM payments WHERE payment_id = CAST(:payment_id AS uuid)",
+            "SELECT order_id FROM payments WHERE payment_id = CAST(:payment_id AS uuid)"
+            " UNION ALL SELECT order_id FROM payments_archive WHERE payment_id = CAST(:payment_id AS uuid)",
             payment_id=payment_id,
         )
         return str(rows[0]["order_id"]) if rows else None
@@ -109,7 +113,9 @@ def find_order_id(db: Database, *, order_id: str | None, payment_id: str | None)
 def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
     """What a user spent as customer (AUTHORIZED or SUCCEEDED) and earned as runner
     (SUCCEEDED), in cents per currency. Captured amounts count where a capture was partial.
-    Served by the indexes of 0004_history.sql."""
+    Live payments (served by the indexes of 0004_history.sql) plus the archived ones' roll-ups
+    (user_payment_totals, by its key), in one statement: one snapshot, so a payment being
+    archived is counted exactly once."""
     return db.query(
         """
         SELECT currency, sum(spent_cents)::bigint AS spent_cents, sum(spent)::bigint AS spent_count,
@@ -121,6 +127,12 @@ def user_totals(db: Database, user_id: str) -> list[dict[str, Any]]:
             UNION ALL
             SELECT currency, 0, 0, COALESCE(captured_amount_cents, amount_cents), 1
             FROM payments WHERE runner_id = :user_id AND status = 'SUCCEEDED'
+            UNION ALL
+            SELECT currency, amount_cents, payment_count, 0, 0
+            FROM user_payment_totals WHERE user_id = :user_id AND role = 'customer' AND status = 'SUCCEEDED'
+            UNION ALL
+            SELECT currency, 0, 0, amount_cents, payment_count
+            FROM user_payment_totals WHERE user_id = :user_id AND role = 'runner' AND status = 'SUCCEEDED'
         ) AS mine
         GROUP BY currency ORDER BY currency
         """,
@@ -171,29 +183,7 @@ def count_create_attempt(db: Database, payment_id: str) -> None:
     )
 
 
-def stale_order_ids(
-    db: Database, status: PaymentStatus, older_than_seconds: int, limit: int, exclude: list[str]
-) -> list[str]:
-    rows = db.query(
-        """
-        SELECT order_id FROM payments
-        WHERE status = :status AND updated_at < now() - make_interval(secs => :age)
-          AND NOT (order_id = ANY(CAST(:exclude AS text[])))
-        ORDER BY reconciled_at NULLS FIRST, updated_at LIMIT :limit
-        """,
-        status=status.value,
-        age=older_than_seconds,
-        limit=limit,
-        exclude=exclude,
-    )
-    return [str(r["order_id"]) for r in rows]
-
-
-def mark_reconciled(db: Database, order_id: str) -> None:
-    db.execute("UPDATE payments SET reconciled_at = now() WHERE order_id = :o", o=order_id)
-
-
-# ---- the settlement audit's schedule (see reconciliation) ----------------------------------
+# ---- making a payment uncertain (the audit's queue itself: check_queue) ---------------------
 
 
 def schedule_audit(db: Database, order_id: str, delay_seconds: float, reason: str) -> None:
@@ -209,44 +199,6 @@ def schedule_audit(db: Database, order_id: str, delay_seconds: float, reason: st
         o=order_id,
         delay=float(delay_seconds),
         reason=reason[:200],
-    )
-
-
-def due_audits(db: Database, limit: int, exclude: list[str]) -> list[str]:
-    rows = db.query(
-        """
-        SELECT order_id FROM payments
-        WHERE audit_due_at <= now() AND NOT (order_id = ANY(CAST(:exclude AS text[])))
-        ORDER BY audit_due_at LIMIT :limit
-        """,
-        limit=limit,
-        exclude=exclude,
-    )
-    return [str(r["order_id"]) for r in rows]
-
-
-def audit_again_later(db: Database, order_id: str, backoff_seconds: tuple[int, ...]) -> None:
-    """A check that failed or had to fix something: the next one after the next delay (the
-    last delay repeats), never "done"."""
-    db.execute(
-        """
-        UPDATE payments
-        SET audit_attempts = audit_attempts + 1, reconciled_at = now(),
-            audit_due_at = now() + make_interval(
-                secs => (CAST(:backoff AS int[]))[least(audit_attempts + 2, cardinality(CAST(:backoff AS int[])))])
-        WHERE order_id = :o
-        """,
-        o=order_id,
-        backoff=list(backoff_seconds),
-    )
-
-
-def audit_settled(db: Database, order_id: str) -> None:
-    """Stripe and the row agree and nothing can still land: no longer uncertain."""
-    db.execute(
-        "UPDATE payments SET audit_due_at = NULL, audit_attempts = 0, audit_reason = NULL,"
-        " reconciled_at = now() WHERE order_id = :o",
-        o=order_id,
     )
 
 
@@ -287,15 +239,6 @@ def flag_unfinished_money_calls(db: Database, older_than_seconds: float) -> int:
         age=float(older_than_seconds),
     )
     return int(rows[0]["calls"]) if rows else 0
-
-
-def audit_backlog(db: Database) -> tuple[int, float]:
-    """Uncertain payments due now, and the age in seconds of the oldest due time."""
-    rows = db.query(
-        "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(audit_due_at)), 0)::float8 AS age"
-        " FROM payments WHERE audit_due_at <= now()"
-    )
-    return int(rows[0]["n"]), float(rows[0]["age"])
 
 
 def record_stripe_event(

@@ -20,7 +20,11 @@ What goes, and what is kept on purpose (periods: ``config.RetentionSettings``):
   ever leased again: every holder of an older token ended days ago (a lease lives ~40 s, a
   Lambda at most 15 minutes).
 
-Payments themselves are never deleted here: histories and totals are computed from them.
+- ``payments`` over and settled for ``RETAIN_PAYMENTS_DAYS`` move to the archive, their totals to
+  the per-user roll-ups, and their order's remaining outbox rows, money calls and lease go with
+  them (``archive.archive_batch``: one transaction per batch, each order's lease claimed first).
+- ``payments_archive`` rows older than ``RETAIN_ARCHIVED_PAYMENTS_DAYS`` (``archive.purge_batch``);
+  their totals stay in the roll-ups. ``reverted_orders`` and the roll-ups are never deleted.
 
 Each DELETE takes at most ``batch_rows`` rows, chosen with ``FOR UPDATE SKIP LOCKED`` (a row
 being worked on is left for the next run), in its own implicit transaction: no lock is held
@@ -31,8 +35,10 @@ row changed between the choice and the delete (a re-queued outbox row, a renewed
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from payments_core import archive
 from payments_core.config import Settings, get_settings
 from payments_core.db import Database, get_database
 from payments_core.observability import count, logger
@@ -79,7 +85,12 @@ _DELETES: dict[str, str] = {
         AND expires_at < now() - make_interval(days => :days)
     """,
 }
-TABLES = tuple(_DELETES)
+# Then the payments (after the rows of theirs the deletes above may still keep) and the archive.
+_BATCHES: dict[str, Callable[[Database, int, int], int]] = {
+    "payments": lambda db, days, n: archive.archive_batch(db, days=days, rows=n),
+    "payments_archive": lambda db, days, n: archive.purge_batch(db, days=days, rows=n),
+}
+TABLES = (*_DELETES, *_BATCHES)
 
 
 @dataclass
@@ -100,15 +111,12 @@ def run(
     s = settings or get_settings()
     r = s.retention
     report = RetentionReport()
-    for table, sql in _DELETES.items():
+    for table in TABLES:
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 report.complete = False
                 break
-            params: dict[str, object] = {"days": r.days(table), "n": r.batch_rows}
-            if table == "stripe_money_calls":
-                params["in_doubt"] = float(s.audit_in_doubt_seconds)
-            deleted = db.execute(sql, **params)
+            deleted = _batch(db, s, table)
             report.deleted[table] += deleted
             if deleted < r.batch_rows:
                 break
@@ -123,3 +131,14 @@ def run(
         extra={**report.as_dict(), "days": {t: r.days(t) for t in TABLES}, "batch_rows": r.batch_rows},
     )
     return report
+
+
+def _batch(db: Database, s: Settings, table: str) -> int:
+    """One batch of ``table``: rows deleted (for payments: moved to the archive)."""
+    r = s.retention
+    if table in _BATCHES:
+        return _BATCHES[table](db, r.days(table), r.batch_rows)
+    params: dict[str, object] = {"days": r.days(table), "n": r.batch_rows}
+    if table == "stripe_money_calls":
+        params["in_doubt"] = float(s.audit_in_doubt_seconds)
+    return db.execute(_DELETES[table], **params)

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic_core import PydanticCustomError
 
-from payments_core import escrow, repository
+from payments_core import archive, escrow, repository
 from payments_core.contracts import (
     MAX_AMOUNT_CENTS,
     UNSTORABLE_TEXT_MESSAGE,
     RevertPayment,
-    describe_errors,
-    escape_free_text,
+    describe_error_list,
     has_unstorable_text,
+    storable,
     utc_now_iso,
 )
 from payments_core.domain import Payment, PaymentStatus
@@ -42,24 +44,62 @@ API_SOURCE = "payment-api"  # the original service marked HTTP-queued commands s
 Answer = tuple[int, dict[str, Any]]
 
 
+MISSING_BODY = "a JSON body with runner_id and runner_connect_account_id is required"
+NOT_AN_OBJECT = "body must be a JSON object"
+# The document's pattern says "no NUL". It cannot also name lone surrogates: Rust-based JSON
+# Schema validators (schemathesis's among them) cannot compile a surrogate range, and drop the
+# whole pattern. They are refused too, as the field's description says.
+_STORABLE_PATTERN = r"^[^\u0000]*$"
+_STORABLE_NOTE = "; no NUL (\\u0000) or lone UTF-16 surrogate: PostgreSQL text cannot hold them"
+
+
+def _storable_only(value: Any) -> Any:
+    # PostgreSQL text holds neither: the queued command would be refused, so the request is.
+    if isinstance(value, str) and has_unstorable_text(value):
+        raise PydanticCustomError("unstorable_text", UNSTORABLE_TEXT_MESSAGE)
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with a zero fractional part (438.0 is 438), and no
+    # schema can say otherwise: the body is read as the document says. A bool, a string or
+    # 438.5 is still refused (StrictInt).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+StorableText = Annotated[
+    str, BeforeValidator(_storable_only), Field(json_schema_extra={"pattern": _STORABLE_PATTERN})
+]
+# The bounds sit before the validator, where pydantic writes them into the schema.
+Cents = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_CENTS), BeforeValidator(_whole_number)]
+# Free text a compensation is never refused for: NULs and lone surrogates are written as escapes.
+FreeText = Annotated[str, BeforeValidator(lambda v: storable(v) if isinstance(v, str) else v)]
+
+
 class ReleaseRequest(BaseModel):
-    """Body of ``POST /payment/{payment_id}/release``."""
+    """Body of ``POST /payment/{payment_id}/release``. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    runner_id: str = Field(min_length=1, max_length=255, description="The runner's Clerk user id")
-    runner_connect_account_id: str = Field(
-        min_length=1, max_length=255, description="The runner's Stripe Connect account (acct_…)"
+    runner_id: StorableText = Field(
+        min_length=1, max_length=255, description="The runner's Clerk user id" + _STORABLE_NOTE
     )
-    amount_to_capture: StrictInt | None = Field(
-        default=None, gt=0, le=MAX_AMOUNT_CENTS, description="Extension: partial capture, cents"
+    runner_connect_account_id: StorableText = Field(
+        min_length=1,
+        max_length=255,
+        description="The runner's Stripe Connect account (acct_…)" + _STORABLE_NOTE,
+    )
+    amount_to_capture: Cents | None = Field(
+        default=None, description="Extension: partial capture, cents (a whole number: 438.0 is 438)"
     )
 
 
 class RevertRequest(BaseModel):
-    """Body of ``POST /payment/{payment_id}/revert`` (optional)."""
+    """Body of ``POST /payment/{payment_id}/revert`` (optional). Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    reason: str | None = Field(default=None, description="Cut to 1000 characters, never refused")
+    reason: FreeText | None = Field(default=None, description="Cut to 1000 characters, never refused")
 
 
 class QueuedAnswer(BaseModel):
@@ -77,10 +117,9 @@ class ConflictAnswer(BaseModel):
     status: str = Field(description="The payment's status")
 
 
-def request_release(services: Services, payment_id: str, body: bytes) -> Answer:
-    """``POST /payment/{payment_id}/release``: (HTTP status, body). Raises BadRequest."""
-    release = _parse(ReleaseRequest, body, required=True)
-    payment = repository.get_by_payment_id(services.db, payment_id)
+def request_release(services: Services, payment_id: str, release: ReleaseRequest) -> Answer:
+    """``POST /payment/{payment_id}/release``: (HTTP status, body)."""
+    payment = _find(services, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
     if payment.status.is_final:
@@ -94,10 +133,10 @@ def request_release(services: Services, payment_id: str, body: bytes) -> Answer:
     return _queue(services, "release_payment", payment, payload, "release queued")
 
 
-def request_revert(services: Services, payment_id: str, body: bytes) -> Answer:
-    """``POST /payment/{payment_id}/revert``: (HTTP status, body). Raises BadRequest."""
-    revert = _parse(RevertRequest, body, required=False)
-    payment = repository.get_by_payment_id(services.db, payment_id)
+def request_revert(services: Services, payment_id: str, revert: RevertRequest | None) -> Answer:
+    """``POST /payment/{payment_id}/revert``: (HTTP status, body); no body is no reason."""
+    revert = revert or RevertRequest()
+    payment = _find(services, payment_id)
     if payment is None:
         return HTTPStatus.NOT_FOUND, error(NOT_FOUND, "Payment not found")
     if payment.status is S.REVERTED:
@@ -109,6 +148,14 @@ def request_revert(services: Services, payment_id: str, body: bytes) -> Answer:
         # Cut exactly as the command path would, so the queued command is never refused.
         payload["reason"] = RevertPayment(payment_id=payment.payment_id, reason=revert.reason).reason
     return _queue(services, "revert_payment", payment, payload, "revert queued")
+
+
+def _find(services: Services, payment_id: str) -> Payment | None:
+    """The payment, live or archived (an archived one is over: answered at once or refused by
+    its command, never moved)."""
+    return repository.get_by_payment_id(services.db, payment_id) or archive.find(
+        services.db, payment_id=payment_id
+    )
 
 
 def _queue(
@@ -158,36 +205,17 @@ def _conflict(message: str, payment: Payment) -> dict[str, Any]:
     ).model_dump()
 
 
-class BadRequest(Exception):
-    """A missing or malformed body: 400 BAD_REQUEST with ``reason``; nothing was read or written."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-_Request = TypeVar("_Request", ReleaseRequest, RevertRequest)
-
-
-def _parse(model: type[_Request], body: bytes, *, required: bool) -> _Request:
-    try:
-        return model.model_validate(_json_object(body, required=required))
-    except ValidationError as exc:
-        raise BadRequest(describe_errors(exc)) from None
-
-
-def _json_object(body: bytes, *, required: bool) -> dict[str, Any]:
-    if not body.strip():
-        if required:
-            raise BadRequest("a JSON body with runner_id and runner_connect_account_id is required")
-        return {}
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise BadRequest("body must be a JSON object")
-    escape_free_text(document)
-    if has_unstorable_text(document):  # the queued command would be refused
-        raise BadRequest(UNSTORABLE_TEXT_MESSAGE)
-    return document
+def describe_body_errors(errors: Sequence[Mapping[str, Any]], document: Any = None) -> str:
+    """The 400's message for a body the resolver refused (its errors' ``loc`` start with
+    "body"; ``document``: the text that is not JSON), in the words the saga has always been
+    answered with."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "invalid JSON")
+        position = tuple(first.get("loc", ()))[1:2]
+        if isinstance(document, str) and position and isinstance(position[0], int):
+            reason = str(json.JSONDecodeError(reason, document, position[0]))
+        return f"body is not JSON: {reason}"
+    if tuple(first.get("loc", ())) == ("body",):
+        return MISSING_BODY if first.get("type") == "missing" else NOT_AN_OBJECT
+    return describe_error_list([{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in errors])

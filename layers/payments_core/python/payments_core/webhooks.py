@@ -32,6 +32,7 @@ HANDLED_EVENT_TYPES = frozenset(
 
 # Why a webhook request was refused (the ``error`` of the 400 answer).
 MISSING_SIGNATURE = "MISSING_SIGNATURE"
+MISSING_SIGNATURE_MESSAGE = "missing Stripe-Signature header"
 INVALID_SIGNATURE = "INVALID_SIGNATURE"  # forged, another secret, or older than the tolerance
 INVALID_PAYLOAD = "INVALID_PAYLOAD"  # verified bytes that are not a Stripe event
 
@@ -89,7 +90,7 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     """The Stripe event, if and only if its signature verifies over the raw body with one of
     the accepted signing secrets (the current one and, during a roll, the next)."""
     if not signature_header:
-        raise WebhookRejected("missing Stripe-Signature header", MISSING_SIGNATURE)
+        raise WebhookRejected(MISSING_SIGNATURE_MESSAGE, MISSING_SIGNATURE)
     try:
         payload = raw_body.decode("utf-8")
     except UnicodeDecodeError as exc:

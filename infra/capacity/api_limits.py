@@ -26,8 +26,10 @@ Then, per limit (ceil everywhere; ``r`` = orders per second):
 A stage may set any limit explicitly in ``api.*`` (or the reservation in
 ``functions.api_reserved_concurrency``); an explicit limit below what the rate needs without
 headroom (calls per order x r, for a 5-minute window at WAF) cannot carry the rate and fails
-the synth, as does a reservation above the connection budget. ``python -m infra.capacity``
-prints every stage's limits.
+the synth, as does a reservation above the connection budget. With
+``capacity.reserve_concurrency`` the reservation is derived when not set;
+``capacity.api_db_connections`` is derived (the concurrency to reserve) when not set.
+``python -m infra.capacity`` prints every stage's plan (README, "Sizing").
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class Limits:
     saga_burst: int
     waf_rate_per_ip: int  # per source IP and 5 minutes, Stripe's listed addresses exempt
     api_concurrency: int  # what the API function needs at saga_rate (the reservation to set)
-    api_reserved_concurrency: int | None  # the setting, checked; None: no reservation
+    api_reserved_concurrency: int | None  # checked or derived (capacity.reserve_concurrency); None: none
+    api_db_connections: int  # the API's share of database sessions: set, or derived (= api_concurrency)
 
 
 def limits(config: StageConfig) -> Limits:
@@ -107,11 +110,21 @@ def limits(config: StageConfig) -> Limits:
     if waf > WAF_MAX_LIMIT:
         raise ValueError(f"{config.name}: api.waf_rate_limit {waf} is above WAF's maximum {WAF_MAX_LIMIT}")
 
-    budget = config.capacity.api_db_connections
     need = _ceil(saga_rate * API_SECONDS_PER_REQUEST)
+    floor = _ceil(saga * API_SECONDS_PER_REQUEST)
+    budget = config.capacity.api_db_connections
+    if budget is None:
+        budget = need  # derived: the database is sized for it (sizing.py)
+    elif budget < floor:
+        raise ValueError(
+            f"{config.name}: capacity.api_db_connections={budget} cannot carry "
+            f"capacity.orders_per_second={rate} (needs at least {floor}: {saga_why} x "
+            f"{API_SECONDS_PER_REQUEST} s each); raise it, or remove it to derive {need}"
+        )
     reserved = config.functions.api_reserved_concurrency
-    if reserved is not None:
-        floor = _ceil(saga * API_SECONDS_PER_REQUEST)
+    if reserved is None and config.capacity.reserve_concurrency:
+        reserved = min(need, budget)
+    elif reserved is not None:
         if reserved < floor:
             raise ValueError(
                 f"{config.name}: functions.api_reserved_concurrency={reserved} cannot carry "
@@ -123,26 +136,9 @@ def limits(config: StageConfig) -> Limits:
                 f"{config.name}: functions.api_reserved_concurrency={reserved} is above "
                 f"capacity.api_db_connections={budget}, the API's share of database connections"
             )
-    return Limits(webhook_rate, webhook_burst, saga_rate, saga_burst, waf, need, reserved)
+    return Limits(webhook_rate, webhook_burst, saga_rate, saga_burst, waf, need, reserved, budget)
 
 
 def _ceil(value: float) -> int:
     # round first: 4 x 0.3 x 3 is 3.5999999999999996 in floating point, and must stay 4, not 3
     return math.ceil(round(value, 9))
-
-
-def main() -> None:
-    """Print every stage's limits from cdk.json (README, "Sizing")."""
-    import json
-    from pathlib import Path
-
-    from infra.config import CONTEXT_KEY, load
-
-    cdk_json = Path(__file__).resolve().parents[1] / "cdk.json"
-    context = json.loads(cdk_json.read_text())["context"][CONTEXT_KEY]
-    for name, stage in load(context).stages.items():
-        print(name, stage.capacity.orders_per_second, "orders/s:", limits(stage))
-
-
-if __name__ == "__main__":
-    main()

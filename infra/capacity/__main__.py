@@ -1,0 +1,5 @@
+import sys
+
+from infra.capacity.report import main
+
+sys.exit(main())
