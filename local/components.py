@@ -288,6 +288,9 @@ class Postgres(Component):
             "full_page_writes=off",
             "-c",
             "max_connections=200",
+            # statement counts for make bench (issue 19): ships with the server, costs ~1%
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
         ]
 
     def ready(self) -> bool:

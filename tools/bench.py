@@ -36,6 +36,11 @@ asserts: the targets are printed next to the figures.
     while the local broker is stopped for 60 s and started again; how long the stack's own
     scheduled relay takes to publish every row that waited when the broker was back (ready),
     under the same load, and that backlog's rows per second.
+(i) what a command costs PostgreSQL, and the scale bench (issue 19; tools/bench_dbcost.py):
+    1,500 authorize commands through the local mapping against the latency-only double with
+    the production Stripe settings, on 3 and on 12 partitions (sized to the local
+    max_connections): PostgreSQL CPU per 1,000 commands, statements, transactions and tuples
+    read per command, connections per in-flight order, Lambda CPU and Stripe calls per command.
 (j) storage (issue 19): bytes stored per payment and the size of each table, after 2,000 orders
     and again after the retention job (tools/bench_storage.py).
 """
@@ -1151,6 +1156,12 @@ def bench_outbox_drain(report: Report, rate: float, outage_s: float, timeout: fl
     )
 
 
+def _bench_db_cost(report: Report, commands: int, workers: int, partitions: tuple[int, ...]) -> None:
+    from tools.bench_dbcost import bench_db_cost  # it imports this module's helpers
+
+    bench_db_cost(report, commands, workers, partitions)
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 
@@ -1183,12 +1194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=30, help="copies of orders for (g)")
     parser.add_argument("--drain-rate", type=float, default=20, help="authorize commands/s for (h)")
     parser.add_argument("--drain-outage", type=float, default=60, help="seconds the broker is down in (h)")
+    parser.add_argument("--dbcost-commands", type=int, default=1500, help="authorize commands per run of (i)")
+    parser.add_argument(
+        "--dbcost-partitions", type=int, nargs="*", default=[3, 12], help="(i): partition counts"
+    )
     parser.add_argument("--storage-orders", type=int, default=2000, help="orders for (j)")
     parser.add_argument(
         "--memory-mb", type=int, default=512, help="the authorize function's memory, for cost"
     )
     parser.add_argument(
-        "--only", nargs="*", choices=list("abcdefghj"), help="run only these sections (default: all)"
+        "--only", nargs="*", choices=list("abcdefghij"), help="run only these sections (default: all)"
     )
     parser.add_argument(
         "--setups", nargs="*", choices=THROUGHPUT_SETUPS, help="(g): only these Stripe set-ups (default: all)"
@@ -1213,6 +1228,9 @@ def main(argv: list[str] | None = None) -> int:
             report, args.orders, args.copies, args.memory_mb, get_settings().command_workers, args.setups
         ),
         "h": lambda: bench_outbox_drain(report, args.drain_rate, args.drain_outage),
+        "i": lambda: _bench_db_cost(
+            report, args.dbcost_commands, get_settings().command_workers, tuple(args.dbcost_partitions)
+        ),
         "j": lambda: bench_storage.bench_storage(report, args.storage_orders, Row),
     }
     started = time.time()

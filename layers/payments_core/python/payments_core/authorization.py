@@ -41,10 +41,16 @@ def authorize(services: Services, command: Command) -> str:
         description=body.order.description,
         return_url=body.return_url,
     )
-    with leases.hold_order(services, body.order_id) as services:
+    # The lease is taken by the transaction that writes the PENDING row (one statement fewer).
+    with leases.hold_order(services, body.order_id, take_with_first_transaction=True) as services:
         db = services.db
+        lease = leases.lease_of(services)
+        assert lease is not None
         with db.transaction():
-            created = repository.insert_pending(db, proposed)
+            call_id = repository.insert_pending_with_intent(db, proposed, lease.token)
+            created = call_id is not None
+            if call_id is not None:
+                lease.intended("create_hold", call_id)
             # An archived order's payment answers as any other duplicate: announced again.
             payment = (
                 proposed
@@ -69,16 +75,24 @@ def authorize(services: Services, command: Command) -> str:
                 with db.transaction():
                     lifecycle.announce(db, payment, correlation_id=command.correlation_id)
                 return payment.order_id
-        authorize_pending(services, payment, correlation_id=command.correlation_id, just_written=created)
+        authorize_pending(
+            services, payment, correlation_id=command.correlation_id, just_written=created, last=lease
+        )
     return payment.order_id
 
 
 def authorize_pending(
-    services: Services, payment: Payment, *, correlation_id: str | None, just_written: bool = False
+    services: Services,
+    payment: Payment,
+    *,
+    correlation_id: str | None,
+    just_written: bool = False,
+    last: leases.Lease | None = None,
 ) -> None:
     """Take a PENDING payment to its Stripe outcome. Caller holds the order's lease.
     ``just_written``: the caller wrote the row (its create attempt already counted), so no
-    earlier attempt can have reached Stripe."""
+    earlier attempt can have reached Stripe. ``last``: the caller's lease, given back by the
+    transaction that writes the outcome (the caller does nothing more under it)."""
     db = services.db
     intent: IntentSnapshot | None = None
     if not just_written:
@@ -92,6 +106,7 @@ def authorize_pending(
         try:
             intent = services.stripe.create_hold(payment)
         except Rejection as refused:  # a decline (CardDeclined) or a request Stripe rejects
+            _last_transaction(last)
             with db.transaction():
                 lifecycle.change_status(
                     db,
@@ -109,6 +124,7 @@ def authorize_pending(
     if intent.status not in _KNOWN_OUTCOMES:
         _fail_unexpected(services, payment, intent, correlation_id=correlation_id)
         return
+    _last_transaction(last)
     with db.transaction():
         lifecycle.apply_intent(
             db,
@@ -123,6 +139,11 @@ def authorize_pending(
             payment.status, "PaymentFailed"
         )
     )
+
+
+def _last_transaction(lease: leases.Lease | None) -> None:
+    if lease is not None:
+        lease.give_back_with_next_transaction()
 
 
 def _fail_unexpected(

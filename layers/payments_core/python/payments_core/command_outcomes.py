@@ -63,26 +63,28 @@ def answering(identity: CommandIdentity) -> Iterator[None]:
         _current.reset(token)
 
 
-def record_answer(db: Database, event_id: str) -> None:
-    """Called by ``outbox.enqueue`` in its transaction: store ``event_id`` as the running
-    command's answer unless it has one (a rolled-back transaction stored nothing, so the
-    next event enqueued becomes the answer). Outside a command (webhooks, HTTP, the
-    reconciler) there is nothing to record."""
+RECORD_ANSWER_SQL = """
+    INSERT INTO command_outcomes (topic, kafka_partition, kafka_offset, value_digest, event_id)
+    VALUES (:topic, :partition, :offset, :digest, CAST(:event_id AS uuid))
+    ON CONFLICT DO NOTHING
+"""
+
+
+def answer_params() -> dict[str, Any] | None:
+    """The running command's identity as the parameters of ``RECORD_ANSWER_SQL`` (with
+    ``event_id``, the enqueued event's), or None outside a command (webhooks, HTTP, the
+    reconciler): nothing to record. ``outbox.enqueue`` runs the insert in the statement that
+    writes the event, so its answer is stored unless it has one (a rolled-back transaction
+    stored nothing, so the next event enqueued becomes the answer)."""
     identity = _current.get()
     if identity is None:
-        return
-    db.execute(
-        """
-        INSERT INTO command_outcomes (topic, kafka_partition, kafka_offset, value_digest, event_id)
-        VALUES (:topic, :partition, :offset, :digest, CAST(:event_id AS uuid))
-        ON CONFLICT DO NOTHING
-        """,
-        topic=identity.topic,
-        partition=identity.partition,
-        offset=identity.offset,
-        digest=identity.value_digest,
-        event_id=event_id,
-    )
+        return None
+    return {
+        "topic": identity.topic,
+        "partition": identity.partition,
+        "offset": identity.offset,
+        "digest": identity.value_digest,
+    }
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,29 @@ class StoredAnswer:
     event_id: str
     order_key: str  # the outbox row's order key: what to publish
     requeued: bool
+
+
+def answered_among(db: Database, identities: list[CommandIdentity]) -> set[CommandIdentity]:
+    """Which of a batch's records were answered before: one lookup for the batch instead of one
+    per record. Only one invocation of a partition runs at a time, so no other record can
+    answer one of these between this lookup and the record's run (it is the record itself)."""
+    if not identities:
+        return set()
+    rows = db.query(
+        """
+        SELECT c.topic, c.kafka_partition, c.kafka_offset, encode(c.value_digest, 'hex') AS digest
+        FROM unnest(CAST(:topics AS text[]), CAST(:partitions AS int[]), CAST(:offsets AS bigint[]),
+                    CAST(:digests AS text[])) AS r(topic, kafka_partition, kafka_offset, digest)
+        JOIN command_outcomes c ON c.topic = r.topic AND c.kafka_partition = r.kafka_partition
+             AND c.kafka_offset = r.kafka_offset AND c.value_digest = decode(r.digest, 'hex')
+        """,
+        topics=[i.topic for i in identities],
+        partitions=[i.partition for i in identities],
+        offsets=[i.offset for i in identities],
+        digests=[i.value_digest.hex() for i in identities],
+    )
+    found = {(r["topic"], int(r["kafka_partition"]), int(r["kafka_offset"]), r["digest"]) for r in rows}
+    return {i for i in identities if (i.topic, i.partition, i.offset, i.value_digest.hex()) in found}
 
 
 def reannounce(db: Database, identity: CommandIdentity) -> StoredAnswer | None:

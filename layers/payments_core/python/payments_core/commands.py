@@ -11,6 +11,7 @@ publish stays in the outbox for the relay.
 from __future__ import annotations
 
 import binascii
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -71,9 +72,11 @@ def handle_command_batch(
     def can_start() -> bool:
         return ends_at is None or time.monotonic() + margin_s <= ends_at
 
+    items = items_of(event, KafkaEventRecord)
+    answered = _answered_before(main.db, items)
     outcome = pool.run(
-        items_of(event, KafkaEventRecord),
-        _run_record,
+        items,
+        functools.partial(_run_record, answered=answered),
         key_of=lambda item: order_key(main, item),
         can_start=can_start,
         on_failure=_log_failure,
@@ -98,12 +101,30 @@ def handle_command_batch(
     return outcome.batch_item_failures()
 
 
-def _run_record(services: Services, item: Item) -> tuple[str | None, float]:
+def _answered_before(db: Database, items: list[Item]) -> set[command_outcomes.CommandIdentity] | None:
+    """The batch's records answered before (None: unknown, each record looks for itself)."""
+    try:
+        return command_outcomes.answered_among(
+            db, [command_outcomes.CommandIdentity.of(item.record) for item in items]
+        )
+    except TransientError as exc:
+        logger.warning("answered records not looked up for the batch", extra={"reason": str(exc)})
+        return None
+
+
+def _run_record(
+    services: Services, item: Item, answered: set[command_outcomes.CommandIdentity] | None = None
+) -> tuple[str | None, float]:
     take_stripe_seconds()
     identity = command_outcomes.CommandIdentity.of(item.record)
     # A re-delivered record (the mapping re-sends finished records after a failed one) gets its
-    # first answer again; judged afresh it could contradict it (issue 16).
-    stored = command_outcomes.reannounce(services.db, identity)
+    # first answer again; judged afresh it could contradict it (issue 16). The batch looked its
+    # records up at once (``answered``): a record not among them has no answer to repeat.
+    stored = (
+        command_outcomes.reannounce(services.db, identity)
+        if answered is None or identity in answered
+        else None
+    )
     if stored is not None:
         count("CommandRedelivered")
         logger.info(

@@ -19,10 +19,13 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import pg8000.native
+from pg8000 import core as pg_core
+from pg8000.converters import make_params
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments_core.config import Settings, get_settings
@@ -45,6 +48,60 @@ _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 def _error_field(exc: DatabaseError, field: str) -> str:
     info = exc.args[0] if exc.args else None
     return str(info.get(field, "")) if isinstance(info, dict) else ""
+
+
+_BEGIN = (
+    pg_core._create_message(
+        pg_core.PARSE, pg_core.NULL_BYTE + b"START TRANSACTION" + pg_core.NULL_BYTE + pg_core.H_pack(0)
+    )
+    + pg_core._create_message(pg_core.BIND, pg_core.NULL_BYTE * 2 + pg_core.H_pack(0) * 3)
+    + pg_core.EXECUTE_MSG
+)
+
+
+@dataclass(frozen=True)
+class _Result:
+    rows: list[list[Any]] | None
+    columns: list[dict[str, Any]] | None
+    row_count: int
+
+
+def run_one_trip(
+    conn: pg8000.native.Connection, sql: str, params: dict[str, Any], *, begin: bool = False
+) -> _Result:
+    """``conn.run(sql, **params)`` in one round trip. pg8000 sends an unnamed statement in three
+    (Parse+Sync, Describe+Sync, Bind+Execute+Sync), and outside a transaction block each Sync
+    ends a transaction of its own: three round trips and three server transactions where one
+    does. Here the same unnamed statement goes as libpq's PQexecParams sends it (Parse, Bind,
+    Describe portal, Execute, Sync): nothing named is left in the session, so RDS Proxy keeps
+    multiplexing. The result is read by pg8000's own handlers, as ``run`` reads it, and
+    returned (not left on ``conn``, which may be a wrapper: the crash drill's).
+    ``begin``: START TRANSACTION first, in the same flight and before the same Sync, so an error
+    in either skips both (the statement never runs outside the transaction)."""
+    statement, make_vals = pg8000.native.to_statement(sql)
+    values = make_params(conn.py_types, make_vals(params))
+    encoding = conn._client_encoding
+    bind = bytearray(pg_core.NULL_BYTE * 2 + pg_core.H_pack(0) + pg_core.H_pack(len(values)))
+    for value in values:
+        if value is None:
+            bind.extend(pg_core.i_pack(-1))
+        else:
+            data = value.encode(encoding)
+            bind.extend(pg_core.i_pack(len(data)) + data)
+    bind.extend(pg_core.H_pack(0))  # every result column as text, as pg8000 reads them
+    context = pg_core.Context(statement)
+    if begin:
+        pg_core._write(conn._sock, _BEGIN)
+    conn._send_message(
+        pg_core.PARSE, pg_core.NULL_BYTE + statement.encode(encoding) + pg_core.NULL_BYTE + pg_core.H_pack(0)
+    )
+    conn._send_message(pg_core.BIND, bytes(bind))
+    conn._send_message(pg_core.DESCRIBE, pg_core.PORTAL + pg_core.NULL_BYTE)
+    pg_core._write(conn._sock, pg_core.EXECUTE_MSG)
+    pg_core._write(conn._sock, pg_core.SYNC_MSG)
+    pg_core._flush(conn._sock)
+    conn.handle_messages(context)
+    return _Result(context.rows, context.columns, context.row_count)
 
 
 def _session_ended(exc: DatabaseError) -> bool:
@@ -80,9 +137,13 @@ class Database:
         # with it.
         self._generation = 0
         self._transaction: int | None = None
+        self._begin_pending = False  # a transaction whose START goes with its first statement
         # Run first in every transaction while an order's lease is held (leases.hold): it
         # renews the lease and raises if it was taken over, so a stale holder writes nothing.
         self.fence: Callable[[Database], None] | None = None
+        # Transactions committed on this object: a write made inside one (a lease's deferred
+        # money-call outcome, its release) is known to have landed once this count moves past it.
+        self.commits = 0
 
     def _connect(self) -> pg8000.native.Connection:
         s = self._settings
@@ -144,20 +205,21 @@ class Database:
 
     def query(self, sql: str, **params: Any) -> list[Row]:
         """Run one statement on the current connection (inside or outside a transaction)."""
-        conn, rows = self._run(sql, params)
-        if not rows or conn.columns is None:
+        result = self._run(sql, params)
+        if not result.rows or result.columns is None:
             return []
-        names = [c["name"] for c in conn.columns]
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        names = [c["name"] for c in result.columns]
+        return [dict(zip(names, row, strict=True)) for row in result.rows]
 
     def execute(self, sql: str, **params: Any) -> int:
-        conn, _ = self._run(sql, params)
-        return int(conn.row_count or 0)
+        return max(0, self._run(sql, params).row_count)
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
-        self._run("START TRANSACTION", {})
-        self._transaction = self._generation
+        # START TRANSACTION goes out with the transaction's first statement (one round trip
+        # fewer); until then nothing is open on the server, and that first statement may still
+        # replace a stale connection, as START did on its own.
+        self._begin_pending = True
         try:
             if self.fence is not None:
                 self.fence(self)
@@ -166,7 +228,11 @@ class Database:
             self._rollback()
             raise
         try:
-            self._run("COMMIT", {})
+            if self._begin_pending:
+                self._begin_pending = False  # nothing was sent: nothing to commit
+            else:
+                self._run("COMMIT", {})
+            self.commits += 1
         except TransientError as exc:
             # The commit's outcome is unknown: the caller retries, and every write is idempotent.
             raise TransientError(f"database connection lost during commit: {exc}") from exc
@@ -176,6 +242,7 @@ class Database:
     def _rollback(self) -> None:
         alive = self._conn is not None and self._transaction == self._generation
         self._transaction = None
+        self._begin_pending = False
         if not alive or self._conn is None:
             return  # the server rolled it back when the connection died
         try:
@@ -185,26 +252,34 @@ class Database:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _run(
-        self, sql: str, params: dict[str, Any]
-    ) -> tuple[pg8000.native.Connection, list[list[Any]] | None]:
-        """Run one statement; returns the connection it ran on (for its columns and row count)
-        and its rows."""
+    def _run(self, sql: str, params: dict[str, Any]) -> _Result:
+        """Run one statement; returns its rows, columns and row count."""
         # One retry, only for a connection kept from before (a stale one) outside a transaction.
         # A statement may then run twice if the connection broke after the server ran it: every
         # such statement is idempotent.
         may_retry = self._conn is not None and self._transaction is None
         while True:
             conn = self.connection()
+            begin = self._begin_pending
             try:
+                one_trip = hasattr(conn, "handle_messages")  # pg8000's (a test's fake has only run)
+                if begin:  # the transaction starts with this statement, in the same flight
+                    self._begin_pending, self._transaction = False, self._generation
+                    if one_trip:
+                        return run_one_trip(conn, sql, params, begin=True)
+                    conn.run("START TRANSACTION")
+                if params and one_trip:
+                    return run_one_trip(conn, sql, params)
                 rows = conn.run(sql, **params)
-                return conn, rows
+                return _Result(rows, conn.columns, int(conn.row_count or 0))
             except CONNECTION_ERRORS as exc:
                 lost: Exception = exc
             except DatabaseError as exc:
                 if not _session_ended(exc):
                     raise
                 lost = exc
+            if begin:  # nothing of the transaction survived the connection: begin it again
+                self._begin_pending, self._transaction = True, None
             self._drop()
             if not may_retry:
                 raise TransientError(self._lost_message(lost)) from lost

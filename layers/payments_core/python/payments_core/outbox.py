@@ -44,6 +44,14 @@ UNSENT_OF_ORDERS = """
 """
 
 
+_ENQUEUE_SQL = """
+    INSERT INTO outbox (event_id, order_id, payment_id, event_type, envelope)
+    VALUES (CAST(:event_id AS uuid), :order_id, CAST(:payment_id AS uuid), :event_type, :envelope)
+    ON CONFLICT (event_id) DO UPDATE SET published_at = NULL
+    RETURNING 1
+"""
+
+
 @dataclass(frozen=True)
 class PublishReport:
     published: int
@@ -55,19 +63,18 @@ def enqueue(db: Database, envelope: dict, *, order_id: str, payment_id: str | No
     re-announcement keeps the first envelope, so consumers see one id and one timestamp).
     Inside a command, the first event it enqueues is also recorded as its answer, in this same
     transaction (see command_outcomes)."""
+    answer = command_outcomes.answer_params()
     db.execute(
-        """
-        INSERT INTO outbox (event_id, order_id, payment_id, event_type, envelope)
-        VALUES (CAST(:event_id AS uuid), :order_id, CAST(:payment_id AS uuid), :event_type, :envelope)
-        ON CONFLICT (event_id) DO UPDATE SET published_at = NULL
-        """,
+        _ENQUEUE_SQL
+        if answer is None
+        else f"WITH queued AS ({_ENQUEUE_SQL}) {command_outcomes.RECORD_ANSWER_SQL}",
         event_id=envelope["event_id"],
         order_id=order_id,
         payment_id=payment_id,
         event_type=envelope["type"],
         envelope=json.dumps(envelope, separators=(",", ":")),
+        **(answer or {}),
     )
-    command_outcomes.record_answer(db, envelope["event_id"])
 
 
 def publish_orders(db: Database, publisher: EventPublisher, order_ids: list[str]) -> PublishReport:

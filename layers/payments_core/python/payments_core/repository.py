@@ -17,37 +17,63 @@ _COLUMNS = frozenset(Payment.__dataclass_fields__) - {
 }
 
 
+_INSERT_PENDING_SQL = """
+    INSERT INTO payments (payment_id, order_id, correlation_id, clerk_user_id, stripe_customer_id,
+                          payment_method_id, amount_cents, currency, description, return_url, status,
+                          stripe_create_attempts)
+    SELECT CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
+           :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING', 1
+    WHERE NOT EXISTS (SELECT 1 FROM reverted_orders WHERE order_id = :order_id)
+      AND NOT EXISTS (SELECT 1 FROM payments_archive WHERE order_id = :order_id)
+    ON CONFLICT (order_id) DO NOTHING
+"""
+# The same, with the intent of the PaymentIntent create the row counts (stripe_money_calls, see
+# leases.Lease.money_call), written only with the row: one statement.
+_INSERT_PENDING_WITH_INTENT_SQL = f"""
+    WITH written AS ({_INSERT_PENDING_SQL} RETURNING order_id),
+    intent AS (
+        INSERT INTO stripe_money_calls (order_id, action, lease_token)
+        SELECT order_id, 'create_hold', :lease_token FROM written RETURNING id
+    )
+    SELECT id FROM intent
+"""  # noqa: S608 - composed of this module's constants
+
+
+def _pending_params(payment: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": payment.payment_id,
+        "order_id": payment.order_id,
+        "correlation_id": payment.correlation_id,
+        "clerk_user_id": payment.clerk_user_id,
+        "stripe_customer_id": payment.stripe_customer_id,
+        "payment_method_id": payment.payment_method_id,
+        "amount_cents": payment.amount_cents,
+        "currency": payment.currency,
+        "description": payment.description,
+        "return_url": payment.return_url,
+    }
+
+
 def insert_pending(db: Database, payment: Payment) -> bool:
     """Write the PENDING row for an order unless one exists, the order was reverted before
     it (reverted_orders) or its payment was archived (payments_archive: see archive for why the
     order's lease makes this check safe); True when this call wrote it.
     The row counts the PaymentIntent create its writer is about to send (committed before the
     call), so whoever finds it PENDING later knows Stripe may already have one."""
-    count = db.execute(
-        """
-        INSERT INTO payments (payment_id, order_id, correlation_id, clerk_user_id, stripe_customer_id,
-                              payment_method_id, amount_cents, currency, description, return_url, status,
-                              stripe_create_attempts)
-        SELECT CAST(:payment_id AS uuid), :order_id, :correlation_id, :clerk_user_id, :stripe_customer_id,
-               :payment_method_id, :amount_cents, :currency, :description, :return_url, 'PENDING', 1
-        WHERE NOT EXISTS (SELECT 1 FROM reverted_orders WHERE order_id = :order_id)
-          AND NOT EXISTS (SELECT 1 FROM payments_archive WHERE order_id = :order_id)
-        ON CONFLICT (order_id) DO NOTHING
-        """,
-        payment_id=payment.payment_id,
-        order_id=payment.order_id,
-        correlation_id=payment.correlation_id,
-        clerk_user_id=payment.clerk_user_id,
-        stripe_customer_id=payment.stripe_customer_id,
-        payment_method_id=payment.payment_method_id,
-        amount_cents=payment.amount_cents,
-        currency=payment.currency,
-        description=payment.description,
-        return_url=payment.return_url,
-    )
+    count = db.execute(_INSERT_PENDING_SQL, **_pending_params(payment))
     if count == 1:
         payment.stripe_create_attempts = 1
     return count == 1
+
+
+def insert_pending_with_intent(db: Database, payment: Payment, lease_token: int) -> int | None:
+    """``insert_pending``, writing in the same statement the intent of the create the row counts
+    (under the order's lease ``lease_token``); the intent's id, None when no row was written."""
+    rows = db.query(_INSERT_PENDING_WITH_INTENT_SQL, lease_token=lease_token, **_pending_params(payment))
+    if not rows:
+        return None
+    payment.stripe_create_attempts = 1
+    return int(rows[0]["id"])
 
 
 def get_by_order_id(db: Database, order_id: str, *, for_update: bool = False) -> Payment | None:
