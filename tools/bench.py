@@ -69,6 +69,7 @@ from typing import Any
 from local import stack
 from local.db_activity import InFlightSampler, InFlightSummary
 from local.lambda_runtime import FakeLambdaContext, load_handler
+from local.processes import rel
 from local.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
 from local.settings import load as load_local_settings
 from tools import bench_storage
@@ -755,6 +756,39 @@ class _Mapping:
         self._log.close()
 
 
+def read_events_from_now(consumer: Any) -> None:
+    """Assign ``consumer`` every payment_events partition, positioned at its end."""
+    from kafka import TopicPartition
+
+    events = [
+        TopicPartition("payment_events", p) for p in consumer.partitions_for_topic("payment_events") or []
+    ]
+    consumer.assign(events)
+    consumer.seek_to_end(*events)
+    for tp in events:
+        consumer.position(tp)
+
+
+def warm_up(
+    producer: Any,
+    consumer: Any,
+    topic: str,
+    partitions: int,
+    workers: int,
+    card: tuple[str, str],
+    prefix: str,
+    *,
+    timeout: float,
+) -> None:
+    """Not counted: enough orders per partition to start each partition's container and open
+    every worker's database connection, as in a warm function; returns once all are answered."""
+    warm = {f"{prefix}-warm-{uuid.uuid4()}": p for p in range(partitions) for _ in range(workers)}
+    for order_id, p in warm.items():
+        producer.send(topic, json.dumps(authorize(order_id, *card)).encode(), partition=p)
+    producer.flush()
+    _answers(consumer, set(warm), timeout=timeout)
+
+
 def _answers(consumer: Any, wanted: set[str], timeout: float) -> dict[str, float]:
     """First payment_events arrival time per wanted order."""
     seen: dict[str, float] = {}
@@ -785,7 +819,7 @@ def run_through_mapping(
     service's database sessions are sampled during the measured run (not the warm-up)."""
     import random
 
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
 
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
     topic = _new_topic(partitions)
@@ -793,20 +827,8 @@ def run_through_mapping(
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     try:
-        events = [
-            TopicPartition("payment_events", p) for p in consumer.partitions_for_topic("payment_events") or []
-        ]
-        consumer.assign(events)
-        consumer.seek_to_end(*events)
-        for tp in events:
-            consumer.position(tp)
-        # warm-up, not counted: enough orders per partition to start each partition's container
-        # and open every worker's database connection, as in a warm function
-        warm = {f"bench-g-warm-{uuid.uuid4()}": p for p in range(partitions) for _ in range(workers)}
-        for order_id, p in warm.items():
-            producer.send(topic, json.dumps(authorize(order_id, *card)).encode(), partition=p)
-        producer.flush()
-        _answers(consumer, set(warm), timeout=120)
+        read_events_from_now(consumer)
+        warm_up(producer, consumer, topic, partitions, workers, card, "bench-g", timeout=120)
         log_mark = len(mapping.text())
 
         rng = random.Random(13)
@@ -1262,7 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten to {(out / 'results.json').relative_to(REPO_ROOT)}")
+    print(f"\nwritten to {rel(out / 'results.json')}")
     return 0
 
 

@@ -45,6 +45,8 @@ from tools.bench import (
     _new_topic,
     _status,
     authorize,
+    read_events_from_now,
+    warm_up,
 )
 
 PG_CPU_TARGET_S_PER_1000 = 1.8
@@ -302,7 +304,7 @@ def _top_statements(before: Counters, after: Counters, commands: int, n: int = 1
 
 
 def run_costed(observer: Observer, double: Any, partitions: int, workers: int, commands: int) -> CostRun:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
     from payments_core.config import Settings
 
     bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
@@ -315,18 +317,8 @@ def run_costed(observer: Observer, double: Any, partitions: int, workers: int, c
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     card = ("cus_bench", "pm_bench")
     try:
-        events = [
-            TopicPartition("payment_events", p) for p in consumer.partitions_for_topic("payment_events") or []
-        ]
-        consumer.assign(events)
-        consumer.seek_to_end(*events)
-        for tp in events:
-            consumer.position(tp)
-        warm = {f"bench-i-warm-{uuid.uuid4()}": p for p in range(partitions) for _ in range(workers)}
-        for order_id, p in warm.items():
-            producer.send(topic, json.dumps(authorize(order_id, *card)).encode(), partition=p)
-        producer.flush()
-        _answers(consumer, set(warm), timeout=180)
+        read_events_from_now(consumer)
+        warm_up(producer, consumer, topic, partitions, workers, card, "bench-i", timeout=180)
         time.sleep(STATS_FLUSH_S)
 
         order_ids = [f"bench-i-{uuid.uuid4()}" for _ in range(commands)]

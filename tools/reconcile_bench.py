@@ -31,6 +31,7 @@ import uuid
 from typing import Any
 
 from local import stack
+from local.processes import rel
 from local.settings import REPO_ROOT
 from tools.bench import (
     apply_env,
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the next run: {figures['next_run_checks']} checks, {figures['next_run_ours']} of these payments\n"
         f"keeps up with {figures['final_payments_a_day']:,} final payments a day (one audit each, "
         f"{RUN_SECONDS} s runs every 5 min) against {OLD_FIXED_PER_DAY:,} for the old fixed 50 per run\n"
-        f"outcomes: {figures['outcomes']}  (figures: {out.relative_to(REPO_ROOT)})"
+        f"outcomes: {figures['outcomes']}  (figures: {rel(out)})"
     )
     return 0
 
