@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,43 +79,23 @@ def _schema(conn: Any) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
-def test_migrations_create_tables_once(make_pg_connection: Callable[..., Any], unique: str) -> None:
-    """On a scratch database: the first run creates the tables, the second changes nothing."""
-    from payments_core.db import Database
-    from payments_core.migrate import apply_migrations, migration_files
-
+@pytest.fixture
+def scratch_db(make_pg_connection: Callable[..., Any], unique: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A database of its own (its name, and the parameters to reach it), dropped afterwards."""
     scratch = f"migrate_test_{unique}"
     admin = make_pg_connection(DB_NAME)
     admin.run(f"CREATE DATABASE {scratch}")
     try:
-        conn_params = {
-            "user": os.environ["PGUSER"],
-            "password": os.environ["PGPASSWORD"],
-            "host": os.environ["DB_HOST"],
-            "port": int(os.environ["DB_PORT"]),
-            "database": scratch,
-        }
-        db = Database(**conn_params)
-        try:
-            first = apply_migrations(db)
-        finally:
-            db.close()
-        assert first == [version for version, _ in migration_files()]
-        check = make_pg_connection(scratch)
-        tables = {r[0] for r in check.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"schema_migrations", "payments", "outbox"} <= tables
-        before = _schema(check)
-        recorded = check.run("SELECT version, applied_at FROM schema_migrations ORDER BY version")
-
-        db = Database(**conn_params)
-        try:
-            second = apply_migrations(db)
-        finally:
-            db.close()
-        assert second == []
-        assert _schema(check) == before
-        assert check.run("SELECT version, applied_at FROM schema_migrations ORDER BY version") == recorded
-        check.close()
+        yield (
+            scratch,
+            {
+                "user": os.environ["PGUSER"],
+                "password": os.environ["PGPASSWORD"],
+                "host": os.environ["DB_HOST"],
+                "port": int(os.environ["DB_PORT"]),
+                "database": scratch,
+            },
+        )
     finally:
         admin.run(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()",
@@ -124,8 +104,41 @@ def test_migrations_create_tables_once(make_pg_connection: Callable[..., Any], u
         admin.run(f"DROP DATABASE IF EXISTS {scratch}")
 
 
+def test_migrations_create_tables_once(
+    make_pg_connection: Callable[..., Any], scratch_db: tuple[str, dict[str, Any]]
+) -> None:
+    """On a scratch database: the first run creates the tables, the second changes nothing."""
+    from payments_core.db import Database
+    from payments_core.migrate import apply_migrations, migration_files
+
+    scratch, conn_params = scratch_db
+    db = Database(**conn_params)
+    try:
+        first = apply_migrations(db)
+    finally:
+        db.close()
+    assert first == [version for version, _ in migration_files()]
+    check = make_pg_connection(scratch)
+    tables = {r[0] for r in check.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"schema_migrations", "payments", "outbox"} <= tables
+    before = _schema(check)
+    recorded = check.run("SELECT version, applied_at FROM schema_migrations ORDER BY version")
+
+    db = Database(**conn_params)
+    try:
+        second = apply_migrations(db)
+    finally:
+        db.close()
+    assert second == []
+    assert _schema(check) == before
+    assert check.run("SELECT version, applied_at FROM schema_migrations ORDER BY version") == recorded
+    check.close()
+
+
 def test_a_migration_runs_as_postgresql_parses_it(
-    make_pg_connection: Callable[..., Any], unique: str, monkeypatch: pytest.MonkeyPatch
+    make_pg_connection: Callable[..., Any],
+    scratch_db: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A migration file is sent whole: a function body and a string holding ';' or '--' are
     PostgreSQL's to parse (splitting on ';' by hand cut them apart), and a file that fails
@@ -143,46 +156,28 @@ def test_a_migration_runs_as_postgresql_parses_it(
         INSERT INTO semicolons DEFAULT VALUES;
     """
     broken = "CREATE TABLE half_done (id int); SELECT no_such_function();"
-    scratch = f"migrate_parse_{unique}"
-    admin = make_pg_connection(DB_NAME)
-    admin.run(f"CREATE DATABASE {scratch}")
+    scratch, params = scratch_db
+    monkeypatch.setattr(migrate, "migration_files", lambda: [("9001_tricky", tricky)])
+    db = Database(**params)
     try:
-        params = {
-            "user": os.environ["PGUSER"],
-            "password": os.environ["PGPASSWORD"],
-            "host": os.environ["DB_HOST"],
-            "port": int(os.environ["DB_PORT"]),
-            "database": scratch,
-        }
-        monkeypatch.setattr(migrate, "migration_files", lambda: [("9001_tricky", tricky)])
-        db = Database(**params)
-        try:
-            assert migrate.apply_migrations(db) == ["9001_tricky"]
-        finally:
-            db.close()
-        check = make_pg_connection(scratch)
-        assert check.run("SELECT note, semicolons_note() FROM semicolons") == [
-            ["a; b -- not a comment", "x;y"]
-        ]
-
-        monkeypatch.setattr(
-            migrate, "migration_files", lambda: [("9001_tricky", tricky), ("9002_broken", broken)]
-        )
-        db = Database(**params)
-        try:
-            with pytest.raises(Exception, match="no_such_function"):
-                migrate.apply_migrations(db)
-        finally:
-            db.close()
-        assert check.run("SELECT to_regclass('half_done') IS NULL")[0][0] is True
-        assert check.run("SELECT version FROM schema_migrations") == [["9001_tricky"]]
-        check.close()
+        assert migrate.apply_migrations(db) == ["9001_tricky"]
     finally:
-        admin.run(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()",
-            d=scratch,
-        )
-        admin.run(f"DROP DATABASE IF EXISTS {scratch}")
+        db.close()
+    check = make_pg_connection(scratch)
+    assert check.run("SELECT note, semicolons_note() FROM semicolons") == [["a; b -- not a comment", "x;y"]]
+
+    monkeypatch.setattr(
+        migrate, "migration_files", lambda: [("9001_tricky", tricky), ("9002_broken", broken)]
+    )
+    db = Database(**params)
+    try:
+        with pytest.raises(Exception, match="no_such_function"):
+            migrate.apply_migrations(db)
+    finally:
+        db.close()
+    assert check.run("SELECT to_regclass('half_done') IS NULL")[0][0] is True
+    assert check.run("SELECT version FROM schema_migrations") == [["9001_tricky"]]
+    check.close()
 
 
 def test_local_up_applied_the_schema(pg_connection: Any) -> None:
