@@ -60,6 +60,9 @@ from local.settings import load as load_settings
 log = logging.getLogger("local.event_source")
 
 
+METADATA_MAX_AGE_MS = 3000
+
+
 def pause_file_path() -> Path:
     """The stack's mapping is disabled while this file exists (tools/partitions.py writes it)."""
     return Path(os.environ.get("LOCAL_ESM_PAUSE_FILE") or load_settings().state_dir / "event-source.paused")
@@ -204,6 +207,10 @@ class EventSourceMapping:
             auto_offset_reset="earliest",
             max_poll_records=self.config.batch_size,
             max_poll_interval_ms=max(300_000, int(self.config.handler_timeout_s * 1000) * 2),
+            # A member that joined before its metadata listed the topic is assigned nothing, and
+            # partitions added by a grow go unread, until the metadata is refreshed (kafka-python's
+            # default: every 5 minutes); refreshed every few seconds, either ends in a rejoin at once.
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         self._consumer.subscribe([self.config.topic], listener=Listener())
         self._producer = KafkaProducer(bootstrap_servers=self.config.bootstrap_servers, acks="all")
