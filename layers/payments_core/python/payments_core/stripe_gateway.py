@@ -111,6 +111,15 @@ def attempted_before(recorded: bool) -> Iterator[None]:
         _hooks.attempted_before = previous
 
 
+class StripeRateLimited(TransientError):
+    """Stripe answered 429 (its rate or concurrency limit, or a lock timeout): nothing was
+    processed, so the same key may be sent again after a backoff."""
+
+
+class StripeUnreachable(TransientError):
+    """The request timed out or the connection dropped: Stripe, or the way to it, is struggling."""
+
+
 class _AnswerSaved(TransientError):
     """Stripe answered this key with an error it will replay for a day (a 5xx, or
     ``idempotency_error``: the same key with other parameters): retrying the key cannot help."""
@@ -173,12 +182,13 @@ class StripeApiGateway:
                 decline_code=getattr(err, "decline_code", None) if err is not None else None,
                 payment_intent_id=getattr(pi, "id", None) if pi else None,
             ) from exc
-        except (
-            stripe.RateLimitError,
-            stripe.APIConnectionError,
-            stripe.AuthenticationError,
-            stripe.PermissionError,
-        ) as exc:
+        except stripe.RateLimitError as exc:
+            raise StripeRateLimited(f"stripe unavailable: RateLimitError: {exc.user_message or exc}") from exc
+        except stripe.APIConnectionError as exc:  # stripe-python raises it for timeouts too
+            raise StripeUnreachable(
+                f"stripe unavailable: APIConnectionError: {exc.user_message or exc}"
+            ) from exc
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             raise TransientError(
                 f"stripe unavailable: {type(exc).__name__}: {exc.user_message or exc}"
             ) from exc
@@ -188,7 +198,9 @@ class StripeApiGateway:
             status = exc.http_status or 0
             if status >= 500:
                 raise _AnswerSaved(f"stripe error {status}: {exc.user_message or exc}") from exc
-            if status in (0, 409, 429):  # 409: the key's first request is still executing
+            if status == 429:
+                raise StripeRateLimited(f"stripe error 429: {exc.user_message or exc}") from exc
+            if status in (0, 409):  # 409: the key's first request is still executing
                 raise TransientError(f"stripe error {status}: {exc.user_message or exc}") from exc
             raise Rejection(STRIPE_API_ERROR, exc.user_message or str(exc), stripe_code=exc.code) from exc
 

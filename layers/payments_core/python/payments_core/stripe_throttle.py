@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from payments_core.errors import TransientError
-from payments_core.stripe_gateway import before_each_request
+from payments_core.stripe_gateway import StripeRateLimited, StripeUnreachable, before_each_request
 
 if TYPE_CHECKING:
     from payments_core.domain import Payment
@@ -50,28 +50,13 @@ def take_stripe_seconds() -> float:
 
 
 def is_rate_limited(exc: BaseException) -> bool:
-    """A 429 from Stripe: the gateway raises TransientError from stripe's RateLimitError (or a
-    StripeError with http_status 429)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if getattr(seen, "http_status", None) == 429 or type(seen).__name__ == "RateLimitError":
-            return True
-        seen = seen.__cause__
-    return False
+    """A 429 from Stripe (typed where the gateway catches the SDK's exception)."""
+    return isinstance(exc, StripeRateLimited)
 
 
 def is_overloaded(exc: BaseException) -> bool:
-    """A timeout or a dropped connection (stripe's APIConnectionError under the TransientError)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if type(seen).__name__ in ("APIConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout"):
-            return True
-        seen = seen.__cause__
-    return False
+    """A timeout or a dropped connection on the way to Stripe."""
+    return isinstance(exc, StripeUnreachable)
 
 
 class RequestPacer:
