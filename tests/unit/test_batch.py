@@ -1,4 +1,4 @@
-"""The batch rules (payments_core.batch) and Stripe back-pressure (payments_core.stripe_throttle),
+"""The batch rules (payments_core.entrypoints.batch) and Stripe back-pressure (payments_core.adapters.stripe_api.stripe_throttle),
 with fake records, handlers and clocks: order per key, concurrency across keys, what is
 reported after a failure or when time runs out, one thread per resource."""
 
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core.batch import Item, WorkerPool, items_of, to_report
-from payments_core.errors import TransientError
-from payments_core.stripe_gateway import StripeRateLimited, StripeUnreachable
-from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
+from payments_core.adapters.stripe_api.stripe_gateway import StripeRateLimited, StripeUnreachable
+from payments_core.adapters.stripe_api.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints.batch import Item, WorkerPool, items_of, to_report
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,18 @@ from typing import Any
 
 import pytest
 import stripe
-from payments_core.errors import TransientError
-from payments_core.stripe_gateway import StripeApiGateway, StripeRateLimited, StripeUnreachable
-from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, is_overloaded, is_rate_limited
+from payments_core.adapters.stripe_api.stripe_gateway import (
+    StripeApiGateway,
+    StripeRateLimited,
+    StripeUnreachable,
+)
+from payments_core.adapters.stripe_api.stripe_throttle import (
+    StripeThrottle,
+    ThrottledStripe,
+    is_overloaded,
+    is_rate_limited,
+)
+from payments_core.domain.errors import TransientError
 
 
 def _translated(exc: Exception) -> BaseException:
