@@ -4,7 +4,7 @@ database class and its connection budget, the RDS Proxy's settings and the Strip
 Per order (``r`` = orders per second; the API's own assumptions are in api_limits.py):
 
 - **2 commands** on ``payment_commands`` (an authorize, then a release or a revert);
-- a partition carries **25 commands/s** (measured: README, "Throughput at Stripe's latency",
+- a partition carries **25 commands/s** (measured: docs/benchmarks.md, "Throughput at Stripe's latency",
   pool of 16 workers, Stripe at 300 ms), so partitions = max(3, ceil(2 r / 25));
 - **5 Stripe calls** for a released order (3 writes: create-and-confirm, capture, transfer; 2
   reads), plus the audit's ``AUDIT_STRIPE_READS_PER_SECOND`` (10) reads;
@@ -44,7 +44,7 @@ STRIPE_WRITES_PER_ORDER = 3
 STRIPE_READS_PER_ORDER = 2
 AUDIT_STRIPE_READS_PER_S = 10  # payments_core.config: AUDIT_STRIPE_READS_PER_SECOND
 STRIPE_REQUEST_HEADROOM = 1.5  # ask Stripe for this much above the need: retries, bursts
-STRIPE_LATENCY_S = 0.4  # a PaymentIntent create-and-confirm (README, "Throughput")
+STRIPE_LATENCY_S = 0.4  # a PaymentIntent create-and-confirm (docs/benchmarks.md, "Throughput")
 STRIPE_P99_S = 2.0
 DB_TIMEOUT_S = 5  # payments_core.config: DB_TIMEOUT_SECONDS, the functions' socket timeout
 
