@@ -52,7 +52,7 @@ WAF_PER_MILLION_USD = 0.60
 
 NAT_HOUR_USD = 0.059
 NAT_GB_USD = 0.059
-KB_PER_ORDER_NAT = 5 * 5.0  # five Stripe calls of ~5 KB, through the NAT gateway
+KB_PER_ORDER_NAT = 3 * 5.0  # three Stripe calls of ~5 KB (create, capture, transfer), through the NAT gateway
 
 
 @dataclass(frozen=True)
