@@ -137,6 +137,10 @@ class FunctionsConfig:
     command_start_margin_ms: int
     log_level: str
     log_retention_days: int
+    # The command function's Stripe requests per second, shared by its containers
+    # (STRIPE_ACCOUNT_REQUESTS_PER_SECOND). None: the write rate the capacity plan asks Stripe to
+    # grant (`make capacity`); set what Stripe actually granted (25 on a test-mode key).
+    stripe_account_requests_per_second: float | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ POLLER_SPARE = 2  # max pollers: twice what the partitions need, for a backlog's
 STRIPE_WRITES_PER_ORDER = 3
 STRIPE_READS_PER_ORDER = 0  # see the module's docstring: lookups only after an earlier attempt
 AUDIT_STRIPE_READS_PER_S = 10  # payments_core.config: AUDIT_STRIPE_READS_PER_SECOND
+MAX_STRIPE_BUDGET = 10_000.0  # payments_core.config.MAX_STRIPE_REQUESTS_PER_SECOND
 STRIPE_REQUEST_HEADROOM = 1.5  # ask Stripe for this much above the need: retries, bursts
 STRIPE_LATENCY_S = 0.4  # a PaymentIntent create-and-confirm (docs/benchmarks.md, "Throughput")
 STRIPE_P99_S = 2.0
@@ -203,6 +204,16 @@ def size(config: StageConfig) -> Sizing:
 
     writes = STRIPE_WRITES_PER_ORDER * r
     reads = STRIPE_READS_PER_ORDER * r + AUDIT_STRIPE_READS_PER_S
+    budget = fc.stripe_account_requests_per_second
+    if budget is not None and not 0 < budget <= MAX_STRIPE_BUDGET:
+        raise ValueError(
+            f"{name}: functions.stripe_account_requests_per_second must be above 0 and at most {MAX_STRIPE_BUDGET:g}"
+        )
+    if budget is not None and budget < writes:
+        raise refuse(
+            "functions.stripe_account_requests_per_second", budget, writes,
+            f"{STRIPE_WRITES_PER_ORDER} Stripe writes per released order x {r:g} orders/s (the command function paces to it)",
+        )  # fmt: skip
     stripe_writes = Item(
         _at_least(writes * STRIPE_REQUEST_HEADROOM, pub.STRIPE_LIVE_WRITES_PER_S),
         f"{STRIPE_WRITES_PER_ORDER} writes per order x {r:g} = {writes:g}/s, x {STRIPE_REQUEST_HEADROOM:g}",
