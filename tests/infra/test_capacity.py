@@ -234,3 +234,13 @@ def test_a_stripe_budget_below_the_rate_fails_with_one_line() -> None:
         )
     with pytest.raises(ValueError, match="must be above 0"):
         capacity.plan(_stage("dev", functions={"stripe_account_requests_per_second": 0}))
+
+
+def test_the_connection_budget_counts_the_reconcilers_workers() -> None:
+    """A reconciler run holds its own connection and one per worker (RECONCILE_WORKERS, not set
+    by the stack: its default), beside the retention job's one."""
+    from payments_core.config import Settings
+
+    workers = Settings.__dataclass_fields__["reconcile_workers"].default
+    assert isinstance(workers, int) and workers >= 1
+    assert capacity.plan(_stage("dev")).sessions.audit == 1 + workers + 1
