@@ -190,9 +190,13 @@ def prepare(
     if override is None and current is not None:
         if current == version or (found := find_runtime_python(version, environ, uv, venv)) is None:
             # the runtime's version already (the common case: file reads only), or still not
-            # installed: the fallback .venv stays (its warning was given when it was built)
+            # installed: the fallback .venv stays (its warning given when it was built, or now
+            # for a .venv older than the record)
             if not record.is_file():
-                _write(record, Interpreter(str(venv / "bin" / "python"), current))
+                built_with = Interpreter(str(venv / "bin" / "python"), current)
+                if current != version:
+                    say(fallback_warning(version, built_with))
+                _write(record, built_with)
             return
         wanted = found
     else:

@@ -190,6 +190,19 @@ def test_a_fallback_venv_stays_while_the_runtimes_python_is_missing(
     assert record.stat().st_mtime == 1_000_000  # untouched: make does not reinstall
 
 
+def test_a_fallback_venv_older_than_the_record_is_kept_with_the_warning(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    venv = _fake_venv(tmp_path / ".venv", OTHER)  # built before make venv wrote a record
+    said: list[str] = []
+    venv_python.prepare(venv, venv / ".base-python", env, fallback=FALLBACK, say=said.append)
+    assert said == [
+        venv_python.fallback_warning(PYTHON_VERSION, Interpreter(str(venv / "bin" / "python"), OTHER))
+    ]
+    assert (venv / "bin" / "python").exists()
+    assert (venv / ".base-python").read_text() == f"{venv / 'bin' / 'python'}\n"
+
+
 def test_a_venv_of_the_runtimes_version_is_left_alone(tmp_path: Path, env: dict[str, str]) -> None:
     venv = _fake_venv(tmp_path / ".venv", PYTHON_VERSION)
     record = venv / ".base-python"
