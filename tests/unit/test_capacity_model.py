@@ -133,7 +133,7 @@ def test_stripe_requests_cover_calls_per_order_times_rate() -> None:
     campus = plan(_stage("campus1000"))
     assert (campus.stripe_writes.value, campus.stripe_reads.value, campus.stripe_endpoint.value) == (
         2250,
-        1550,
+        100,  # no read per released order on a first attempt: the audit's 10/s, under the default
         750,
     )
     # its containers (40 x 32 in flight at 0.4 s) can send what the rate needs
