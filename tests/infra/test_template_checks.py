@@ -654,7 +654,7 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
             kind = "group" if action == "kafka-cluster:DescribeGroup" else "topic"
             need.add((action, f"{kind}:{grow['ConsumerGroup' if kind == 'group' else 'GrowTopic']}"))
     if "db" in uses and env.get("DB_IAM_AUTH") == "true":
-        need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db"])
+        need.update((a, f"dbuser:{env['DB_USER']}") for a in actions["db_login"])
     if "stripe" in uses:
         secret("STRIPE_SECRET_KEY_SECRET_ID")
     if "webhook_secret" in uses:
@@ -731,7 +731,7 @@ def test_code_actions_are_found_in_the_gateways() -> None:
     actions = code_actions()
     assert actions["dead_letters"] == {"sqs:SendMessage"}
     assert actions["secrets"] == {"secretsmanager:GetSecretValue"}
-    assert actions["db"] == {"rds-db:connect"}
+    assert actions["db_login"] == {"rds-db:connect"}
     assert "kafka-cluster:WriteDataIdempotently" in actions["kafka_gateway"]
 
 

@@ -1,6 +1,6 @@
-"""How Database._connect logs in, for each way the stack configures it (PostgreSQL itself is
-replaced here by a recorder of the connection parameters; the TLS handshake against a real
-server is in tests/integration/test_migration_tls.py)."""
+"""How Database._connect logs in (``db_login``), for each way the stack configures it
+(PostgreSQL itself is replaced here by a recorder of the connection parameters; the TLS
+handshake against a real server is in tests/integration/test_migration_tls.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from payments_core.adapters.postgres import db as db_module
+from payments_core.adapters.postgres import db_login
 from payments_core.config import get_settings
 
 
@@ -19,7 +20,7 @@ from payments_core.config import get_settings
 def connect_params(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     monkeypatch.setattr(
-        db_module.pg8000.native, "Connection", lambda **params: seen.append(params) or object()
+        db_login.pg8000.native, "Connection", lambda **params: seen.append(params) or object()
     )
     return seen
 
@@ -43,7 +44,7 @@ def test_functions_log_in_as_the_app_role_with_an_iam_token(
         db_ssl=True,
         db_secret_id="must-not-be-read",
     )
-    monkeypatch.setattr(db_module, "get_secret_json", lambda _: pytest.fail("the secret must not be read"))
+    monkeypatch.setattr(db_login, "get_secret_json", lambda _: pytest.fail("the secret must not be read"))
     db_module.Database(settings).connection()
     (params,) = connect_params
     assert params["user"] == "payments_app" and params["host"] == "proxy.example.internal"
@@ -60,7 +61,7 @@ def test_a_configured_ca_bundle_that_is_missing_is_an_error(
     connect_params: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(
-        db_module,
+        db_login,
         "get_secret_json",
         lambda _: {
             "username": "payments_admin",
@@ -100,10 +101,10 @@ def test_workers_connecting_at_once_share_one_rds_client_made_once(monkeypatch: 
             return object()
 
     monkeypatch.setattr(boto3.session, "Session", SlowSession)
-    monkeypatch.setattr(db_module, "_rds_clients", {})
+    monkeypatch.setattr(db_login, "_rds_clients", {})
     clients: list[object] = []
     workers = [
-        threading.Thread(target=lambda: clients.append(db_module._rds_client("ap-southeast-1")))
+        threading.Thread(target=lambda: clients.append(db_login._rds_client("ap-southeast-1")))
         for _ in range(16)
     ]
     for worker in workers:

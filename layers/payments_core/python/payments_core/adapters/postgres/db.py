@@ -1,5 +1,6 @@
 """PostgreSQL through pg8000: one connection per worker, reused across invocations. Every SQL
-statement is parameterised.
+statement is parameterised. How the connection logs in (IAM token or secret, TLS) is
+``db_login``; here is what happens to it after: its transactions and its replacement.
 
 Nothing here lives in the session: no session advisory lock, no SET, no set_config. Through RDS
 Proxy each of those pins the client's backend connection until it disconnects, and a lock held
@@ -14,31 +15,22 @@ every later one until the transaction block is left."""
 
 from __future__ import annotations
 
-import os
-import ssl
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import pg8000.native
 from pg8000 import core as pg_core
 from pg8000.converters import make_params
-from pg8000.exceptions import DatabaseError, InterfaceError
+from pg8000.exceptions import DatabaseError
 
-from payments_core.adapters.secrets import get_secret_json
+from payments_core.adapters.postgres.db_login import CONNECTION_ERRORS, open_connection
 from payments_core.config import Settings, get_settings
 from payments_core.domain.errors import TransientError
 from payments_core.observability import logger
 
 Row = dict[str, Any]
-
-# Errors that mean "the database could not be reached or the connection broke".
-CONNECTION_ERRORS = (InterfaceError, OSError, ssl.SSLError, TimeoutError)
-# Amazon RDS's certificate authorities (PEM), put into the layer by infra/build_layer.py.
-RDS_CA_BUNDLE = "rds-ca-bundle.pem"
 
 # The server ended the session: admin_shutdown (pg_terminate_backend), crash_shutdown,
 # cannot_connect_now; class 08 is "connection exception".
@@ -110,22 +102,6 @@ def _session_ended(exc: DatabaseError) -> bool:
     return code in _SESSION_ENDED or code.startswith("08") or severity in ("FATAL", "PANIC")
 
 
-# boto3's default session is not thread-safe, and a container's workers connect at once on a
-# cold start: one RDS client (clients are thread-safe once made), made under a lock.
-_rds_clients: dict[str, Any] = {}
-_rds_clients_lock = threading.Lock()
-
-
-def _rds_client(region: str) -> Any:
-    with _rds_clients_lock:
-        client = _rds_clients.get(region)
-        if client is None:
-            import boto3
-
-            client = _rds_clients[region] = boto3.session.Session().client("rds", region_name=region)
-        return client
-
-
 class Database:
     """A lazily opened connection with explicit transactions."""
 
@@ -146,42 +122,7 @@ class Database:
         self.commits = 0
 
     def _connect(self) -> pg8000.native.Connection:
-        s = self._settings
-        params: dict[str, Any]
-        if self._overrides:
-            params = dict(self._overrides)
-        elif s.db_iam_auth:
-            # The application role through the RDS Proxy: a 15-minute token signed with the
-            # function's own credentials (no network call), so no password to read or leak.
-            params = {"user": s.db_user, "host": s.db_host, "port": s.db_port or 5432, "database": s.db_name}
-            params["password"] = _rds_client(s.aws_region).generate_db_auth_token(
-                DBHostname=s.db_host, Port=params["port"], DBUsername=s.db_user, Region=s.aws_region
-            )
-        else:
-            secret = get_secret_json(s.db_secret_id)
-            params = {
-                "user": secret["username"],
-                "password": secret["password"],
-                "host": s.db_host or secret.get("host", "127.0.0.1"),
-                "port": s.db_port or int(secret.get("port", 5432)),
-                "database": s.db_name or secret.get("dbname", "payments"),
-            }
-        if s.db_ssl and not self._overrides:
-            # The proxy's certificate chains to a public root; an RDS instance's own certificate
-            # (the migration connects to it directly) to the RDS CA, trusted through the bundle
-            # shipped in the layer.
-            params["ssl_context"] = ssl.create_default_context()
-            bundle = s.db_ca_bundle or str(resources.files("payments_core") / RDS_CA_BUNDLE)
-            if s.db_ca_bundle or os.path.isfile(bundle):
-                params["ssl_context"].load_verify_locations(cafile=bundle)
-        params.setdefault("timeout", s.db_timeout_seconds)
-        params.setdefault("application_name", "payment-service")
-        try:
-            return pg8000.native.Connection(**params)
-        except CONNECTION_ERRORS as exc:
-            raise TransientError(f"database unreachable: {exc}") from exc
-        except DatabaseError as exc:  # e.g. the server is starting up or refuses connections
-            raise TransientError(f"database refused the connection: {exc}") from exc
+        return open_connection(self._settings, self._overrides)
 
     def connection(self) -> pg8000.native.Connection:
         """The live connection, opened if needed; never a replacement for one that died inside
