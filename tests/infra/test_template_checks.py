@@ -509,7 +509,8 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
         src for m, sources in code.items() for src in sources if m not in ("stripe_gateway", "config")
     )
     found = set()
-    if {"repository", "outbox", "queries", "retention"} & modules:  # the tables, as the application role
+    tables = {"repository", "connected_accounts", "outbox", "queries", "retention"}
+    if tables & modules:  # the tables, as the application role
         found.add("db")
     if re.search(r"publisher\.publish\(", runs):
         if "payment_events_topic" in runs:  # the outbox publishes what it holds

@@ -29,7 +29,7 @@ from __future__ import annotations
 from contextlib import suppress
 from typing import NoReturn
 
-from payments_core.adapters.postgres import repository
+from payments_core.adapters.postgres import connected_accounts
 from payments_core.adapters.services import Services
 from payments_core.domain.contracts import PAYOUT_DESTINATION_REFUSED
 from payments_core.domain.errors import Rejection, TransientError
@@ -59,11 +59,11 @@ def verify_destination(
     if user.stripe_connect_account_id != account_id:
         _refuse(payment, cid, runner_id, account_id, "the account is not the runner's Connect account")
     ttl = services.settings.payout_account_check_ttl_seconds
-    if ttl > 0 and repository.account_verified_within(services.db, account_id, ttl):
+    if ttl > 0 and connected_accounts.account_verified_within(services.db, account_id, ttl):
         return
     account = services.stripe.connected_account(account_id)
     if ttl > 0:
-        repository.record_account_verdict(
+        connected_accounts.record_account_verdict(
             services.db,
             account_id,
             account.transfers_capability if account else None,
@@ -109,7 +109,7 @@ def note_velocity(services: Services, account_id: str | None) -> None:
     if not account_id:
         return
     with suppress(TransientError):
-        recent = repository.transfers_to_account(services.db, account_id, VELOCITY_WINDOW_SECONDS)
+        recent = connected_accounts.transfers_to_account(services.db, account_id, VELOCITY_WINDOW_SECONDS)
         limit = services.settings.payout_velocity_max_per_hour
         if recent > limit:
             count("PayoutVelocityHigh")
