@@ -505,9 +505,8 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
     code = reachable(function, routes)
     modules = set(code)
     # What the code does, not the gateway's own methods nor the settings' declarations.
-    runs = "\n".join(
-        src for m, sources in code.items() for src in sources if m not in ("stripe_gateway", "config")
-    )
+    gateway_and_settings = ("stripe_gateway", "stripe_requests", "config")
+    runs = "\n".join(src for m, sources in code.items() for src in sources if m not in gateway_and_settings)
     found = set()
     tables = {"repository", "connected_accounts", "outbox", "queries", "retention"}
     if tables & modules:  # the tables, as the application role

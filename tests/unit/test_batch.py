@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core.adapters.stripe_api.stripe_gateway import StripeRateLimited, StripeUnreachable
+from payments_core.adapters.stripe_api.stripe_requests import StripeRateLimited, StripeUnreachable
 from payments_core.adapters.stripe_api.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
 from payments_core.domain.errors import TransientError
 from payments_core.entrypoints.batch import Item, WorkerPool, items_of, to_report

@@ -127,7 +127,7 @@ def test_stripe_calls_refuse_anything_but_a_secret_or_restricted_key(
 ) -> None:
     secret_value(key)
     with pytest.raises(secret_checks.SecretMisconfigured) as refused:
-        StripeApiGateway()._stripe()
+        StripeApiGateway()._client()
     assert isinstance(refused.value, TransientError)  # commands are retried, not failed
     assert "sk_" in str(refused.value)
 
@@ -135,4 +135,4 @@ def test_stripe_calls_refuse_anything_but_a_secret_or_restricted_key(
 @pytest.mark.parametrize("key", ["sk_test_abc123", "sk_live_abc123", "rk_live_abc123"])
 def test_real_keys_are_used(key: str, secret_value: Callable[[str], None]) -> None:
     secret_value(key)
-    assert StripeApiGateway()._stripe() is not None
+    assert StripeApiGateway()._client() is not None

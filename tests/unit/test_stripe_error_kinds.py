@@ -1,5 +1,5 @@
 """Which Stripe failures slow the command pool down is decided by the error's type, set where
-the Stripe SDK's exception is caught (``StripeApiGateway._call``), not by matching class names
+the Stripe SDK's exception is caught (``stripe_requests.send``), not by matching class names
 as strings anywhere up a cause chain."""
 
 from __future__ import annotations
@@ -8,11 +8,7 @@ from typing import Any
 
 import pytest
 import stripe
-from payments_core.adapters.stripe_api.stripe_gateway import (
-    StripeApiGateway,
-    StripeRateLimited,
-    StripeUnreachable,
-)
+from payments_core.adapters.stripe_api.stripe_requests import StripeRateLimited, StripeUnreachable, send
 from payments_core.adapters.stripe_api.stripe_throttle import (
     StripeThrottle,
     ThrottledStripe,
@@ -26,9 +22,8 @@ def _translated(exc: Exception) -> BaseException:
     def fail() -> Any:
         raise exc
 
-    gateway = StripeApiGateway.__new__(StripeApiGateway)
     with pytest.raises(TransientError) as caught:
-        gateway._call(fail)
+        send(fail)
     return caught.value
 
 

@@ -54,7 +54,7 @@ def test_a_canceled_or_failed_refund_is_not_taken_for_the_refund() -> None:
         {"id": "re_failed", "status": "failed", "metadata": mine},
         {"id": "re_canceled", "status": "canceled", "metadata": mine},
     ]
-    gateway._stripe = lambda: SimpleNamespace(refunds=_Refunds(refunds))  # type: ignore[method-assign]
-    assert gateway.lookups.refund_of(payment) is None
+    gateway._client = lambda: SimpleNamespace(refunds=_Refunds(refunds))
+    assert gateway.refund_of(payment) is None
     refunds.append({"id": "re_pending", "status": "pending", "metadata": mine})
-    assert gateway.lookups.refund_of(payment) == "re_pending"
+    assert gateway.refund_of(payment) == "re_pending"

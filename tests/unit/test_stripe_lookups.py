@@ -69,7 +69,7 @@ class _Client:
 
 def _gateway(client: _Client) -> StripeApiGateway:
     gateway = StripeApiGateway(get_settings(), api_key="sk_test_x")
-    gateway._stripe = lambda: client  # type: ignore[method-assign]
+    gateway._client = lambda: client
     return gateway
 
 
@@ -78,7 +78,7 @@ def test_every_list_lookup_is_bounded_by_the_payments_creation_less_the_slack() 
     gateway = _gateway(client)
     payment = _payment()
     gateway.order_transfers(payment)
-    gateway.lookups.refund_of(payment)
+    gateway.refund_of(payment)
     gateway.order_intents(payment)
     gateway.intent_refunds("pi_other", since=SINCE + 7)
     assert client.requests == [

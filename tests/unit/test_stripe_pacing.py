@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from payments_core.adapters.services import Services
-from payments_core.adapters.stripe_api import stripe_gateway
+from payments_core.adapters.stripe_api import stripe_requests
 from payments_core.adapters.stripe_api.stripe_throttle import RequestPacer, StripeThrottle, ThrottledStripe
 from payments_core.config import get_settings
 from payments_core.domain.errors import TransientError
@@ -89,7 +89,7 @@ class TwoRequestGateway:
 
     def transfer(self, payment: Any, amount_cents: int, destination: str) -> str:
         for _ in range(2):
-            stripe_gateway._before_request()
+            stripe_requests._before_request()
             self.sent_at.append(round(self.clock.now, 9))
         return "tr_1"
 
@@ -100,7 +100,7 @@ def test_every_request_of_a_throttled_call_waits_its_turn_and_the_outer_hook_run
     inner = TwoRequestGateway(clock)
     stripe = ThrottledStripe(inner, StripeThrottle(4, clock=clock, sleep=clock.sleep, pacer=pacer))  # type: ignore[arg-type]
     renewed_at: list[float] = []
-    with stripe_gateway.before_each_request(lambda: renewed_at.append(round(clock.now, 9))):  # the lease's
+    with stripe_requests.before_each_request(lambda: renewed_at.append(round(clock.now, 9))):  # the lease's
         stripe.transfer(None, 1299, "acct_1")
         stripe.transfer(None, 1299, "acct_1")
     assert inner.sent_at == [0.0, 0.1, 0.2, 0.3]

@@ -1,4 +1,4 @@
-"""Stripe behind a small gateway: the only module that talks to Stripe.
+"""Stripe behind a small gateway: the only module that moves money at Stripe.
 
 Every call that moves money carries a deterministic idempotency key derived from the payment,
 so a retried or redelivered request returns Stripe's first answer instead of acting twice; an
@@ -6,45 +6,40 @@ answer Stripe would replay (a 500, an idempotency_error) is followed by a lookup
 attempt did, and only then by the next key (see ``_keyed``). A call that an earlier attempt may
 have made already (its answer lost, even days ago, past the key's 24 h) looks first, unless the
 caller knows no earlier attempt of it was recorded (``attempted_before``): a first attempt is
-one request. The lookups themselves are ``stripe_lookups``.
-Errors are translated into the service's two kinds: ``TransientError`` (retry) and
-``Rejection`` (final). The same code serves Stripe, localstripe and stripe-mock: only
-``STRIPE_API_BASE`` differs.
+one request. The lookups themselves are ``stripe_lookups`` (the gateway is one); how a request
+is sent, and its errors translated into the service's two kinds, ``TransientError`` (retry) and
+``Rejection`` (final), is ``stripe_requests``. The same code serves Stripe, localstripe and
+stripe-mock: only ``STRIPE_API_BASE`` differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from payments_core.adapters.stripe_api import secret_checks
 from payments_core.adapters.stripe_api.stripe_lookups import StripeLookups
 from payments_core.adapters.stripe_api.stripe_objects import AccountSnapshot, IntentSnapshot
+from payments_core.adapters.stripe_api.stripe_requests import AnswerSaved, SdkClient, before_each_request
+from payments_core.adapters.stripe_api.stripe_requests import send as send_request
 from payments_core.config import Settings, get_settings
-from payments_core.domain.contracts import STRIPE_API_ERROR, STRIPE_CARD_ERROR
-from payments_core.domain.errors import Rejection, TransientError
+from payments_core.domain.errors import TransientError
 
-# The snapshots are imported from here by the use cases and the tests.
-__all__ = ["AccountSnapshot", "IntentSnapshot", "StripeApiGateway", "StripeGateway", "idempotency_key"]
+# The snapshots are imported from here by the use cases and the tests; before_each_request
+# (``stripe_requests``) by ``leases``.
+__all__ = [
+    "AccountSnapshot",
+    "IntentSnapshot",
+    "StripeApiGateway",
+    "StripeGateway",
+    "before_each_request",
+    "idempotency_key",
+]
 
 if TYPE_CHECKING:
     from payments_core.domain.payment import Payment
-
-
-class CardDeclined(Rejection):
-    def __init__(
-        self,
-        message: str,
-        *,
-        stripe_code: str | None,
-        decline_code: str | None,
-        payment_intent_id: str | None,
-    ):
-        super().__init__(STRIPE_CARD_ERROR, message, stripe_code=stripe_code, decline_code=decline_code)
-        self.payment_intent_id = payment_intent_id
 
 
 # How many idempotency keys one call may go through. Stripe saves its first answer for a key,
@@ -73,28 +68,8 @@ def idempotency_key(action: str, payment: Payment, attempt: int = 0) -> str:
     return base if attempt == 0 else f"{base}:{attempt}"
 
 
-# What the calls on this thread need to know: the hooks run before every request to Stripe (an
-# order's lease renews itself there, so a holder that dies mid-request keeps the order until that
-# request has ended; the command pool's pacer waits there for the request's turn), and whether
-# an earlier attempt of the money call under way was recorded.
-_hooks = threading.local()
-
-
-@contextmanager
-def before_each_request(hook: Callable[[], None]) -> Iterator[None]:
-    """Run ``hook`` before every request to Stripe made on this thread in the block; hooks
-    nest, the innermost running first (so the lease is renewed last, closest to the request)."""
-    previous: tuple[Callable[[], None], ...] = getattr(_hooks, "before", ())
-    _hooks.before = (hook, *previous)
-    try:
-        yield
-    finally:
-        _hooks.before = previous
-
-
-def _before_request() -> None:
-    for hook in getattr(_hooks, "before", ()):
-        hook()
+# Whether an earlier attempt of the money call under way on this thread was recorded.
+_attempts = threading.local()
 
 
 @contextmanager
@@ -103,26 +78,12 @@ def attempted_before(recorded: bool) -> Iterator[None]:
     (``leases``: every money call's intent is written before it is sent). Without one, nothing
     of this call can be at Stripe: a call that would first look up what an earlier attempt did
     sends its first key at once. With one (or when nobody says), it looks first."""
-    previous = getattr(_hooks, "attempted_before", None)
-    _hooks.attempted_before = recorded
+    previous = getattr(_attempts, "attempted_before", None)
+    _attempts.attempted_before = recorded
     try:
         yield
     finally:
-        _hooks.attempted_before = previous
-
-
-class StripeRateLimited(TransientError):
-    """Stripe answered 429 (its rate or concurrency limit, or a lock timeout): nothing was
-    processed, so the same key may be sent again after a backoff."""
-
-
-class StripeUnreachable(TransientError):
-    """The request timed out or the connection dropped: Stripe, or the way to it, is struggling."""
-
-
-class _AnswerSaved(TransientError):
-    """Stripe answered this key with an error it will replay for a day (a 5xx, or
-    ``idempotency_error``: the same key with other parameters): retrying the key cannot help."""
+        _attempts.attempted_before = previous
 
 
 class StripeGateway(Protocol):
@@ -143,66 +104,12 @@ class StripeGateway(Protocol):
     def connected_account(self, account_id: str) -> AccountSnapshot | None: ...
 
 
-class StripeApiGateway:
-    """The real gateway: stripe-python's StripeClient, with explicit timeouts."""
+class StripeApiGateway(StripeLookups):
+    """The real gateway: the keyed money moves here, the lookups of ``StripeLookups``, each
+    request sent by ``stripe_requests``."""
 
     def __init__(self, settings: Settings | None = None, api_key: str | None = None) -> None:
-        self._settings = settings or get_settings()
-        self._api_key = api_key
-        self._client: Any = None
-        self._client_key: str | None = None
-        self.lookups = StripeLookups(self._call, lambda: self._stripe())
-
-    def _stripe(self) -> Any:
-        import stripe  # imported on first use: keeps the handlers' cold start short
-
-        key = self._api_key or secret_checks.api_key(self._settings.stripe_secret_key_secret_id)
-        if self._client is None or key != self._client_key:  # rebuilt when the secret rotates
-            self._client = stripe.StripeClient(
-                key,
-                base_addresses={"api": self._settings.stripe_api_base},
-                max_network_retries=self._settings.stripe_max_network_retries,
-                http_client=stripe.RequestsClient(timeout=self._settings.stripe_timeout_seconds),
-            )
-            self._client_key = key
-        return self._client.v1
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import stripe
-
-        _before_request()
-        try:
-            return fn(*args, **kwargs)
-        except stripe.CardError as exc:
-            err = exc.error
-            pi = getattr(err, "payment_intent", None) if err is not None else None
-            raise CardDeclined(
-                exc.user_message or str(exc),
-                stripe_code=exc.code,
-                decline_code=getattr(err, "decline_code", None) if err is not None else None,
-                payment_intent_id=getattr(pi, "id", None) if pi else None,
-            ) from exc
-        except stripe.RateLimitError as exc:
-            raise StripeRateLimited(f"stripe unavailable: RateLimitError: {exc.user_message or exc}") from exc
-        except stripe.APIConnectionError as exc:  # stripe-python raises it for timeouts too
-            raise StripeUnreachable(
-                f"stripe unavailable: APIConnectionError: {exc.user_message or exc}"
-            ) from exc
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            raise TransientError(
-                f"stripe unavailable: {type(exc).__name__}: {exc.user_message or exc}"
-            ) from exc
-        except stripe.IdempotencyError as exc:
-            raise _AnswerSaved(f"stripe idempotency_error: {exc.user_message or exc}") from exc
-        except stripe.StripeError as exc:
-            status = exc.http_status or 0
-            if status >= 500:
-                raise _AnswerSaved(f"stripe error {status}: {exc.user_message or exc}") from exc
-            if status == 429:
-                raise StripeRateLimited(f"stripe error 429: {exc.user_message or exc}") from exc
-            if status in (0, 409):  # 409: the key's first request is still executing
-                raise TransientError(f"stripe error {status}: {exc.user_message or exc}") from exc
-            raise Rejection(STRIPE_API_ERROR, exc.user_message or str(exc), stripe_code=exc.code) from exc
+        super().__init__(send_request, SdkClient(settings or get_settings(), api_key).v1)
 
     def create_hold(self, payment: Payment) -> IntentSnapshot:
         params: dict[str, Any] = {
@@ -220,59 +127,26 @@ class StripeApiGateway:
         }
         if payment.return_url:
             params["return_url"] = payment.return_url
-        return self._keyed(
+        return _keyed(
             "authorize",
             payment,
             send=lambda key: IntentSnapshot.from_stripe(
-                self._call(
-                    self._stripe().payment_intents.create, params=params, options={"idempotency_key": key}
+                self._request(
+                    self._client().payment_intents.create, params=params, options={"idempotency_key": key}
                 )
             ),
-            look_up=lambda: self.lookups.hold_by_metadata(payment),
+            look_up=lambda: self.hold_by_metadata(payment),
         )
-
-    def _keyed(
-        self, action: str, payment: Payment, *, send: Any, look_up: Any, look_first: bool = False
-    ) -> Any:
-        """Send with idempotency key attempt 0, 1, ...; before each new key look up what an
-        earlier attempt may have done, and before the first too with ``look_first``, unless no
-        earlier attempt of this call was recorded (``attempted_before(False)``)."""
-        saved: _AnswerSaved | None = None
-        look_first = look_first and getattr(_hooks, "attempted_before", None) is not False
-        for attempt in range(MAX_KEY_ATTEMPTS):
-            if attempt or look_first:
-                found = look_up()
-                if found is not None:
-                    return found
-            try:
-                return send(idempotency_key(action, payment, attempt))
-            except _AnswerSaved as exc:
-                saved = exc
-        raise TransientError(f"{action}: Stripe answered {MAX_KEY_ATTEMPTS} keys with errors; last: {saved}")
-
-    def find_hold(self, payment: Payment) -> IntentSnapshot | None:
-        """The PaymentIntent an earlier, interrupted attempt created for this order, if any.
-        Real Stripe would also return it for the same idempotency key; emulators that ignore
-        keys are covered by this lookup through the order's metadata."""
-        if payment.payment_intent_id:
-            return self.retrieve(payment.payment_intent_id)
-        return self.lookups.hold_by_metadata(payment)
-
-    def order_intents(self, payment: Payment) -> list[IntentSnapshot]:
-        return self.lookups.order_intents(payment)
-
-    def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
-        return self.lookups.retrieve(payment_intent_id)
 
     def capture(self, payment: Payment, amount_to_capture: int | None) -> IntentSnapshot:
         params = {"amount_to_capture": amount_to_capture} if amount_to_capture else {}
         intent_id = _require_intent(payment)
-        return self._keyed(
+        return _keyed(
             "capture",
             payment,
             send=lambda key: IntentSnapshot.from_stripe(
-                self._call(
-                    self._stripe().payment_intents.capture,
+                self._request(
+                    self._client().payment_intents.capture,
                     intent_id,
                     params=params,
                     options={"idempotency_key": key},
@@ -286,19 +160,16 @@ class StripeApiGateway:
         intent_id = _require_intent(payment)
         # Keyed by the PaymentIntent too: an order may have a second (stray) one to cancel, and
         # the first one's key would replay the first cancel.
-        return self._keyed(
+        return _keyed(
             f"cancel:{intent_id}",
             payment,
             send=lambda key: IntentSnapshot.from_stripe(
-                self._call(self._stripe().payment_intents.cancel, intent_id, options={"idempotency_key": key})
+                self._request(
+                    self._client().payment_intents.cancel, intent_id, options={"idempotency_key": key}
+                )
             ),
             look_up=lambda: self._if_status(intent_id, "canceled"),
         )
-
-    def _if_status(self, intent_id: str, *done: str) -> IntentSnapshot | None:
-        """The PaymentIntent if an earlier attempt already took it where the call would."""
-        intent = self.retrieve(intent_id)
-        return intent if intent.status in done else None
 
     def refund(self, payment: Payment, amount_cents: int | None = None, *, redo: int = 0) -> str:
         """Refund the payment's charge: by default all that was captured and is not refunded yet
@@ -313,24 +184,18 @@ class StripeApiGateway:
         if amount_cents is not None:
             params["amount"] = amount_cents
         return str(
-            self._keyed(
+            _keyed(
                 "refund" if not redo else f"refund-redo-{redo}",
                 payment,
                 send=lambda key: (
-                    self._call(
-                        self._stripe().refunds.create, params=params, options={"idempotency_key": key}
+                    self._request(
+                        self._client().refunds.create, params=params, options={"idempotency_key": key}
                     ).id
                 ),
-                look_up=lambda: self.lookups.refund_of(payment),
+                look_up=lambda: self.refund_of(payment),
                 look_first=True,
             )
         )
-
-    def intent_refunds(self, payment_intent_id: str, *, since: int | None = None) -> list[dict[str, Any]]:
-        return self.lookups.intent_refunds(payment_intent_id, since=since)
-
-    def connected_account(self, account_id: str) -> AccountSnapshot | None:
-        return self.lookups.connected_account(account_id)
 
     def transfer(self, payment: Payment, amount_cents: int, destination: str) -> str:
         """Pay the runner, once: a transfer made by an earlier attempt (its answer lost to a
@@ -343,26 +208,18 @@ class StripeApiGateway:
             "metadata": {"order_id": payment.order_id, "payment_id": payment.payment_id},
         }
         return str(
-            self._keyed(
+            _keyed(
                 "transfer",
                 payment,
                 send=lambda key: (
-                    self._call(
-                        self._stripe().transfers.create, params=params, options={"idempotency_key": key}
+                    self._request(
+                        self._client().transfers.create, params=params, options={"idempotency_key": key}
                     ).id
                 ),
                 look_up=lambda: self.find_transfer(payment),
                 look_first=True,
             )
         )
-
-    def find_transfer(self, payment: Payment) -> str | None:
-        """This payment's transfer, if one was made (by its group and metadata)."""
-        transfers = self.order_transfers(payment)
-        return str(transfers[0]["id"]) if transfers else None
-
-    def order_transfers(self, payment: Payment) -> list[dict[str, Any]]:
-        return self.lookups.order_transfers(payment)
 
     def reverse_transfer(
         self, payment: Payment, amount_cents: int | None = None, *, transfer_id: str | None = None
@@ -377,21 +234,39 @@ class StripeApiGateway:
             "reverse-transfer" if transfer_id == payment.transfer_id else f"reverse-transfer:{transfer_id}"
         )
         return str(
-            self._keyed(
+            _keyed(
                 action,
                 payment,
                 send=lambda key: (
-                    self._call(
-                        self._stripe().transfers.reversals.create,
+                    self._request(
+                        self._client().transfers.reversals.create,
                         transfer_id,
                         params=params,
                         options={"idempotency_key": key},
                     ).id
                 ),
-                look_up=lambda: self.lookups.reversal_of(transfer_id),
+                look_up=lambda: self.reversal_of(transfer_id),
                 look_first=True,
             )
         )
+
+
+def _keyed(action: str, payment: Payment, *, send: Any, look_up: Any, look_first: bool = False) -> Any:
+    """Send with idempotency key attempt 0, 1, ...; before each new key look up what an
+    earlier attempt may have done, and before the first too with ``look_first``, unless no
+    earlier attempt of this call was recorded (``attempted_before(False)``)."""
+    saved: AnswerSaved | None = None
+    look_first = look_first and getattr(_attempts, "attempted_before", None) is not False
+    for attempt in range(MAX_KEY_ATTEMPTS):
+        if attempt or look_first:
+            found = look_up()
+            if found is not None:
+                return found
+        try:
+            return send(idempotency_key(action, payment, attempt))
+        except AnswerSaved as exc:
+            saved = exc
+    raise TransientError(f"{action}: Stripe answered {MAX_KEY_ATTEMPTS} keys with errors; last: {saved}")
 
 
 def _require_intent(payment: Payment) -> str:

@@ -4,7 +4,8 @@ Stripe's list endpoints cannot filter on metadata, so each list is narrowed by w
 filter on (the customer, the transfer_group, the PaymentIntent) and by ``created`` (from
 shortly before the payment row was written: nothing of the order can be older), and the order's
 own objects are picked out of the page by their metadata. Not Search, which lags by up to an
-hour. Used by ``StripeApiGateway`` (``stripe_gateway``), whose ``_call`` sends each request.
+hour. ``StripeApiGateway`` (``stripe_gateway``) is a ``StripeLookups`` with the keyed money moves
+added: its moves look up what an earlier attempt did here, and its callers read Stripe here.
 """
 
 from __future__ import annotations
@@ -50,10 +51,23 @@ class StripeLookups:
             params["created"] = {"gte": since}
         return self._request(getattr(self._client(), resource).list, params=params)
 
+    def find_hold(self, payment: Payment) -> IntentSnapshot | None:
+        """The PaymentIntent an earlier, interrupted attempt created for this order, if any.
+        Real Stripe would also return it for the same idempotency key; emulators that ignore
+        keys are covered by this lookup through the order's metadata."""
+        if payment.payment_intent_id:
+            return self.retrieve(payment.payment_intent_id)
+        return self.hold_by_metadata(payment)
+
     def retrieve(self, payment_intent_id: str) -> IntentSnapshot:
         return IntentSnapshot.from_stripe(
             self._request(self._client().payment_intents.retrieve, payment_intent_id)
         )
+
+    def _if_status(self, intent_id: str, *done: str) -> IntentSnapshot | None:
+        """The PaymentIntent if an earlier attempt already took it where the call would."""
+        intent = self.retrieve(intent_id)
+        return intent if intent.status in done else None
 
     def hold_by_metadata(self, payment: Payment) -> IntentSnapshot | None:
         """The order's PaymentIntent that holds or held money, preferring a live one."""
@@ -92,6 +106,11 @@ class StripeLookups:
             if data.get("transfer_group") == payment.order_id
             and (data.get("metadata") or {}).get("payment_id") == payment.payment_id
         ]
+
+    def find_transfer(self, payment: Payment) -> str | None:
+        """This payment's transfer, if one was made (by its group and metadata)."""
+        transfers = self.order_transfers(payment)
+        return str(transfers[0]["id"]) if transfers else None
 
     def refund_of(self, payment: Payment) -> str | None:
         """This payment's refund that gives (or will give) money back, if one was made."""

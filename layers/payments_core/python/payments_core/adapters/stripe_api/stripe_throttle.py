@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from payments_core.adapters.stripe_api.stripe_gateway import (
+from payments_core.adapters.stripe_api.stripe_requests import (
     StripeRateLimited,
     StripeUnreachable,
     before_each_request,
