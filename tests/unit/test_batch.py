@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from payments_core.adapters.stripe_api.stripe_requests import StripeRateLimited, StripeUnreachable
 from payments_core.adapters.stripe_api.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
 from payments_core.domain.errors import TransientError
-from payments_core.entrypoints.batch import Item, WorkerPool, items_of, to_report
+from payments_core.entrypoints.batch import Item, items_of, to_report
+from payments_core.entrypoints.worker_pool import WorkerPool
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 Outcome per record: handled (events in the outbox), rejected (payment.failed announced),
 dead-lettered (no order to announce to), or a batch item failure (transient: the event source
 mapping re-delivers it and everything after it in its partition). Records of different orders
-run concurrently on the container's worker pool (``batch``), records of one order in partition
+run concurrently on the container's worker pool (``worker_pool``), records of one order in partition
 order; after the batch, the events of the orders it touched are published; what fails to
 publish stays in the outbox for the relay.
 """
@@ -43,7 +43,8 @@ from payments_core.domain.contracts import (
 )
 from payments_core.domain.errors import Rejection, TransientError
 from payments_core.domain.payment import event_id_for_rejection
-from payments_core.entrypoints.batch import Finished, Item, WorkerPool, items_of
+from payments_core.entrypoints.batch import Finished, Item, items_of
+from payments_core.entrypoints.worker_pool import WorkerPool
 from payments_core.observability import add_metric, count, logger
 from payments_core.usecases import authorization, escrow, lifecycle
 from payments_core.usecases.leases import LeaseBusy, lease_ttl_seconds
