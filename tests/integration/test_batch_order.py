@@ -19,7 +19,8 @@ from payments_core.adapters.services import Services
 from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
 from payments_core.domain.errors import TransientError
-from payments_core.entrypoints.commands import handle_command_batch, make_pool
+from payments_core.entrypoints.command_pool import make_pool
+from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.entrypoints.worker_pool import WorkerPool
 
 pytestmark = pytest.mark.integration

@@ -209,7 +209,7 @@ def test_commands_of_one_order_on_two_partitions_are_serialized_without_holding_
     held = leases.acquire(busy_services.db, a_id, ttl_s=30)
     threading.Timer(1.5, leases.release, args=(held,)).start()
 
-    from payments_core.entrypoints.commands import make_pool
+    from payments_core.entrypoints.command_pool import make_pool
 
     pool = make_pool(pool_services, 4)
     try:

@@ -15,7 +15,7 @@ from payments_core.adapters.stripe_api import stripe_requests
 from payments_core.adapters.stripe_api.stripe_throttle import RequestPacer, StripeThrottle, ThrottledStripe
 from payments_core.config import get_settings
 from payments_core.domain.errors import TransientError
-from payments_core.entrypoints import commands
+from payments_core.entrypoints import command_pool
 
 
 class FakeClock:
@@ -128,9 +128,9 @@ def test_each_containers_pool_paces_to_its_static_share(
         get_settings(), stripe_account_requests_per_second=budget, stripe_budget_containers=containers
     )
     base = Services(db=None, stripe=None, publisher=None, settings=settings, users=object())  # type: ignore[arg-type]
-    pool = commands.make_pool(base, 1)
+    pool = command_pool.make_pool(base, 1)
     try:
-        throttle = commands._throttle_of(pool)
+        throttle = command_pool.throttle_of(pool)
         assert throttle is not None and throttle.pacer is not None
         assert throttle.pacer.interval == pytest.approx(interval)
     finally:

@@ -3,35 +3,27 @@
 Outcome per record: handled (events in the outbox), rejected (payment.failed announced),
 dead-lettered (no order to announce to), or a batch item failure (transient: the event source
 mapping re-delivers it and everything after it in its partition). Records of different orders
-run concurrently on the container's worker pool (``worker_pool``), records of one order in partition
-order; after the batch, the events of the orders it touched are published; what fails to
-publish stays in the outbox for the relay.
+run concurrently on the container's worker pool (``command_pool``), records of one order in
+partition order; after the batch, the events of the orders it touched are published; what fails
+to publish stays in the outbox for the relay.
 """
 
 from __future__ import annotations
 
 import binascii
 import functools
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEventRecord
 
 from payments_core.adapters.kafka.dead_letters import send_dead_letter
-from payments_core.adapters.kafka.kafka_gateway import EventPublisher, OutgoingMessage
 from payments_core.adapters.postgres import command_outcomes, outbox, repository
 from payments_core.adapters.postgres.db import Database
 from payments_core.adapters.services import Services, get_services
-from payments_core.adapters.stripe_api.stripe_throttle import (
-    RequestPacer,
-    StripeThrottle,
-    ThrottledStripe,
-    take_stripe_seconds,
-)
+from payments_core.adapters.stripe_api.stripe_throttle import take_stripe_seconds
 from payments_core.domain.contracts import (
     Command,
     PaymentFailed,
@@ -44,6 +36,7 @@ from payments_core.domain.contracts import (
 from payments_core.domain.errors import Rejection, TransientError
 from payments_core.domain.payment import event_id_for_rejection
 from payments_core.entrypoints.batch import Finished, Item, items_of
+from payments_core.entrypoints.command_pool import container_pool, throttle_of
 from payments_core.entrypoints.worker_pool import WorkerPool
 from payments_core.observability import add_metric, count, logger
 from payments_core.usecases import authorization, escrow, lifecycle
@@ -70,7 +63,7 @@ def handle_command_batch(
     main = services or get_services()  # this thread's: order lookups and the publish
     if pool is None:
         pool = WorkerPool(1, lambda _slot: main) if services is not None else container_pool(main)
-    throttle = _throttle_of(pool)
+    throttle = throttle_of(pool)
     margin_s = main.settings.command_start_margin_ms / 1000
     ends_at = _invocation_end(context)
     if throttle is not None:
@@ -170,80 +163,11 @@ def order_key(services: Services, item: Item) -> str:
     return f"record:{item.partition}:{item.offset}"
 
 
-# ---- the container's pool -------------------------------------------------------------------
-
-_pool: WorkerPool[Services] | None = None
-_pool_base: Services | None = None
-
-
-def container_pool(base: Services) -> WorkerPool[Services]:
-    """The pool of this warm container, made on first use and kept: ``COMMAND_WORKERS``
-    slots, each with its own database connection, all sharing one Stripe throttle and one
-    Kafka producer."""
-    global _pool, _pool_base
-    if _pool is None or _pool_base is not base:
-        if _pool is not None:
-            _pool.close()
-        _pool, _pool_base = make_pool(base, base.settings.command_workers), base
-    return _pool
-
-
-def make_pool(base: Services, size: int) -> WorkerPool[Services]:
-    """A pool of ``size`` slots derived from ``base``: a slot is ``base`` with its own database
-    connection (the one-slot pool runs on the caller's thread and keeps ``base``'s), a
-    throttled and paced Stripe gateway and a publisher safe to share between threads."""
-    settings = base.settings
-    # This container's share of the account's Stripe budget (see stripe_throttle)
-    share = settings.stripe_account_requests_per_second / settings.stripe_budget_containers
-    throttle = StripeThrottle(
-        settings.stripe_max_in_flight,
-        call_budget_s=settings.stripe_timeout_seconds,
-        pacer=RequestPacer(share),
-    )
-    stripe = ThrottledStripe(base.stripe, throttle)
-    publisher = _SharedPublisher(base.publisher)
-
-    def make(slot: int) -> Services:
-        db = base.db if slot == 0 else Database(settings)
-        return replace(base, db=db, stripe=stripe, publisher=publisher)
-
-    def close(services: Services) -> None:
-        if services.db is not base.db:
-            services.db.close()
-
-    return CommandPool(size, make, close, throttle=throttle)
-
-
-@dataclass
-class CommandPool(WorkerPool[Services]):
-    throttle: StripeThrottle | None = None
-
-
-def _throttle_of(pool: WorkerPool[Services]) -> StripeThrottle | None:
-    return pool.throttle if isinstance(pool, CommandPool) else None
-
-
 def _invocation_end(context: Any) -> float | None:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if remaining is None:
         return None
     return time.monotonic() + remaining() / 1000
-
-
-class _SharedPublisher:
-    """One Kafka producer for every worker: the workers publish only dead letters, rarely;
-    serializing them keeps the producer's lazy start and its reset after a failure safe."""
-
-    def __init__(self, inner: EventPublisher) -> None:
-        self.inner = inner
-        self._lock = threading.Lock()
-
-    def publish(self, messages: list[OutgoingMessage]) -> list[Exception | None]:
-        with self._lock:
-            return self.inner.publish(messages)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def handle_record(services: Services, record: KafkaEventRecord) -> str | None:
