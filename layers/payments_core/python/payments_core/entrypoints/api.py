@@ -1,7 +1,8 @@
 """The payment API behind API Gateway (REST): the Stripe webhook and the saga's status queries.
 
 Route functions stay tiny: verification and state changes are in ``webhooks``, JSON shapes in
-``queries``, the release and revert bodies (``Body()`` models) in ``saga_requests``. The paths
+``queries``, the release and revert bodies (``Body()`` models) in ``saga_requests``, how a
+request is read (JSON only, path segments, the raw body) in ``api_requests``. The paths
 come from ``routes`` (the one list both APIs, the CDK and the local API Gateway read), and the
 OpenAPI document (``make openapi``) is generated from this resolver, so it says what the
 validation enforces. Errors map to answers in one place (the exception handlers below):
@@ -13,31 +14,25 @@ validation enforces. Errors map to answers in one place (the exception handlers 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import re
-from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
-    OpenAPIRequestValidationMiddleware,
-)
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path
 from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-from pydantic import BeforeValidator, Field
 
 from payments_core.adapters.services import get_services
 from payments_core.domain.errors import TransientError
 from payments_core.entrypoints import routes
+from payments_core.entrypoints.api_requests import Resolver, Signature, UndecodableBody, raw_body
 from payments_core.entrypoints.routes import SIGNATURE_HEADER
 from payments_core.observability import count, logger
 from payments_core.usecases import queries, saga_requests, webhooks
@@ -45,42 +40,7 @@ from payments_core.usecases import queries, saga_requests, webhooks
 API_TITLE = "campusG payment API"
 API_VERSION = "1.0.0"
 
-
-class _JsonBodies(OpenAPIRequestValidationMiddleware):
-    """Powertools also reads form and multipart bodies (and answers a multipart type without a
-    boundary with an uncaught ValueError); the document declares application/json only, so any
-    other declared Content-Type is refused before a body is read (400, ``_not_json``). No
-    Content-Type at all is read as JSON, as before; media types are compared case-insensitively.
-    A JSON array is refused here too: Powertools would validate its first element (form fields
-    arrive as lists), accepting ``[{"reason": "…"}]`` where the document wants an object."""
-
-    def _get_body(self, app: Any) -> dict[str, Any]:
-        content_type = app.current_event.headers.get("content-type", "").strip()
-        if content_type and not content_type.lower().startswith(content_types.APPLICATION_JSON):
-            raise RequestUnsupportedContentType("Unsupported content type", errors=[])
-        document = self._parse_json_data(app)
-        if isinstance(document, list):
-            not_an_object = {"type": "model_attributes_type", "loc": ("body",), "msg": "not an object"}
-            raise RequestValidationError([{**not_an_object, "input": document}])
-        return document
-
-
-class _Resolver(APIGatewayRestResolver):
-    """Powertools' REST resolver, validating, with JSON-only bodies (``_JsonBodies``) and path
-    variables that take whatever one path segment holds, as API Gateway's do: Powertools' own
-    pattern admits only URI-safe characters, so an id with a control character would miss its
-    route (404 "No such route") instead of getting the parameter's documented 400."""
-
-    def __init__(self) -> None:
-        super().__init__(enable_validation=True)
-        self._request_validation_middleware = _JsonBodies()
-
-    @staticmethod
-    def _compile_regex(rule: str, base_regex: str = "^{}/*$") -> re.Pattern[str]:
-        return re.compile(base_regex.format(re.sub(r"(<\w+>)", r"(?P\1[^/]+)", rule)))
-
-
-app = _Resolver()
+app = Resolver()
 JsonResponse = Response[dict[str, Any]]
 
 
@@ -99,15 +59,6 @@ _PAYMENT = _doc("The payment", queries.PaymentAnswer)
 
 
 # ---- routes ------------------------------------------------------------------------------
-
-
-def _last(value: Any) -> Any:
-    # Only multiValueHeaders carries a repeated header when headers is absent: API Gateway's
-    # single-value map holds the last value, so the last one counts here too.
-    return value[-1] if isinstance(value, list) and value else value
-
-
-Signature = Annotated[str, BeforeValidator(_last), Field(min_length=1)]
 
 
 @app.route(
@@ -246,25 +197,6 @@ def user_history(
 )
 def health() -> JsonResponse:
     return _json(*queries.health(get_services().db))
-
-
-# ---- request parts -------------------------------------------------------------------------
-
-
-class UndecodableBody(ValueError):
-    """API Gateway said the body is base64, and it is not."""
-
-
-def raw_body(event: Mapping[str, Any]) -> bytes:
-    """The body exactly as API Gateway received it (the webhook's signature covers these bytes):
-    base64-decoded when API Gateway encoded it (a binary media type)."""
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        try:
-            return base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise UndecodableBody("body is not valid base64") from exc
-    return body.encode("utf-8")
 
 
 # ---- errors --------------------------------------------------------------------------------
