@@ -32,17 +32,12 @@ from payments_core.adapters.stripe_api.stripe_throttle import (
     ThrottledStripe,
     take_stripe_seconds,
 )
-from payments_core.domain.contracts import (
-    Command,
-    PaymentFailed,
-    Unattributable,
-    command_references,
-    event_envelope,
-    parse_command,
-    storable,
-)
+from payments_core.domain.command_parsing import Unattributable, command_references, parse_command
+from payments_core.domain.contracts import Command
 from payments_core.domain.errors import Rejection, TransientError
+from payments_core.domain.events import PaymentFailed, event_envelope
 from payments_core.domain.payment import event_id_for_rejection
+from payments_core.domain.storable_text import storable
 from payments_core.entrypoints.batch import Finished, Item, WorkerPool, items_of
 from payments_core.observability import add_metric, count, logger
 from payments_core.usecases import authorization, escrow, lifecycle

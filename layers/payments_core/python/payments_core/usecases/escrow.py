@@ -22,13 +22,11 @@ from payments_core.domain.contracts import (
     PAYMENT_REQUIRES_ACTION,
     REVERT_FAILED,
     Command,
-    PaymentFailed,
-    PaymentReleased,
     ReleasePayment,
     RevertPayment,
-    event_envelope,
 )
 from payments_core.domain.errors import Rejection
+from payments_core.domain.events import PaymentFailed, PaymentReleased, event_envelope
 from payments_core.domain.payment import Payment, PaymentStatus, event_id_for
 from payments_core.observability import count, logger
 from payments_core.usecases import leases, lifecycle, payouts
