@@ -40,13 +40,13 @@ from payments_core.domain.payment import event_id_for_rejection
 from payments_core.domain.storable_text import storable
 from payments_core.entrypoints.batch import Finished, Item, WorkerPool, items_of
 from payments_core.observability import add_metric, count, logger
-from payments_core.usecases import authorization, escrow, lifecycle
+from payments_core.usecases import authorization, lifecycle, releases, reverts
 from payments_core.usecases.leases import LeaseBusy, lease_ttl_seconds
 
 _DISPATCH: dict[str, Callable[[Services, Command], str]] = {
     "authorize_payment": authorization.authorize,
-    "release_payment": escrow.release,
-    "revert_payment": escrow.revert,
+    "release_payment": releases.release,
+    "revert_payment": reverts.revert,
 }
 
 

@@ -29,7 +29,7 @@ from payments_core.domain.events import utc_now_iso
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.domain.storable_text import UNSTORABLE_TEXT_MESSAGE, has_unstorable_text, storable
 from payments_core.observability import count, logger
-from payments_core.usecases import escrow
+from payments_core.usecases import releases
 from payments_core.usecases.queries import NOT_FOUND, error
 
 S = PaymentStatus
@@ -121,7 +121,7 @@ def request_release(services: Services, payment_id: str, release: ReleaseRequest
     if payment.status.is_final:
         message = f"payment is {payment.status.value}: it can no longer be released"
         return HTTPStatus.CONFLICT, _conflict(message, payment)
-    if escrow.release_is_complete(payment):
+    if releases.release_is_complete(payment):
         return HTTPStatus.OK, _nothing_to_do("payment already released", payment)
     # SUCCEEDED without a recorded release: captured (by a release that stopped before paying
     # the runner, or seen by a webhook first); the command finishes paying the runner.

@@ -18,7 +18,7 @@ again at token 1, safe because the order's last holder is long gone).
 
 An archived payment is read-only. A command for it re-announces its final status (a duplicate
 authorize or release); a revert of an archived SUCCEEDED payment is refused
-(``escrow.revert``): refund it from the Stripe Dashboard.
+(``reverts.revert``): refund it from the Stripe Dashboard.
 """
 
 from __future__ import annotations
