@@ -44,7 +44,7 @@ from payments_core.domain.contracts import AUTHENTICATION_FAILED, AUTHORIZATION_
 from payments_core.domain.errors import Rejection, TransientError
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.observability import add_metric, count, logger
-from payments_core.usecases import authorization, leases, lifecycle
+from payments_core.usecases import authorization, leases, lifecycle, order_holds
 
 S = PaymentStatus
 T = TypeVar("T")
@@ -147,7 +147,7 @@ def _report(db: Database, run: check_queue.Run, outcomes: Counter[str], elapsed_
 def _check(services: Services, due: check_queue.Due, run: check_queue.Run) -> str:
     db = services.db
     try:
-        with leases.hold_order(services, due.order_id) as held:
+        with order_holds.hold_order(services, due.order_id) as held:
             if due.kind == "audit":
                 return _audit(held, due.order_id)
             return _stale_check(held, due, run)

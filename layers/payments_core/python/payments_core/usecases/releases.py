@@ -1,6 +1,6 @@
 """release_payment: capture the hold, then pay the runner their share.
 
-Runs holding the order's lease (``leases``), Stripe calls included. Each Stripe side effect
+Runs holding the order's lease (``order_holds``), Stripe calls included. Each Stripe side effect
 has its own idempotency key derived from the payment, and every step that an earlier attempt
 may have taken (its intent is recorded before it is sent) first checks what Stripe already did,
 so a redelivery or a retry after a crash between Stripe and the database converges on one
@@ -27,7 +27,7 @@ from payments_core.domain.errors import Rejection
 from payments_core.domain.events import PaymentFailed
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.observability import count, logger
-from payments_core.usecases import leases, lifecycle, payouts
+from payments_core.usecases import lifecycle, order_holds, payouts
 
 S = PaymentStatus
 
@@ -36,7 +36,7 @@ def release(services: Services, command: Command) -> str:
     body = command.body
     assert isinstance(body, ReleasePayment)
     order_id = _resolve_order(services, body.order_id, body.payment_id)
-    with leases.hold_order(services, order_id) as services:
+    with order_holds.hold_order(services, order_id) as services:
         db = services.db
         payment = repository.get_by_order_id(db, order_id)
         cid = command.correlation_id

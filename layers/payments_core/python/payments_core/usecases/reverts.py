@@ -2,7 +2,7 @@
 runner's transfer), and always answer REVERTED once nothing is held, so the saga's compensation
 completes.
 
-Runs holding the order's lease (``leases``), Stripe calls included. Each Stripe side effect
+Runs holding the order's lease (``order_holds``), Stripe calls included. Each Stripe side effect
 has its own idempotency key derived from the payment, and a step an earlier attempt may have
 taken first checks what Stripe already did (a transfer found by its group, a refund already
 made), so a redelivery or a retry after a crash converges on one refund. Refusals by Stripe are
@@ -18,7 +18,7 @@ from payments_core.domain.errors import Rejection
 from payments_core.domain.events import PaymentReleased, event_envelope
 from payments_core.domain.payment import Payment, PaymentStatus, event_id_for
 from payments_core.observability import count, logger
-from payments_core.usecases import leases, lifecycle
+from payments_core.usecases import lifecycle, order_holds
 
 S = PaymentStatus
 
@@ -35,7 +35,7 @@ def revert(services: Services, command: Command) -> str:
         with services.db.transaction():
             _announce_nothing_held(services.db, None, body.payment_id, reason, cid)
         return body.payment_id or ""
-    with leases.hold_order(services, order_id) as services:
+    with order_holds.hold_order(services, order_id) as services:
         db = services.db
         payment = repository.get_by_order_id(db, order_id)
         archived = archive.find(db, order_id=order_id) if payment is None else None
