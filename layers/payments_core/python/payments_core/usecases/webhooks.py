@@ -20,7 +20,7 @@ from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot
 from payments_core.adapters.stripe_api.webhook_signatures import signature_failure
 from payments_core.domain.errors import TransientError
 from payments_core.observability import count, logger
-from payments_core.usecases import leases, lifecycle, order_holds, reconciliation
+from payments_core.usecases import leases, lifecycle, order_holds, settlement_audit
 
 HANDLED_EVENT_TYPES = frozenset(
     {
@@ -214,7 +214,7 @@ def _apply_leased(
             )
         if stray:
             try:
-                reconciliation.cancel_stray_hold(held, payment, intent.id)
+                settlement_audit.cancel_stray_hold(held, payment, intent.id)
             except TransientError as exc:
                 logger.warning(
                     "stray hold cancel failed; the audit retries it",
