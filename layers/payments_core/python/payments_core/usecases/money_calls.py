@@ -20,7 +20,7 @@ from payments_core.domain.errors import Rejection, TransientError
 # The Stripe methods that move money: their intent and outcome are recorded.
 MONEY_ACTIONS = frozenset({"create_hold", "capture", "cancel", "refund", "transfer", "reverse_transfer"})
 
-
+# The intent, written by the statement that renews the lease (none when it was taken over).
 _MONEY_CALL_SQL = """
 WITH renewed AS (
     UPDATE order_leases SET expires_at = greatest(expires_at, now() + make_interval(secs => :ttl))
@@ -32,15 +32,12 @@ RETURNING id, EXISTS (
     SELECT 1 FROM stripe_money_calls WHERE order_id = :order_id AND action = :action
 ) AS attempted_before
 """
-
 # A known outcome (ok, refused) is written by the next statement the holder sends anyway (the
 # fence of its next transaction, or the release) rather than in a transaction of its own.
 _WITH_OUTCOME = (
     "WITH call AS (UPDATE stripe_money_calls SET finished_at = now(), outcome = :outcome"
     " WHERE id = :call_id AND finished_at IS NULL) "
 )
-
-
 # An outcome we do not know (a timeout, a 5xx) makes the payment uncertain at once.
 _MONEY_OUTCOME_SQL = """
 WITH call AS (
