@@ -1,4 +1,5 @@
-"""Generate the machine-readable contract from the message models in payments_core.domain.contracts.
+"""Generate the machine-readable contract from the message models in payments_core.domain
+(``contracts``: the commands; ``events``: the events).
 
     python -m tools.schemas            # write schemas/ (make schemas)
     python -m tools.schemas --check    # exit 1 if schemas/ differs from the models
@@ -20,12 +21,12 @@ from typing import Any, Literal
 
 from payments_core.domain.contracts import (
     COMMAND_MODELS,
-    EVENT_MODELS,
     CommandEnvelope,
     Order,
     ReleasePayment,
     RevertPayment,
 )
+from payments_core.domain.events import EVENT_MODELS
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def event_path(event_type: str) -> str:
 
 
 class _EventEnvelope(BaseModel):
-    """What ``payments_core.domain.contracts.event_envelope`` emits, as a model (payload set per event)."""
+    """What ``payments_core.domain.events.event_envelope`` emits, as a model (payload set per event)."""
 
     model_config = ConfigDict(extra="ignore")
 

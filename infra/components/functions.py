@@ -228,7 +228,7 @@ class Functions(Construct):
         # Each Stripe caller reads its own restricted key, and only the webhook function the
         # signing secret; the secrets' resource policies name exactly these roles (seal).
         # The webhook function calls Stripe too: a webhook reporting a hold on a payment that
-        # is already final cancels it (reconciliation.cancel_stray_hold).
+        # is already final cancels it (settlement_audit.cancel_stray_hold).
         for name, fn in (
             ("authorize_payment", self.authorize_payment),
             ("stripe_webhook", self.stripe_webhook),

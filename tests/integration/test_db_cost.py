@@ -11,7 +11,7 @@ import pytest
 from conftest import authorize_command, msk_event
 from payments_core.adapters.postgres.db import Database
 from payments_core.entrypoints.commands import handle_command_batch
-from payments_core.usecases import leases
+from payments_core.usecases import leases, order_holds
 from payments_core.usecases.leases import LeaseBusy, LeaseLost
 
 pytestmark = pytest.mark.integration
@@ -70,18 +70,18 @@ def test_a_lease_taken_by_a_first_transaction_that_rolled_back_was_never_taken(m
     mine, other = make_services(), make_services()
     settings = mine.settings
     order_id = _order()
-    with leases.hold(mine.db, order_id, settings, take_with_first_transaction=True) as lease:
+    with order_holds.hold(mine.db, order_id, settings, take_with_first_transaction=True) as lease:
         with pytest.raises(Boom), mine.db.transaction():
             assert lease.token > 0, "taken by the transaction's first statement"
             raise Boom
         assert not lease.held()
-        theirs = leases.acquire(other.db, order_id, ttl_s=30)
+        theirs = order_holds.acquire(other.db, order_id, ttl_s=30)
         assert theirs.token == lease.token, "the rolled-back take left the token where it was"
         with pytest.raises(LeaseLost):
             lease.renew()  # no Stripe call on a lease never taken
     # leaving the block must not release the other holder's lease (same token)
     with pytest.raises(LeaseBusy):
-        leases.acquire(make_services().db, order_id, ttl_s=30)
+        order_holds.acquire(make_services().db, order_id, ttl_s=30)
     leases.release(theirs)
 
 
@@ -91,10 +91,10 @@ def test_a_first_transaction_meeting_a_held_lease_is_told_busy_and_writes_nothin
     mine, other = make_services(), make_services()
     settings = mine.settings
     order_id = _order()
-    theirs = leases.acquire(other.db, order_id, ttl_s=30)
+    theirs = order_holds.acquire(other.db, order_id, ttl_s=30)
     with (
         pytest.raises(LeaseBusy),
-        leases.hold(mine.db, order_id, settings, take_with_first_transaction=True),
+        order_holds.hold(mine.db, order_id, settings, take_with_first_transaction=True),
         mine.db.transaction(),
     ):
         pytest.fail("the transaction's first statement must find the lease busy")
@@ -114,7 +114,7 @@ def test_a_known_outcome_rides_on_the_next_transaction_and_the_last_one_gives_th
     def call_row() -> list[list[Any]]:
         return pg_connection.run("SELECT outcome FROM stripe_money_calls WHERE order_id = :o", o=order_id)
 
-    with leases.hold(db, order_id, settings) as lease:
+    with order_holds.hold(db, order_id, settings) as lease:
         with lease.money_call("capture"):
             pass
         assert call_row() == [[None]], "not written on its own"
@@ -129,7 +129,7 @@ def test_a_known_outcome_rides_on_the_next_transaction_and_the_last_one_gives_th
         assert free == [[None]], "given back with the transaction's commit"
         with pytest.raises(RuntimeError):
             lease.renew()  # the token still matches: the lease itself must refuse
-    taken = leases.acquire(db, order_id, ttl_s=30)
+    taken = order_holds.acquire(db, order_id, ttl_s=30)
     assert taken.token == lease.token + 1
     leases.release(taken)
 
@@ -138,7 +138,7 @@ def test_a_known_outcome_is_written_by_the_release_when_no_transaction_follows(m
     services = make_services()
     db, settings = services.db, services.settings
     order_id = _order()
-    with leases.hold(db, order_id, settings) as lease, lease.money_call("refund"):
+    with order_holds.hold(db, order_id, settings) as lease, lease.money_call("refund"):
         pass
     assert pg_connection.run("SELECT outcome FROM stripe_money_calls WHERE order_id = :o", o=order_id) == [
         ["ok"]

@@ -17,7 +17,7 @@ from payments_core.adapters.postgres import check_queue, repository
 from payments_core.adapters.postgres.db import Database
 from payments_core.domain.errors import TransientError
 from payments_core.entrypoints.commands import handle_command_batch
-from payments_core.usecases import leases, reconciliation
+from payments_core.usecases import leases, order_holds, reconciliation
 from payments_core.usecases.leases import LeaseBusy, LeaseLost
 
 pytestmark = pytest.mark.integration
@@ -38,12 +38,12 @@ def _order() -> str:
 def test_a_second_holder_is_told_busy_with_the_time_left_and_gets_it_once_released(make_services):
     first, second = make_services(), make_services()
     order_id = _order()
-    lease = leases.acquire(first.db, order_id, ttl_s=30)
+    lease = order_holds.acquire(first.db, order_id, ttl_s=30)
     with pytest.raises(LeaseBusy) as busy:
-        leases.acquire(second.db, order_id, ttl_s=30)
+        order_holds.acquire(second.db, order_id, ttl_s=30)
     assert 0 < busy.value.retry_after_s <= 2.0
     leases.release(lease)
-    again = leases.acquire(second.db, order_id, ttl_s=30)
+    again = order_holds.acquire(second.db, order_id, ttl_s=30)
     assert again.token == lease.token + 1, "every acquisition has a new, larger token"
     assert not again.taken_over, "a released lease is not a takeover"
 
@@ -57,9 +57,9 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(
     assert authorize_handler(msk_event(cmd)) == NO_FAILURES
     check_queue.audit_settled(fresh.db, order_id)
     for _ in range(5):
-        old = leases.acquire(stale.db, order_id, ttl_s=0.5)
+        old = order_holds.acquire(stale.db, order_id, ttl_s=0.5)
         time.sleep(0.7)
-        new = leases.acquire(fresh.db, order_id, ttl_s=30, audit_delay_s=0)
+        new = order_holds.acquire(fresh.db, order_id, ttl_s=30, audit_delay_s=0)
         if new.token == old.token + 1:
             break
         # the stack took the expired lease and gave it back in between (a late webhook of this
@@ -88,7 +88,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(
 def test_a_fenced_transaction_makes_a_takeover_wait_and_find_the_lease_renewed(make_services):
     holder, taker = make_services(), make_services()
     order_id = _order()
-    lease = leases.acquire(holder.db, order_id, ttl_s=1.0)
+    lease = order_holds.acquire(holder.db, order_id, ttl_s=1.0)
     holder.db.fence = lease.fence
     taken: list[Any] = []
     time.sleep(0.6)
@@ -105,7 +105,7 @@ def test_a_fenced_transaction_makes_a_takeover_wait_and_find_the_lease_renewed(m
 
 def _try(db: Database, order_id: str) -> Any:
     try:
-        return leases.acquire(db, order_id, ttl_s=30)
+        return order_holds.acquire(db, order_id, ttl_s=30)
     except LeaseBusy as exc:
         return exc
 
@@ -125,7 +125,7 @@ def test_money_calls_record_intent_and_outcome_and_an_unknown_one_makes_the_paym
 
     services = make_services()
     with (
-        leases.hold(services.db, order_id, services.settings) as lease,
+        order_holds.hold(services.db, order_id, services.settings) as lease,
         pytest.raises(TransientError),
         lease.money_call("capture"),
     ):
@@ -144,7 +144,7 @@ def test_a_money_call_left_open_by_a_dead_holder_is_flagged_for_the_audit(
     assert authorize_handler(msk_event(cmd)) == NO_FAILURES
     services = make_services()
     check_queue.audit_settled(services.db, order_id)
-    lease = leases.acquire(services.db, order_id, ttl_s=0.3)
+    lease = order_holds.acquire(services.db, order_id, ttl_s=0.3)
     # The holder dies between writing the intent and learning the outcome.
     pg_connection.run(
         "INSERT INTO stripe_money_calls (order_id, action, lease_token, started_at)"
@@ -206,7 +206,7 @@ def test_commands_of_one_order_on_two_partitions_are_serialized_without_holding_
     for cmd in (order_a, order_b):
         assert handle_command_batch(msk_event(cmd), None, pool_services) == NO_FAILURES
     a_id = order_a["payload"]["order_id"]
-    held = leases.acquire(busy_services.db, a_id, ttl_s=30)
+    held = order_holds.acquire(busy_services.db, a_id, ttl_s=30)
     threading.Timer(1.5, leases.release, args=(held,)).start()
 
     from payments_core.entrypoints.command_pool import make_pool
@@ -250,7 +250,7 @@ def test_a_webhook_for_a_busy_order_leaves_its_effect_to_the_audit_and_answers_a
     intent_id = payment_row(order_id)["payment_intent_id"]
     assert localstripe_client.v1.payment_intents.cancel(intent_id).status == "canceled"  # in the dashboard
     busy, webhook = make_services(), make_services()
-    held = leases.acquire(busy.db, order_id, ttl_s=30)
+    held = order_holds.acquire(busy.db, order_id, ttl_s=30)
     event = payment_intent_event("canceled", payment_intent_id=intent_id, order_id=order_id, amount=1299)
 
     started = time.monotonic()

@@ -27,7 +27,7 @@ from payments_core.domain.errors import TransientError
 from payments_core.domain.payment import Payment
 from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.observability import metrics
-from payments_core.usecases import leases
+from payments_core.usecases import leases, order_holds
 from payments_core.usecases.reconciliation import reconcile
 
 pytestmark = pytest.mark.integration
@@ -408,7 +408,7 @@ def test_a_run_reads_every_due_payment_once_page_by_page_and_reports_what_it_lef
     orders = _holds(new_card(), authorize_handler, payment_row, 5)
     unage(orders)
     age(*orders)
-    busy = leases.acquire(make_services().db, orders[0], ttl_s=60)  # another container has it
+    busy = order_holds.acquire(make_services().db, orders[0], ttl_s=60)  # another container has it
     stripe = RecordingStripe()
     services = reconciler(stripe=stripe)
     services.settings = dataclasses.replace(services.settings, reconcile_batch_size=2)

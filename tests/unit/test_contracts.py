@@ -8,16 +8,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core.domain.contracts import (
-    INVALID_AMOUNT,
-    INVALID_PAYLOAD,
-    UNKNOWN_COMMAND,
-    AuthorizePayment,
-    Unattributable,
-    amount_in_units,
-    parse_command,
-)
+from payments_core.domain.command_parsing import Unattributable, parse_command
+from payments_core.domain.contracts import INVALID_AMOUNT, INVALID_PAYLOAD, UNKNOWN_COMMAND, AuthorizePayment
 from payments_core.domain.errors import Rejection
+from payments_core.domain.events import amount_in_units
 
 VALID = {
     "type": "authorize_payment",

@@ -16,20 +16,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from payments_core.adapters.postgres.repository import is_uuid
-from payments_core.domain.contracts import (
-    INVALID_PAYLOAD,
+from payments_core.domain.command_parsing import (
     MAX_COMMAND_BYTES,
     MAX_COMMAND_DEPTH,
-    PAYLOAD_TOO_LARGE,
-    Command,
     Unattributable,
     _flatten_beyond,
     command_references,
-    has_unstorable_text,
     parse_command,
-    storable,
 )
+from payments_core.domain.contracts import INVALID_PAYLOAD, PAYLOAD_TOO_LARGE, Command
 from payments_core.domain.errors import Rejection
+from payments_core.domain.storable_text import has_unstorable_text, storable
 from payments_core.entrypoints import commands
 
 _CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -4,12 +4,12 @@ still needed refused rather than clamped."""
 from __future__ import annotations
 
 import pytest
-from payments_core.config import (
+from payments_core.config import get_settings
+from payments_core.retention_periods import (
     RETENTION_DEFAULT_DAYS,
     RETENTION_ENV,
     RETENTION_FLOOR_DAYS,
     RetentionSettings,
-    get_settings,
     retention_settings,
 )
 

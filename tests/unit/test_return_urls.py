@@ -12,7 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from payments_core.config import get_settings
-from payments_core.domain.contracts import RETURN_URL_NOT_ALLOWED, AuthorizePayment, parse_command
+from payments_core.domain.command_parsing import parse_command
+from payments_core.domain.contracts import RETURN_URL_NOT_ALLOWED, AuthorizePayment
 from payments_core.domain.errors import Rejection
 from payments_core.domain.return_urls import is_allowed, origin_of, parse_origins
 

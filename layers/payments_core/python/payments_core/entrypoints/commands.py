@@ -24,28 +24,23 @@ from payments_core.adapters.postgres import command_outcomes, outbox, repository
 from payments_core.adapters.postgres.db import Database
 from payments_core.adapters.services import Services, get_services
 from payments_core.adapters.stripe_api.stripe_throttle import take_stripe_seconds
-from payments_core.domain.contracts import (
-    Command,
-    PaymentFailed,
-    Unattributable,
-    command_references,
-    event_envelope,
-    parse_command,
-    storable,
-)
+from payments_core.domain.command_parsing import Unattributable, command_references, parse_command
+from payments_core.domain.contracts import Command
 from payments_core.domain.errors import Rejection, TransientError
+from payments_core.domain.events import PaymentFailed, event_envelope
 from payments_core.domain.payment import event_id_for_rejection
+from payments_core.domain.storable_text import storable
 from payments_core.entrypoints.batch import Finished, Item, items_of
 from payments_core.entrypoints.command_pool import container_pool, throttle_of
 from payments_core.entrypoints.worker_pool import WorkerPool
 from payments_core.observability import add_metric, count, logger
-from payments_core.usecases import authorization, escrow, lifecycle
+from payments_core.usecases import authorization, lifecycle, releases, reverts
 from payments_core.usecases.leases import LeaseBusy, lease_ttl_seconds
 
 _DISPATCH: dict[str, Callable[[Services, Command], str]] = {
     "authorize_payment": authorization.authorize,
-    "release_payment": escrow.release,
-    "revert_payment": escrow.revert,
+    "release_payment": releases.release,
+    "revert_payment": reverts.revert,
 }
 
 

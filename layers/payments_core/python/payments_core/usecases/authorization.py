@@ -18,7 +18,7 @@ from payments_core.domain.contracts import ORDER_REVERTED, STRIPE_UNEXPECTED_STA
 from payments_core.domain.errors import Rejection, TransientError
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.observability import count, logger
-from payments_core.usecases import leases, lifecycle
+from payments_core.usecases import leases, lifecycle, order_holds
 
 S = PaymentStatus
 _KNOWN_OUTCOMES = frozenset({"requires_capture", "requires_action", "requires_payment_method", "canceled"})
@@ -43,15 +43,15 @@ def authorize(services: Services, command: Command) -> str:
         return_url=body.return_url,
     )
     # The lease is taken by the transaction that writes the PENDING row (one statement fewer).
-    with leases.hold_order(services, body.order_id, take_with_first_transaction=True) as services:
+    with order_holds.hold_order(services, body.order_id, take_with_first_transaction=True) as services:
         db = services.db
-        lease = leases.lease_of(services)
+        lease = order_holds.lease_of(services)
         assert lease is not None
         with db.transaction():
             call_id = repository.insert_pending_with_intent(db, proposed, lease.token)
             created = call_id is not None
             if call_id is not None:
-                lease.intended("create_hold", call_id)
+                lease.calls.intended("create_hold", call_id)
             # An archived order's payment answers as any other duplicate: announced again.
             payment = (
                 proposed

@@ -11,7 +11,7 @@ from typing import Any
 from payments_core.adapters.postgres import outbox, repository
 from payments_core.adapters.postgres.db import Database
 from payments_core.config import get_settings
-from payments_core.domain.contracts import (
+from payments_core.domain.events import (
     PaymentAuthorized,
     PaymentFailed,
     PaymentReleased,

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from payments_core.adapters.postgres import archive, repository
 from payments_core.adapters.postgres.db import Database
-from payments_core.domain.contracts import amount_in_units, units_exact
+from payments_core.domain.events import amount_in_units, units_exact
 from payments_core.domain.payment import Payment
 
 NOT_FOUND = "NOT_FOUND"

@@ -1,21 +1,22 @@
 """The reconciler and settlement audit, run every few minutes until its deadline.
 
 Two kinds of payment are checked against Stripe, each under the order's lease (skipped, and
-left due, while someone else holds it); check_queue keeps their schedules and the backlog:
+left due, while someone else holds it); check_queue keeps their schedules and the backlog, and
+``check_pool`` runs the checks a few at a time:
 - stale non-final payments (PENDING, REQUIRES_ACTION, AUTHORIZED past their windows): webhooks
   get lost, a function can die between Stripe and the database, holds lapse after ~7 days.
   Looked at once past the window; one still where it was (a hold waiting for its release) is
   looked at again after ``reconcile_backoff_seconds``, not on every run;
-- uncertain payments (``audit_due_at``): a money call whose outcome was never recorded (a
-  crash, a timeout, a 5xx), a lease taken over, a payment that became final (something may
-  still land), an event we did not expect (a stray hold, a transfer or refund update). Each is
-  checked at growing intervals (``audit_backoff_seconds``) until Stripe and the row agree and
-  nothing can still land (no money call of the order with an unknown outcome within
-  ``audit_in_doubt_seconds``): every PaymentIntent of the order, its transfers and its refunds. What
-  disagrees is fixed (holds canceled on payments that hold nothing, transfers reversed and
-  refunds made or redone on reverted ones) and checked again later; what cannot be fixed is
-  counted (``AuditUnresolved``, alarmed) and checked again. A check that fails is retried,
-  never marked done.
+- uncertain payments (``audit_due_at``), audited by ``settlement_audit``: a money call whose
+  outcome was never recorded (a crash, a timeout, a 5xx), a lease taken over, a payment that
+  became final (something may still land), an event we did not expect (a stray hold, a
+  transfer or refund update). Each is checked at growing intervals (``audit_backoff_seconds``)
+  until Stripe and the row agree and nothing can still land (no money call of the order with an
+  unknown outcome within ``audit_in_doubt_seconds``): every PaymentIntent of the order, its
+  transfers and its refunds. What disagrees is fixed (holds canceled on payments that hold
+  nothing, transfers reversed and refunds made or redone on reverted ones) and checked again
+  later; what cannot be fixed is counted (``AuditUnresolved``, alarmed) and checked again. A
+  check that fails is retried, never marked done.
 Stripe calls are paced to ``audit_stripe_reads_per_second``, the reconciler's share of the
 account's budget: with the checks' Stripe calls, it sets how many final payments a day the
 audit keeps up with (README, "Operations"). Every run reports what it did and what it left
@@ -25,38 +26,24 @@ audit keeps up with (README, "Operations"). Every run reports what it did and wh
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from dataclasses import replace
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from payments_core.adapters.postgres import check_queue, outbox, repository
 from payments_core.adapters.postgres.db import Database
 from payments_core.adapters.services import Services, get_services
-from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot
 from payments_core.config import Settings
 from payments_core.domain.contracts import AUTHENTICATION_FAILED, AUTHORIZATION_EXPIRED
 from payments_core.domain.errors import Rejection, TransientError
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.observability import add_metric, count, logger
-from payments_core.usecases import authorization, leases, lifecycle
+from payments_core.usecases import authorization, leases, lifecycle, order_holds, settlement_audit
+from payments_core.usecases.check_pool import CheckPool, Paced, Pacer
 
 S = PaymentStatus
-T = TypeVar("T")
-R = TypeVar("R")
-# A PaymentIntent in one of these may still hold money by itself: a customer can still finish
-# 3-D Secure, a payment can still be processing. One that requires a payment method or a
-# confirmation moves no money unless we send one, which we never do after a failure.
-_MAY_STILL_HOLD = frozenset({"requires_action", "processing"})
-# What is canceled on a payment that holds nothing (processing cannot be canceled: waited for).
-_CANCELED_WHEN_NOTHING_HELD = frozenset({"requires_capture", "requires_action"})
-# Refund states that give (or will give) the money back.
-_REFUND_LIVE = frozenset({"succeeded", "pending", "requires_action"})
 
 
 def reconcile(services: Services | None = None, *, deadline: float | None = None) -> dict[str, int]:
@@ -67,15 +54,15 @@ def reconcile(services: Services | None = None, *, deadline: float | None = None
     db = services.db
     started = time.monotonic()
     outcomes: Counter[str] = Counter()
-    pacer = _Pacer(s.audit_stripe_reads_per_second)
-    paced = replace(services, stripe=_Paced(services.stripe, pacer))
+    pacer = Pacer(s.audit_stripe_reads_per_second)
+    paced = replace(services, stripe=Paced(services.stripe, pacer))
     outcomes["lost_calls_flagged"] = repository.flag_unfinished_money_calls(db, leases.lease_ttl_seconds(s))
     run = check_queue.Run(db, stale_windows(s), s.reconcile_batch_size)
 
     def check_all(worker: Services, checks: list[check_queue.Due]) -> list[tuple[str, str]]:
         return [(due.order_id, _check(worker, due, run)) for due in checks if not _past(deadline)]
 
-    with _CheckPool(paced, s.reconcile_workers) as pool:
+    with CheckPool(paced, s.reconcile_workers) as pool:
         while not _past(deadline):
             batch = run.next_batch()
             if not batch:
@@ -147,9 +134,9 @@ def _report(db: Database, run: check_queue.Run, outcomes: Counter[str], elapsed_
 def _check(services: Services, due: check_queue.Due, run: check_queue.Run) -> str:
     db = services.db
     try:
-        with leases.hold_order(services, due.order_id) as held:
+        with order_holds.hold_order(services, due.order_id) as held:
             if due.kind == "audit":
-                return _audit(held, due.order_id)
+                return settlement_audit.audit(held, due.order_id)
             return _stale_check(held, due, run)
     except leases.LeaseBusy:
         return "skipped_locked"  # left due: behind this run's cursor, the next run takes it
@@ -180,149 +167,6 @@ def _stale_check(services: Services, due: check_queue.Due, run: check_queue.Run)
     finally:  # also when the look failed: due again after the next delay
         with contextlib.suppress(TransientError):
             check_queue.stale_checked(db, due.order_id, status, services.settings.reconcile_backoff_seconds)
-
-
-# ---- the settlement audit -------------------------------------------------------------------
-
-
-@dataclass
-class _Findings:
-    fixed: list[str] = field(default_factory=list)
-    unresolved: list[str] = field(default_factory=list)
-    waiting: list[str] = field(default_factory=list)  # Stripe has not finished (a refund pending)
-
-
-def _audit(services: Services, order_id: str) -> str:
-    db = services.db
-    payment = repository.get_by_order_id(db, order_id)
-    if payment is None:
-        return "unchanged"
-    found = _Findings()
-    if payment.status is S.PENDING:
-        # Its create's answer may be lost: the PaymentIntent found may be its own. Completed by
-        # the stale-payment check first; audited once it has a status.
-        return "skipped_pending"
-    intents = services.stripe.order_intents(payment)
-    if payment.payment_intent_id and all(i.id != payment.payment_intent_id for i in intents):
-        intents.append(services.stripe.retrieve(payment.payment_intent_id))
-    for intent in intents:
-        _check_intent(services, payment, intent, found)
-    if payment.status in (S.SUCCEEDED, S.REVERTED):
-        _check_transfers(services, payment, found)
-    in_doubt = repository.money_calls_in_doubt(db, order_id, services.settings.audit_in_doubt_seconds)
-    if in_doubt:  # Stripe may still execute it: what agrees now may not in a minute
-        found.waiting.append(f"outcome unknown, may still land: {', '.join(in_doubt)}")
-    extra = {"order_id": order_id, "status": payment.status.value}
-    if found.unresolved:
-        count("AuditUnresolved")
-        logger.error("audit cannot settle this payment", extra={**extra, "problems": found.unresolved})
-    if found.fixed:
-        count("AuditFixed", len(found.fixed))
-        logger.warning(
-            "audit fixed what Stripe and our row disagreed on", extra={**extra, "fixes": found.fixed}
-        )
-    if found.fixed or found.unresolved or found.waiting:
-        check_queue.audit_again_later(db, order_id, services.settings.audit_backoff_seconds)
-        return "fixed" if found.fixed else "unresolved" if found.unresolved else "waiting"
-    check_queue.audit_settled(db, order_id)
-    return "settled"
-
-
-def _check_intent(services: Services, payment: Payment, intent: IntentSnapshot, found: _Findings) -> None:
-    ours = intent.id == payment.payment_intent_id
-    if ours and not payment.status.is_final and payment.status is not S.SUCCEEDED:
-        # A status of ours that Stripe has moved on from (a lost webhook): the state machine decides.
-        with services.db.transaction():
-            if lifecycle.apply_intent(services.db, payment, intent, correlation_id=payment.correlation_id):
-                found.fixed.append(f"status from {intent.id}: {payment.status.value}")
-        if intent.status in _MAY_STILL_HOLD:
-            found.waiting.append(f"{intent.id} is {intent.status}")
-        return
-    nothing_held = payment.status.is_final or not ours
-    if intent.status in _CANCELED_WHEN_NOTHING_HELD and nothing_held:
-        cancel_stray_hold(services, payment, intent.id)
-        found.fixed.append(f"{intent.status} {intent.id} canceled")
-    elif intent.status in _MAY_STILL_HOLD and nothing_held:
-        found.waiting.append(f"{intent.id} is {intent.status}")
-    elif intent.status == "succeeded" and (not ours or payment.status is S.FAILED):
-        found.unresolved.append(f"{intent.id} captured money on a payment that says nothing was taken")
-    elif intent.status == "succeeded" and payment.status is S.REVERTED:
-        _check_refunds(services, payment, intent, found)
-
-
-def _check_refunds(services: Services, payment: Payment, intent: IntentSnapshot, found: _Findings) -> None:
-    refunds = services.stripe.intent_refunds(intent.id, since=intent.created or None)
-    given_back = sum(int(r.get("amount") or 0) for r in refunds if r.get("status") in _REFUND_LIVE)
-    if any(r.get("status") in ("pending", "requires_action") for r in refunds):
-        found.waiting.append("a refund is pending")  # refund updates can come days later
-    if given_back >= (intent.amount_received or payment.captured_amount_cents or payment.amount_cents):
-        return
-    failed = [r for r in refunds if r.get("status") == "failed"]
-    if failed:
-        # The card cannot take the money back (closed, expired): a person must act.
-        count("RefundFailed")
-        found.unresolved.append(f"refund {failed[0].get('id')} failed: {failed[0].get('failure_reason')}")
-        return
-    canceled = sum(1 for r in refunds if r.get("status") == "canceled")
-    refund_id = services.stripe.refund(replace(payment, payment_intent_id=intent.id), redo=canceled)
-    found.fixed.append(f"refund {refund_id} made" + (" again after a canceled one" if canceled else ""))
-
-
-def _check_transfers(services: Services, payment: Payment, found: _Findings) -> None:
-    if not payment.runner_connect_account_id and not payment.transfer_id:
-        return
-    transfers = services.stripe.order_transfers(payment)
-    if payment.status is S.SUCCEEDED:
-        if payment.transfer_id is None and transfers:
-            with services.db.transaction():
-                repository.update(
-                    services.db,
-                    payment.payment_id,
-                    expected_status=S.SUCCEEDED,
-                    transfer_id=transfers[0]["id"],
-                )
-            found.fixed.append(f"transfer {transfers[0]['id']} recorded")
-        keep = payment.transfer_id or (transfers[0]["id"] if transfers else None)
-        extra = [t for t in transfers if t["id"] != keep and not _fully_reversed(t)]
-    else:
-        extra = [t for t in transfers if not _fully_reversed(t)]
-    for transfer in extra:  # a runner paid for a reverted payment, or paid twice
-        try:
-            services.stripe.reverse_transfer(payment, transfer_id=str(transfer["id"]))
-        except Rejection as exc:
-            count("TransferReversalFailed")
-            found.unresolved.append(f"transfer {transfer['id']} not reversed: {exc.message}")
-            continue
-        found.fixed.append(f"transfer {transfer['id']} reversed")
-
-
-def _fully_reversed(transfer: dict[str, Any]) -> bool:
-    return bool(transfer.get("reversed")) or int(transfer.get("amount_reversed") or 0) >= int(
-        transfer.get("amount") or 0
-    )
-
-
-def cancel_stray_hold(services: Services, payment: Payment, payment_intent_id: str) -> None:
-    """Cancel a hold on a payment that is already FAILED or REVERTED, or a second hold on one
-    order: we announced that nothing is held, so nothing may be. Caller holds the lease.
-    Stripe refusing (the hold was captured or canceled meanwhile) is logged; the audit, which
-    scheduled this payment, looks again."""
-    count("StrayHoldFound")
-    logger.error(
-        "hold found on a payment that holds nothing; canceling it",
-        extra={
-            "order_id": payment.order_id,
-            "status": payment.status.value,
-            "payment_intent_id": payment_intent_id,
-        },
-    )
-    try:
-        services.stripe.cancel(replace(payment, payment_intent_id=payment_intent_id))
-    except Rejection as exc:
-        logger.error("stray hold not canceled", extra={"order_id": payment.order_id, "reason": exc.message})
-
-
-# ---- stale non-final payments ----------------------------------------------------------------
 
 
 def _reconcile_one(services: Services, payment: Payment) -> str:
@@ -370,81 +214,3 @@ def _reconcile_one(services: Services, payment: Payment) -> str:
             db, payment, intent, correlation_id=cid, canceled_code=AUTHORIZATION_EXPIRED
         )
     return "expired" if changed else "unchanged"
-
-
-# ---- concurrency and pacing -------------------------------------------------------------------
-
-
-class _CheckPool:
-    """``size`` threads for a run's checks: a check waits mostly on Stripe (~300 ms a call), so
-    one at a time would cap a run near 3 checks/s whatever its Stripe share. Each thread has its
-    own database connection (a lease is held on one, and a pg8000 connection is not shared
-    between threads); all share the pacer. Size 1: on the caller's thread and connection."""
-
-    def __init__(self, services: Services, size: int) -> None:
-        self._base = services
-        self._executor = ThreadPoolExecutor(size, thread_name_prefix="reconcile") if size > 1 else None
-        self._local = threading.local()
-        self._made: list[Database] = []
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> _CheckPool:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        for db in self._made:
-            db.close()
-
-    def map(self, fn: Callable[[Services, T], R], items: Iterable[T]) -> list[R]:
-        if self._executor is None:
-            return [fn(self._base, item) for item in items]
-        return list(self._executor.map(lambda item: fn(self._worker(), item), items))
-
-    def _worker(self) -> Services:
-        worker: Services | None = getattr(self._local, "services", None)
-        if worker is None:
-            db = type(self._base.db)(self._base.settings)  # of the run's own kind (a test's double too)
-            with self._lock:
-                self._made.append(db)
-            worker = self._local.services = replace(self._base, db=db)
-        return worker
-
-
-class _Pacer:
-    """At most ``per_second`` calls on average (the audit's share of Stripe's rate budget)."""
-
-    def __init__(self, per_second: float) -> None:
-        self._interval = 1.0 / per_second if per_second > 0 else 0.0
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-        self.calls = 0
-
-    def wait(self) -> None:
-        with self._lock:
-            self.calls += 1
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            time.sleep(start - now)
-
-
-class _Paced:
-    """A Stripe gateway whose every call waits its turn at the pacer."""
-
-    def __init__(self, inner: Any, pacer: _Pacer) -> None:
-        self._inner = inner
-        self._pacer = pacer
-
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._inner, name)
-        if not callable(target):
-            return target
-
-        def paced(*args: Any, **kwargs: Any) -> Any:
-            self._pacer.wait()
-            return target(*args, **kwargs)
-
-        return paced

@@ -27,7 +27,7 @@ from typing import Any
 from payments_core.adapters.kafka.kafka_gateway import EventPublisher, KafkaEventPublisher, OutgoingMessage
 from payments_core.adapters.kafka.topic_reader import TopicUnreadable, read_topic
 from payments_core.config import Settings, get_settings
-from payments_core.domain.contracts import command_references
+from payments_core.domain.command_parsing import command_references
 from payments_core.observability import count, logger
 
 # Where each producer of dead letters writes the reason (the service, the local mapping).

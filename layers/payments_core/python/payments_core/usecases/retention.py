@@ -1,6 +1,6 @@
 """The retention job (run daily): delete rows nothing will read again, in small batches.
 
-What goes, and what is kept on purpose (periods: ``config.RetentionSettings``):
+What goes, and what is kept on purpose (periods: ``retention_periods.RetentionSettings``):
 
 - ``command_outcomes`` recorded longer ago than the Kafka topic keeps a record: the record cannot
   be re-delivered any more, so its stored answer will never be asked for.

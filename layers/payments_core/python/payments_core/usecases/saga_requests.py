@@ -22,19 +22,14 @@ from pydantic_core import PydanticCustomError
 from payments_core.adapters.kafka.kafka_gateway import OutgoingMessage
 from payments_core.adapters.postgres import archive, repository
 from payments_core.adapters.services import Services
-from payments_core.domain.contracts import (
-    MAX_AMOUNT_CENTS,
-    UNSTORABLE_TEXT_MESSAGE,
-    RevertPayment,
-    describe_error_list,
-    has_unstorable_text,
-    storable,
-    utc_now_iso,
-)
+from payments_core.domain.command_parsing import describe_error_list
+from payments_core.domain.contracts import MAX_AMOUNT_CENTS, RevertPayment
 from payments_core.domain.errors import TransientError
+from payments_core.domain.events import utc_now_iso
 from payments_core.domain.payment import Payment, PaymentStatus
+from payments_core.domain.storable_text import UNSTORABLE_TEXT_MESSAGE, has_unstorable_text, storable
 from payments_core.observability import count, logger
-from payments_core.usecases import escrow
+from payments_core.usecases import releases
 from payments_core.usecases.queries import NOT_FOUND, error
 
 S = PaymentStatus
@@ -126,7 +121,7 @@ def request_release(services: Services, payment_id: str, release: ReleaseRequest
     if payment.status.is_final:
         message = f"payment is {payment.status.value}: it can no longer be released"
         return HTTPStatus.CONFLICT, _conflict(message, payment)
-    if escrow.release_is_complete(payment):
+    if releases.release_is_complete(payment):
         return HTTPStatus.OK, _nothing_to_do("payment already released", payment)
     # SUCCEEDED without a recorded release: captured (by a release that stopped before paying
     # the runner, or seen by a webhook first); the command finishes paying the runner.

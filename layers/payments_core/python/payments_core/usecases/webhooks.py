@@ -20,7 +20,7 @@ from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot
 from payments_core.adapters.stripe_api.webhook_signatures import signature_failure
 from payments_core.domain.errors import TransientError
 from payments_core.observability import count, logger
-from payments_core.usecases import leases, lifecycle, reconciliation
+from payments_core.usecases import leases, lifecycle, order_holds, settlement_audit
 
 HANDLED_EVENT_TYPES = frozenset(
     {
@@ -185,7 +185,9 @@ def _apply_leased(
 ) -> WebhookOutcome:
     db = services.db
     event_type = event["type"]
-    with leases.hold_order(services, order_id, wait_s=services.settings.webhook_lease_wait_seconds) as held:
+    with order_holds.hold_order(
+        services, order_id, wait_s=services.settings.webhook_lease_wait_seconds
+    ) as held:
         with db.transaction():
             payment = repository.get_by_order_id(db, order_id, for_update=True)
             # Another PaymentIntent than the payment's: ours only if its metadata names the order
@@ -212,7 +214,7 @@ def _apply_leased(
             )
         if stray:
             try:
-                reconciliation.cancel_stray_hold(held, payment, intent.id)
+                settlement_audit.cancel_stray_hold(held, payment, intent.id)
             except TransientError as exc:
                 logger.warning(
                     "stray hold cancel failed; the audit retries it",

@@ -11,14 +11,14 @@ Why an archived order cannot get a second hold. ``repository.insert_pending`` re
 found in the archive, but an authorize whose INSERT started before the archive row committed
 does not see it, and would wait for the DELETE of the live row and then insert a new one. Every
 use case runs under the order's lease (``leases``), so the archiving transaction takes each
-order's lease first, exactly as ``leases.acquire`` would, and holds it (uncommitted) until it
+order's lease first, exactly as ``leases.try_take`` would, and holds it (uncommitted) until it
 commits: an order leased by someone is skipped, and an acquire that comes later waits for the
 commit and then finds the archive. The lease row is deleted with the rest (a later lease starts
 again at token 1, safe because the order's last holder is long gone).
 
 An archived payment is read-only. A command for it re-announces its final status (a duplicate
 authorize or release); a revert of an archived SUCCEEDED payment is refused
-(``escrow.revert``): refund it from the Stripe Dashboard.
+(``reverts.revert``): refund it from the Stripe Dashboard.
 """
 
 from __future__ import annotations

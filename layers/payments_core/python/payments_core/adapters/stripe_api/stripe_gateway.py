@@ -22,19 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from payments_core.adapters.stripe_api.stripe_lookups import StripeLookups
 from payments_core.adapters.stripe_api.stripe_objects import AccountSnapshot, IntentSnapshot
-from payments_core.adapters.stripe_api.stripe_requests import AnswerSaved, SdkClient, before_each_request
+from payments_core.adapters.stripe_api.stripe_requests import AnswerSaved, SdkClient
 from payments_core.adapters.stripe_api.stripe_requests import send as send_request
 from payments_core.config import Settings, get_settings
 from payments_core.domain.errors import TransientError
 
-# The snapshots are imported from here by the use cases and the tests; before_each_request
-# (``stripe_requests``) by ``leases``.
+# The snapshots are imported from here by the use cases and the tests.
 __all__ = [
     "AccountSnapshot",
     "IntentSnapshot",
     "StripeApiGateway",
     "StripeGateway",
-    "before_each_request",
     "idempotency_key",
 ]
 
