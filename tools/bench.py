@@ -22,7 +22,7 @@ asserts: the targets are printed next to the figures.
     sent within 100 ms of their original, on any partition) through a local event source
     mapping (one invocation per partition at a time, each in its own container process), one
     record at a time (COMMAND_WORKERS=1) against the default pool, with Stripe as
-    - a latency-only double (300 ms per request, no CPU: local/stripe_latency.py), on a topic
+    - a latency-only double (300 ms per request, no CPU: local/doubles/stripe_latency.py), on a topic
       of 3 partitions and on one of 1,
     - localstripe behind a proxy adding 300 ms per request, and raw localstripe (its own
       ceiling, about 15 requests/s on one core);
@@ -30,7 +30,7 @@ asserts: the targets are printed next to the figures.
     Lambda cost per 1,000 authorizations from each invocation's duration (the mapping's
     REPORT lines) at the configured memory; with the double, also the service's database
     sessions tied up while Stripe answers (issue 16: active, idle in a transaction or holding a
-    lock, per order in flight at the double, sampled every ~75 ms by local/db_activity.py).
+    lock, per order in flight at the double, sampled every ~75 ms by local/doubles/db_activity.py).
 (h) the outbox draining after a Kafka outage (issue 19): authorize commands at a steady 20/s
     in-process (zero-latency Stripe double, real PostgreSQL, the real publisher after each batch)
     while the local broker is stopped for 60 s and started again; how long the stack's own
@@ -66,12 +66,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local import stack
-from local.db_activity import InFlightSampler, InFlightSummary
-from local.lambda_runtime import FakeLambdaContext, load_handler
-from local.processes import rel
-from local.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
-from local.settings import load as load_local_settings
+from local.doubles.db_activity import InFlightSampler, InFlightSummary
+from local.stack import control as stack
+from local.stack.lambda_runtime import FakeLambdaContext, load_handler
+from local.stack.processes import rel
+from local.stack.settings import REPO_ROOT, STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, WEBHOOK_PATH, client_env
+from local.stack.settings import load as load_local_settings
 from tools import bench_storage
 
 LAYER_PYTHON = REPO_ROOT / "layers" / "payments_core" / "python"
@@ -496,7 +496,7 @@ def bench_end_to_end(report: Report, count: int, timeout: float) -> None:
 
 def signed_api_event(body: str, secret: str) -> dict[str, Any]:
     """The REST proxy event the local API Gateway would build for Stripe's signed request."""
-    from local.api_gateway import ROUTES, build_event, compile_routes
+    from local.stack.api_gateway import ROUTES, build_event, compile_routes
 
     timestamp = int(time.time())
     digest = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
@@ -724,7 +724,7 @@ class _Mapping:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "local.event_source"],
+            [sys.executable, "-u", "-m", "local.stack.event_source"],
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,
@@ -930,7 +930,7 @@ def bench_throughput(
     default_workers: int,
     only: list[str] | None = None,
 ) -> None:
-    from local.stripe_latency import StripeLatencyDouble, StripeLatencyProxy
+    from local.doubles.stripe_latency import StripeLatencyDouble, StripeLatencyProxy
 
     out = load_local_settings().state_dir / "bench"
     raw_base = os.environ["STRIPE_API_BASE"]

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local.settings import DB_NAME
-from local.settings import load as load_local_settings
+from local.stack.settings import DB_NAME
+from local.stack.settings import load as load_local_settings
 from tools.bench import (
     STRIPE_LATENCY_S,
     Report,
@@ -153,7 +153,7 @@ class Observer:
     service's database): counters, and the service's sessions."""
 
     def __init__(self) -> None:
-        from local.components import Postgres
+        from local.stack.components import Postgres
 
         pg = Postgres("postgres", load_local_settings(), [])
         self.conn = pg.superuser_connection()
@@ -389,7 +389,7 @@ def _workers_for(partitions: int, budget: int, default_workers: int) -> int:
 def bench_db_cost(
     report: Report, commands: int, default_workers: int, partitions_list: tuple[int, ...] = SCALE_PARTITIONS
 ) -> None:
-    from local.stripe_latency import StripeLatencyDouble
+    from local.doubles.stripe_latency import StripeLatencyDouble
 
     observer = Observer()
     double = StripeLatencyDouble(STRIPE_LATENCY_S).start()

@@ -77,8 +77,8 @@ def bench_storage(report: Any, orders: int, row: type) -> None:
     from payments_core.kafka_gateway import KafkaEventPublisher
     from payments_core.services import Services
 
-    from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
-    from local.settings import load as load_local_settings
+    from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
+    from local.stack.settings import load as load_local_settings
     from tools import bench
 
     local = load_local_settings()

@@ -30,9 +30,9 @@ import time
 import uuid
 from typing import Any
 
-from local import stack
-from local.processes import rel
-from local.settings import REPO_ROOT
+from local.stack import control as stack
+from local.stack.processes import rel
+from local.stack.settings import REPO_ROOT
 from tools.bench import (
     apply_env,
     authorize,
@@ -108,7 +108,7 @@ def measure(finals: int, waiting: int, reads_per_second: float, latency_ms: floa
     from payments_core.reconciliation import reconcile
     from payments_core.stripe_gateway import StripeApiGateway
 
-    from local.fault_proxy import StripeFaultProxy
+    from local.doubles.fault_proxy import StripeFaultProxy
 
     settings = get_settings()
     services = make_services(StripeApiGateway(settings))

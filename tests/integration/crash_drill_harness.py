@@ -27,7 +27,7 @@ from conftest import CARD_3DS, CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize
 from payments_core.stripe_gateway import MAX_KEY_ATTEMPTS
 from webhook_helpers import encode, sign
 
-from local.strict_stripe import Ledger, StrictStripe
+from local.doubles.strict_stripe import Ledger, StrictStripe
 
 # What an order does after its authorize_payment (the sagas' paths, and their races).
 RELEASE = "release"  # released: SUCCEEDED, runner paid

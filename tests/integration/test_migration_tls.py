@@ -40,8 +40,8 @@ from payments_core.config import get_settings
 from payments_core.errors import TransientError
 
 from infra.build_layer import rds_ca_bundle
-from local.components import Postgres
-from local.settings import LocalSettings
+from local.stack.components import Postgres
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

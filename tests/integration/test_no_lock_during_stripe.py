@@ -22,8 +22,8 @@ from payments_core.commands import handle_command_batch
 from payments_core.config import get_settings
 from payments_core.stripe_gateway import StripeApiGateway
 
-from local import db_activity
-from local.stripe_latency import StripeLatencyDouble
+from local.doubles import db_activity
+from local.doubles.stripe_latency import StripeLatencyDouble
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from payments_core.config import get_settings
 from payments_core.db import Database
 from payments_core.domain import event_id_for
 
-from local.settings import LocalSettings
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from payments_core.command_outcomes import CommandIdentity
 from payments_core.config import get_settings
 from payments_core.db import Database
 
-from local.lambda_runtime import FakeLambdaContext, load_handler
-from local.scheduler import scheduled_event
+from local.stack.lambda_runtime import FakeLambdaContext, load_handler
+from local.stack.scheduler import scheduled_event
 
 pytestmark = pytest.mark.integration
 

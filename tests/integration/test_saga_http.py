@@ -35,7 +35,7 @@ from payments_core.errors import Rejection
 from payments_core.services import Services, set_services
 from payments_core.stripe_gateway import StripeApiGateway
 
-from local.api_gateway import ROUTES, build_event, compile_routes
+from local.stack.api_gateway import ROUTES, build_event, compile_routes
 
 pytestmark = pytest.mark.integration
 

@@ -37,10 +37,10 @@ from payments_core.services import Services
 from payments_core.stripe_gateway import StripeApiGateway
 from webhook_helpers import payment_intent_event
 
-from local import stack
-from local.fault_proxy import Answer
-from local.settings import LocalSettings
-from local.strict_stripe import StrictStripe, form_params, nested, stripe_error
+from local.doubles.fault_proxy import Answer
+from local.doubles.strict_stripe import StrictStripe, form_params, nested, stripe_error
+from local.stack import control as stack
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

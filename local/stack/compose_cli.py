@@ -1,6 +1,6 @@
 """The Docker Compose CLI, built from source once, for checking docker-compose.local.yml.
 
-    python -m local.compose_cli            build it if missing, print its path
+    python -m local.stack.compose_cli            build it if missing, print its path
 
 This machine has the docker client without the compose plugin, and no Docker engine; `docker
 compose config` needs neither an engine nor Docker Desktop, so the project builds the plugin
@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from local import settings as cfg
-from local.processes import run_with_progress
+from local.stack import settings as cfg
+from local.stack.processes import run_with_progress
 
 COMPOSE_MODULE = "github.com/docker/compose/v2/cmd"
 COMPOSE_VERSION = "v2.29.7"

@@ -20,13 +20,13 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from local import adopt
-from local import logs as local_logs
-from local import settings as cfg
-from local.components import Component, Postgres, components
-from local.processes import StackError, rel, say
-from local.processes import port_open as port_open  # re-exported: tests check ports through the stack
-from local.provision import (
+from local.stack import adopt
+from local.stack import logs as local_logs
+from local.stack import settings as cfg
+from local.stack.components import Component, Postgres, components
+from local.stack.processes import StackError, rel, say
+from local.stack.processes import port_open as port_open  # re-exported: tests check ports through the stack
+from local.stack.provision import (
     apply_migrations,
     create_topics,
     provision_database,
@@ -34,7 +34,7 @@ from local.provision import (
     seed_aws,
     timed,
 )
-from local.settings import HOST, client_env
+from local.stack.settings import HOST, client_env
 
 # ---------------------------------------------------------------------------------------------
 # commands

@@ -1,8 +1,8 @@
 """The users campusG's user service knows at the start of every local stack: runners with a
 Connect account, as the demo, the tests and the README's examples release to them.
 
-Both stand-ins start from this list: ``local.user_service`` (who a runner is, which account is
-theirs) and ``local._localstripe`` (the accounts themselves, connected to the platform, with
+Both stand-ins start from this list: ``local.stack.user_service`` (who a runner is, which account is
+theirs) and ``local.stack._localstripe`` (the accounts themselves, connected to the platform, with
 the transfers capability active). Anything else is registered at run time
 (``PUT /api/user/{id}/connect-account`` on the user service, ``POST /v1/accounts`` at Stripe).
 """

@@ -10,9 +10,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from local import settings as cfg
-from local.components import Component, components
-from local.processes import rel, say
+from local.stack import settings as cfg
+from local.stack.components import Component, components
+from local.stack.processes import rel, say
 
 # What each emulator runs (functions/<name>/app.py). In AWS the webhook route has a function of
 # its own (stripe_webhook); locally payment_api serves it, so its lines are in api-gateway.log.

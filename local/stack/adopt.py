@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from local import settings as cfg
-from local.processes import Component, port_open
-from local.settings import HOST, LocalSettings
+from local.stack import settings as cfg
+from local.stack.processes import Component, port_open
+from local.stack.settings import HOST, LocalSettings
 
 
 def _kafka(s: LocalSettings) -> bool:

@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from local import settings as cfg
-from local.processes import Component, StackError, log_contains, port_open, rel, run_with_progress
-from local.settings import HOST, LocalSettings
+from local.stack import settings as cfg
+from local.stack.processes import Component, StackError, log_contains, port_open, rel, run_with_progress
+from local.stack.settings import HOST, LocalSettings
 
 
 class Kafka(Component):
@@ -300,7 +300,7 @@ class Postgres(Component):
         import pg8000.native
 
         if not self.socket_path.exists():  # adopted (docker compose): its superuser is the stack's user
-            from local.adopt import tcp_connection
+            from local.stack.adopt import tcp_connection
 
             return tcp_connection(self.settings)
         return pg8000.native.Connection(user="postgres", unix_sock=str(self.socket_path), database="postgres")
@@ -324,13 +324,13 @@ class Moto(Component):
 
 class LocalStripe(Component):
     def marker(self) -> str:
-        return "local._localstripe"
+        return "local.stack._localstripe"
 
     def command(self) -> list[str]:
         return [
             sys.executable,
             "-m",
-            "local._localstripe",
+            "local.stack._localstripe",
             "--port",
             str(self.settings.localstripe_port),
             "--from-scratch",
@@ -411,17 +411,17 @@ class PythonEmulator(Component):
 
 
 class EventSource(PythonEmulator):
-    module = "local.event_source"
+    module = "local.stack.event_source"
 
 
 class ApiGateway(PythonEmulator):
-    module = "local.api_gateway"
+    module = "local.stack.api_gateway"
 
 
 class PublicApiGateway(PythonEmulator):
     """The public face: the frontend's history route, served by public_history."""
 
-    module = "local.api_gateway"
+    module = "local.stack.api_gateway"
 
     def marker(self) -> str:
         return f"-m {self.module} --public"
@@ -433,17 +433,17 @@ class PublicApiGateway(PythonEmulator):
 class Issuer(PythonEmulator):
     """The local Clerk issuer (its JWKS): a server, up before the functions that verify tokens."""
 
-    module = "local.issuer"
+    module = "local.stack.issuer"
 
 
 class UserService(PythonEmulator):
     """The stand-in for campusG's user service: up before the functions that check payouts."""
 
-    module = "local.user_service"
+    module = "local.stack.user_service"
 
 
 class Scheduler(PythonEmulator):
-    module = "local.scheduler"
+    module = "local.stack.scheduler"
 
 
 def components(s: LocalSettings | None = None) -> list[Component]:

@@ -5,7 +5,7 @@ lock: the per-order session advisory lock held across the call) is a database co
 service cannot use for anything else for the call's whole latency. ``backends()`` reads every
 service session's state and locks in one statement (``pg_stat_activity`` joined to one scan of
 ``pg_locks``); ``InFlightSampler`` takes such a snapshot every ~75 ms on its own connection
-and relates it to the Stripe requests in flight at a latency double (``local.stripe_latency``).
+and relates it to the Stripe requests in flight at a latency double (``local.doubles.stripe_latency``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
-from local.settings import load as load_local_settings
+from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
+from local.stack.settings import load as load_local_settings
 
 SERVICE_APPLICATION_NAME = "payment-service"  # payments_core.db's application_name
 SAMPLER_APPLICATION_NAME = "db-activity-sampler"

@@ -1,8 +1,8 @@
 """A local stand-in for campusG's Clerk instance: an RS256 key and its JWKS, and session tokens
 signed with it, so the public history function verifies tokens locally exactly as in AWS.
 
-    python -m local.issuer                       (started by `make local-up` on 127.0.0.1:3002)
-    python -m local.issuer token USER [--origin O] [--ttl 60]    (`make -s local-token USER=...`)
+    python -m local.stack.issuer                       (started by `make local-up` on 127.0.0.1:3002)
+    python -m local.stack.issuer token USER [--origin O] [--ttl 60]    (`make -s local-token USER=...`)
 
 The server makes a fresh 2048-bit RSA key at each start into the stack's state directory
 (``.local/issuer/signing-key.pem``, git-ignored, mode 0600) and serves its public half at
@@ -30,9 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from local.settings import FRONTEND_ORIGIN, HOST, LocalSettings, load
+from local.stack.settings import FRONTEND_ORIGIN, HOST, LocalSettings, load
 
-log = logging.getLogger("local.issuer")
+log = logging.getLogger("local.stack.issuer")
 JWKS_PATH = "/.well-known/jwks.json"
 TOKEN_TTL_SECONDS = 60  # Clerk's session tokens live 60 s
 _ABSENT = object()
@@ -172,7 +172,7 @@ def serve() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.issuer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m local.stack.issuer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
     p_token = sub.add_parser("token", help="print a session token for a user")
     p_token.add_argument("user", help="the Clerk user id (the token's sub)")

@@ -20,7 +20,7 @@ first answer and not forwarded again: without this a client retry after a lost a
 create a second object in the emulator, which real Stripe would never do.
 
 This proxy is lenient where Stripe is not (it never saves a 500, nor compares a key's
-parameters): ``local.strict_stripe.StrictStripe`` builds on it and is as strict as Stripe.
+parameters): ``local.doubles.strict_stripe.StrictStripe`` builds on it and is as strict as Stripe.
 """
 
 from __future__ import annotations

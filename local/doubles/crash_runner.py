@@ -11,7 +11,7 @@ you are" (a timer SIGKILL from the parent). When the child dies the invocation r
 event source mapping re-delivers the whole batch, as AWS does after a crashed invocation, and
 a fresh child (a cold start) takes the next one.
 
-The child (``python -m local.crash_runner``) builds the service's own gateways and wraps them,
+The child (``python -m local.doubles.crash_runner``) builds the service's own gateways and wraps them,
 without touching ``payments_core``:
 
 - the Stripe gateway: ``before_stripe`` (a request about to be sent), then, once a money-moving
@@ -49,10 +49,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from local.lambda_runtime import FakeLambdaContext
-from local.settings import REPO_ROOT
+from local.stack.lambda_runtime import FakeLambdaContext
+from local.stack.settings import REPO_ROOT
 
-log = logging.getLogger("local.crash_runner")
+log = logging.getLogger("local.doubles.crash_runner")
 
 BEFORE_STRIPE = "before_stripe"
 AFTER_STRIPE = "after_stripe_before_commit"
@@ -133,7 +133,7 @@ class CrashRunner:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         out = self.log_path.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "local.crash_runner"],
+            [sys.executable, "-u", "-m", "local.doubles.crash_runner"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=out,
@@ -438,7 +438,7 @@ def main() -> int:
     switch = _KillSwitch(out)
     _name_sessions()
     _wrap_services(switch)
-    from local.lambda_runtime import load_handler
+    from local.stack.lambda_runtime import load_handler
 
     handlers: dict[str, Callable[[Any, Any], Any]] = {}
     for line in sys.stdin:

@@ -1,8 +1,8 @@
 """The test drivers behind ``make test`` and ``make test-one``.
 
-    python -m local.testrun [extra pytest arguments]     start the stack if needed, run every
+    python -m local.stack.testrun [extra pytest arguments]     start the stack if needed, run every
                                                           test, stop only what this run started
-    python -m local.testrun --one NODE_ID [NODE_ID…]     start only the components the chosen
+    python -m local.stack.testrun --one NODE_ID [NODE_ID…]     start only the components the chosen
                                                           tests' ``needs`` markers name (the
                                                           whole stack for an integration test
                                                           without one, nothing for a unit test),
@@ -20,8 +20,8 @@ import subprocess
 import sys
 from typing import Any
 
-from local import stack
-from local.settings import REPO_ROOT, client_env
+from local.stack import control as stack
+from local.stack.settings import REPO_ROOT, client_env
 
 TEST_DIRS = ("tests/unit", "tests/integration", "tests/infra")
 # The Lambda emulators run the functions, which use every server (secrets in moto, PostgreSQL,

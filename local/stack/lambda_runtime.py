@@ -19,10 +19,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from local.settings import AWS_ACCOUNT_ID, AWS_REGION, REPO_ROOT
+from local.stack.settings import AWS_ACCOUNT_ID, AWS_REGION, REPO_ROOT
 
 Handler = Callable[[Any, Any], Any]
-log = logging.getLogger("local.lambda_runtime")
+log = logging.getLogger("local.stack.lambda_runtime")
 
 
 @dataclass

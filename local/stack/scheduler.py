@@ -1,6 +1,6 @@
 """Local EventBridge schedules: invoke the outbox relay and the reconciler on fixed intervals.
 
-    python -m local.scheduler            (started by `make local-up`)
+    python -m local.stack.scheduler            (started by `make local-up`)
 
 Intervals: ``LOCAL_RELAY_INTERVAL_S`` (default 1) for ``functions/outbox_relay/app.py``,
 ``LOCAL_RECONCILE_INTERVAL_S`` (default 5) for ``functions/reconcile_payments/app.py`` and
@@ -24,10 +24,16 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
-from local.settings import AWS_ACCOUNT_ID, AWS_REGION
+from local.stack.lambda_runtime import (
+    FakeLambdaContext,
+    Handler,
+    function_name_of,
+    handler_path,
+    load_handler,
+)
+from local.stack.settings import AWS_ACCOUNT_ID, AWS_REGION
 
-log = logging.getLogger("local.scheduler")
+log = logging.getLogger("local.stack.scheduler")
 
 
 def scheduled_event(rule: str) -> dict[str, Any]:

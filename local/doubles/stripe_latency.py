@@ -1,7 +1,7 @@
 """Stripe at Stripe's speed, for benchmarks: a latency-only double, or a latency proxy.
 
-    python -m local.stripe_latency --port 8790                   # the double, 300 ms per request
-    python -m local.stripe_latency --port 8791 --upstream http://127.0.0.1:8420   # the proxy
+    python -m local.doubles.stripe_latency --port 8790                   # the double, 300 ms per request
+    python -m local.doubles.stripe_latency --port 8791 --upstream http://127.0.0.1:8420   # the proxy
 
 - ``StripeLatencyDouble`` answers the requests this service makes (PaymentIntents: create
   with confirm, list by customer, retrieve, capture, cancel; refunds and transfers, and their
@@ -330,7 +330,7 @@ def _error(kind: str, code: str, message: str) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m local.stripe_latency", description=__doc__.splitlines()[0]
+        prog="python -m local.doubles.stripe_latency", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=300.0)

@@ -15,8 +15,8 @@ from localstripe import resources, server  # type: ignore[import-untyped]
 from localstripe.errors import UserError  # type: ignore[import-untyped]
 from localstripe.webhooks import schedule_webhook  # type: ignore[import-untyped]
 
-from local.campus_users import seed_accounts
-from local.settings import HOST
+from local.stack.campus_users import seed_accounts
+from local.stack.settings import HOST
 
 # Parameters real Stripe accepts on a PaymentIntent that localstripe rejects as "Unexpected".
 # return_url is what Stripe redirects to after 3-D Secure; localstripe has no redirects (its
@@ -116,7 +116,7 @@ class Account(resources.StripeObject):  # type: ignore[misc]
     ``transfers`` capability only when it was requested (``capabilities[transfers][requested]=true``);
     here a requested capability is ``active`` at once (Stripe's test mode after onboarding with
     test data), and can be changed with ``capabilities[transfers][requested]=false`` (then
-    ``inactive``). The seeded runners' accounts (``local.campus_users``) exist from the start."""
+    ``inactive``). The seeded runners' accounts (``local.stack.campus_users``) exist from the start."""
 
     object = "account"
     _id_prefix = "acct_"

@@ -1,7 +1,7 @@
 """A local stand-in for campusG's user service: the routes the payment service and the tests
 use, with campusG's answers, in memory (like localstripe, a double of an outside service).
 
-    python -m local.user_service          (started by `make local-up` on 127.0.0.1:3003)
+    python -m local.stack.user_service          (started by `make local-up` on 127.0.0.1:3003)
 
 - ``GET /api/user/{id}`` → ``200 {"success": true, "user": {"clerkUserId", "stripeConnectAccountId",
   "stripeCustomerId", ...}}``; unknown: ``404 {"success": false, "message": "User not found"}``
@@ -14,7 +14,7 @@ use, with campusG's answers, in memory (like localstripe, a double of an outside
 - ``POST /_outage`` with ``{"status": 503}`` (stand-in only): answer every ``/api`` request with
   that status until ``{"status": null}``; the tests' "user service down".
 
-Starts with the users of ``local.campus_users``.
+Starts with the users of ``local.stack.campus_users``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from local.campus_users import SEED_USERS
-from local.settings import HOST, load
+from local.stack.campus_users import SEED_USERS
+from local.stack.settings import HOST, load
 
-log = logging.getLogger("local.user_service")
+log = logging.getLogger("local.stack.user_service")
 _USER = re.compile(r"^/api/user/([^/]+)$")
 _CONNECT = re.compile(r"^/api/user/([^/]+)/connect-account$")
 _STAND_IN_USER = re.compile(r"^/_users/([^/]+)$")

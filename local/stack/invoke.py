@@ -1,6 +1,6 @@
 """Invoke one function with an event file against the local stack, like ``sam local invoke``.
 
-    python -m local.invoke authorize_payment events/authorize_valid.json
+    python -m local.stack.invoke authorize_payment events/authorize_valid.json
     make invoke FN=authorize_payment EVENT=events/authorize_valid.json
 
 The handler's own output (Powertools logs, metrics) goes to stderr so stdout carries only the
@@ -19,8 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from local.lambda_runtime import FakeLambdaContext, function_name_of, handler_path, load_handler
-from local.settings import client_env
+from local.stack.lambda_runtime import FakeLambdaContext, function_name_of, handler_path, load_handler
+from local.stack.settings import client_env
 
 
 def apply_local_env() -> None:
@@ -38,7 +38,7 @@ def invoke(function: str, event: Any, timeout_seconds: float = 30.0) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.invoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m local.stack.invoke", description=__doc__.splitlines()[0])
     parser.add_argument(
         "function", help="a name under functions/ (e.g. authorize_payment) or a path to app.py"
     )

@@ -1,7 +1,7 @@
 """A local Amazon MSK event source mapping: Kafka records in, Lambda handler invoked, offsets
 committed only after the handler succeeded.
 
-    python -m local.event_source            (started by `make local-up`)
+    python -m local.stack.event_source            (started by `make local-up`)
 
 What it reproduces of the AWS mapping:
 - a consumer group on the topic, batches of up to ``batch_size`` records of one partition
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local.lambda_runtime import (
+from local.stack.lambda_runtime import (
     Container,
     ContainerStartError,
     FakeLambdaContext,
@@ -53,11 +53,17 @@ from local.lambda_runtime import (
     function_name_of,
     handler_path,
 )
-from local.msk_events import build_event, failed_offsets, partition_key
-from local.settings import AWS_ACCOUNT_ID, AWS_REGION, DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, client_env
-from local.settings import load as load_settings
+from local.stack.msk_events import build_event, failed_offsets, partition_key
+from local.stack.settings import (
+    AWS_ACCOUNT_ID,
+    AWS_REGION,
+    DEAD_LETTER_TOPIC,
+    PAYMENT_COMMANDS_TOPIC,
+    client_env,
+)
+from local.stack.settings import load as load_settings
 
-log = logging.getLogger("local.event_source")
+log = logging.getLogger("local.stack.event_source")
 
 
 METADATA_MAX_AGE_MS = 3000
@@ -532,7 +538,8 @@ def _watch_for_hung_polls(mapping: EventSourceMapping, limit_s: float) -> None:
             if since is not None and time.monotonic() - since > limit_s:
                 log.error("a Kafka poll has been blocked for %.0f s: restarting the mapping", limit_s)
                 logging.shutdown()
-                os.execv(sys.executable, [sys.executable, "-u", "-m", "local.event_source", *sys.argv[1:]])  # noqa: S606 - re-executes itself
+                argv = [sys.executable, "-u", "-m", "local.stack.event_source", *sys.argv[1:]]
+                os.execv(sys.executable, argv)  # noqa: S606 - re-executes itself
 
     threading.Thread(target=watch, name="poll-watchdog", daemon=True).start()
 

@@ -1,8 +1,8 @@
 """A local API Gateway (REST API, Lambda proxy integration) in front of one handler, like
 ``sam local start-api``.
 
-    python -m local.api_gateway            (started by `make local-up` on 127.0.0.1:3000)
-    python -m local.api_gateway --public   (the public face, on 127.0.0.1:3001)
+    python -m local.stack.api_gateway            (started by `make local-up` on 127.0.0.1:3000)
+    python -m local.stack.api_gateway --public   (the public face, on 127.0.0.1:3001)
 
 Two faces, as in AWS. The private one (``API_URL``) serves ``payment_api``'s routes to the
 sagas; locally it also answers CORS for the frontend's origins (``FRONTEND_ORIGINS``) itself,
@@ -54,10 +54,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from payments_core import routes as api_routes
 
-from local.lambda_runtime import FakeLambdaContext, Handler, function_name_of, handler_path, load_handler
-from local.settings import AWS_ACCOUNT_ID, HOST, load
+from local.stack.lambda_runtime import (
+    FakeLambdaContext,
+    Handler,
+    function_name_of,
+    handler_path,
+    load_handler,
+)
+from local.stack.settings import AWS_ACCOUNT_ID, HOST, load
 
-log = logging.getLogger("local.api_gateway")
+log = logging.getLogger("local.stack.api_gateway")
 
 # The private face: payment_api's resolver's routes (the webhook too: localstripe posts here).
 ROUTES: list[tuple[str, str]] = [(r.method, r.path) for r in api_routes.RESOLVER_ROUTES]
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s api-gateway %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    parser = argparse.ArgumentParser(prog="python -m local.api_gateway")
+    parser = argparse.ArgumentParser(prog="python -m local.stack.api_gateway")
     parser.add_argument(
         "--public", action="store_true", help="the public face (the frontend's history route)"
     )

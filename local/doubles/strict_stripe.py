@@ -57,7 +57,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.fault_proxy import Answer, StripeFaultProxy, _header, proxy_error, simulated_500
+from local.doubles.fault_proxy import Answer, StripeFaultProxy, _header, proxy_error, simulated_500
 
 _JSON = [("Content-Type", "application/json")]
 _NOT_SAVED = frozenset({409, 429})  # Stripe saves nothing for a conflict or a rate limit

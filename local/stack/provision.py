@@ -12,10 +12,10 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from local import settings as cfg
-from local.components import Postgres
-from local.processes import StackError, process_env, say
-from local.settings import LocalSettings
+from local.stack import settings as cfg
+from local.stack.components import Postgres
+from local.stack.processes import StackError, process_env, say
+from local.stack.settings import LocalSettings
 
 # ---------------------------------------------------------------------------------------------
 # provisioning (idempotent): topics, secrets and queue, database and schema, webhook

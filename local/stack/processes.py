@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from local import settings as cfg
-from local.settings import HOST, LocalSettings, client_env
+from local.stack import settings as cfg
+from local.stack.settings import HOST, LocalSettings, client_env
 
 
 class StackError(Exception):

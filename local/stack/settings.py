@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 # Versions pinned for reproducibility; bumping one invalidates its cache directory.
@@ -79,8 +79,8 @@ class LocalSettings:
     moto_port: int
     api_port: int
     public_api_port: int  # the public face: the frontend's history route (public_history)
-    issuer_port: int  # the local Clerk issuer: its JWKS (local/issuer.py)
-    user_service_port: int  # the stand-in for campusG's user service (local/user_service.py)
+    issuer_port: int  # the local Clerk issuer: its JWKS (local/stack/issuer.py)
+    user_service_port: int  # the stand-in for campusG's user service (local/stack/user_service.py)
     state_dir: Path  # data, logs and pid files (git-ignored)
     cache_dir: Path  # downloaded jars and binaries, shared by every checkout
 
