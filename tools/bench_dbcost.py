@@ -153,7 +153,7 @@ class Observer:
     service's database): counters, and the service's sessions."""
 
     def __init__(self) -> None:
-        from local.stack.components import Postgres
+        from local.stack.postgres_server import Postgres
 
         pg = Postgres("postgres", load_local_settings(), [])
         self.conn = pg.superuser_connection()

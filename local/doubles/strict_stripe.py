@@ -49,54 +49,19 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import secrets
 import threading
 import time
 import urllib.parse
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from local.doubles.fault_proxy import Answer, StripeFaultProxy, _header, proxy_error, simulated_500
+from local.doubles.stripe_ledger import Ledger
+from local.doubles.stripe_wire import JSON_HEADERS, form_params, idempotency_error, nested, stripe_error
 
-_JSON = [("Content-Type", "application/json")]
 _NOT_SAVED = frozenset({409, 429})  # Stripe saves nothing for a conflict or a rate limit
 _UNCHECKED_SUFFIXES = ("/_authenticate", "/_config")  # localstripe's own test routes
-
-
-def stripe_error(status: int, message: str, *, type_: str = "invalid_request_error", **extra: Any) -> Answer:
-    body = {"error": {"message": message, "type": type_, **{k: v for k, v in extra.items() if v is not None}}}
-    return status, list(_JSON), json.dumps(body).encode()
-
-
-def idempotency_error(key: str, *, endpoint: tuple[str, str] | None = None) -> Answer:
-    """Stripe's answer to a key reused with other parameters (or on another endpoint)."""
-    if endpoint is not None:
-        message = (
-            f"Keys for idempotent requests can only be used for the same endpoint they were first "
-            f"used for ('{endpoint[0]}' vs '{endpoint[1]}'). Try using a key other than '{key}' if "
-            f"you meant to execute a different request."
-        )
-    else:
-        message = (
-            f"Keys for idempotent requests can only be used with the same parameters they were first "
-            f"used with. Try using a key other than '{key}' if you meant to execute a different request."
-        )
-    return stripe_error(400, message, type_="idempotency_error")
-
-
-def form_params(body: bytes) -> list[tuple[str, str]]:
-    return sorted(urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-def nested(params: list[tuple[str, str]], name: str) -> dict[str, str]:
-    """``metadata[order_id]=x`` pairs as ``{"order_id": "x"}``."""
-    prefix = name + "["
-    return {k[len(prefix) : -1]: v for k, v in params if k.startswith(prefix) and k.endswith("]")}
-
-
-def _new_id(prefix: str) -> str:
-    return prefix + secrets.token_hex(8)
 
 
 @dataclass
@@ -105,27 +70,6 @@ class _Saved:
     route: str
     params: list[tuple[str, str]]
     answer: Answer | None = None  # None while the first request executes
-
-
-@dataclass
-class Ledger:
-    """What Stripe did, as seen by the double (the checks' second source besides localstripe)."""
-
-    intents_by_order: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    captures: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # pi -> amounts
-    refunds: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )  # pi -> refunds
-    transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> transfer object
-
-    def transfers_for(self, transfer_group: str) -> list[dict[str, Any]]:
-        return [t for t in self.transfers.values() if t.get("transfer_group") == transfer_group]
-
-    def captured(self, pi: str) -> int | None:
-        return self.captures[pi][0] if self.captures.get(pi) else None
-
-    def refunded(self, pi: str) -> int:
-        return sum(int(r["amount"]) for r in self.refunds.get(pi, []))
 
 
 @dataclass
@@ -308,7 +252,8 @@ class StrictStripe(StripeFaultProxy):
             if refused is not None:
                 return refused
             if route == "/v1/transfers" or route.startswith("/v1/transfers/"):
-                return self._transfers(method, route, params)
+                with self._ledger_lock:
+                    return self.ledger.serve_transfers(method, route, params)
             if method == "POST" and route == "/v1/refunds":
                 return self._refund(path, params, headers, body)
             answer = self._forward(method, path, headers, body)
@@ -335,7 +280,7 @@ class StrictStripe(StripeFaultProxy):
         if resp.status == 400 and b"Request validation error" in data:
             with self._lock:
                 self.strict.validation_errors += 1
-            return 400, list(_JSON), data
+            return 400, list(JSON_HEADERS), data
         return None
 
     # -- what localstripe omits or gets wrong
@@ -384,7 +329,7 @@ class StrictStripe(StripeFaultProxy):
                 "GET", f"/v1/payment_intents/{urllib.parse.quote(pi)}", headers, b""
             )
             if status != 200:
-                return status, list(_JSON), raw
+                return status, list(JSON_HEADERS), raw
             intent = json.loads(raw)
             if intent.get("status") == "succeeded":
                 captured = self.ledger.captured(pi)
@@ -419,101 +364,6 @@ class StrictStripe(StripeFaultProxy):
                 )
             return answer
 
-    # -- Transfers, which localstripe lacks
-    def _transfers(self, method: str, route: str, params: list[tuple[str, str]]) -> Answer:
-        parts = route.strip("/").split("/")  # v1, transfers[, id[, reversals]]
-        values = dict(params)
-        with self._ledger_lock:
-            if len(parts) == 2 and method == "POST":
-                return self._create_transfer(values, nested(params, "metadata"))
-            if len(parts) == 2 and method == "GET":
-                since = int(values.get("created[gte]") or 0)
-                found = [
-                    t
-                    for t in self.ledger.transfers.values()
-                    if all(values.get(f) in (None, t.get(f)) for f in ("transfer_group", "destination"))
-                    and int(t["created"]) >= since
-                ]
-                return _ok(_page(found[::-1], "/v1/transfers", values))
-            transfer = self.ledger.transfers.get(parts[2])
-            if transfer is None:
-                return stripe_error(
-                    404, f"No such transfer: '{parts[2]}'", code="resource_missing", param="id"
-                )
-            if len(parts) == 3 and method == "GET":
-                return _ok(transfer)
-            if len(parts) == 4 and parts[3] == "reversals" and method == "POST":
-                return self._reverse(transfer, values, nested(params, "metadata"))
-            if len(parts) == 4 and parts[3] == "reversals" and method == "GET":
-                return _ok(_page(transfer["reversals"]["data"], transfer["reversals"]["url"], values))
-        return stripe_error(404, f"Unrecognized request URL ({method}: {route}).")
-
-    def _create_transfer(self, values: dict[str, str], metadata: dict[str, str]) -> Answer:
-        try:
-            amount = int(values["amount"])
-        except (KeyError, ValueError):
-            return stripe_error(400, "Invalid integer: amount", param="amount")
-        destination = values.get("destination", "")
-        if amount <= 0:
-            return stripe_error(400, "Amount must be at least 1 cent", param="amount")
-        if not destination.startswith("acct_"):
-            return stripe_error(400, f"No such destination: '{destination}'", param="destination")
-        tid = _new_id("tr_")
-        transfer = {
-            "id": tid,
-            "object": "transfer",
-            "amount": amount,
-            "amount_reversed": 0,
-            "balance_transaction": _new_id("txn_"),
-            "created": int(time.time()),
-            "currency": values.get("currency", "").lower(),
-            "description": values.get("description"),
-            "destination": destination,
-            "destination_payment": _new_id("py_"),
-            "livemode": False,
-            "metadata": metadata,
-            "reversals": {
-                "object": "list",
-                "data": [],
-                "has_more": False,
-                "url": f"/v1/transfers/{tid}/reversals",
-            },
-            "reversed": False,
-            "source_transaction": values.get("source_transaction"),
-            "source_type": "card",
-            "transfer_group": values.get("transfer_group"),
-        }
-        self.ledger.transfers[tid] = transfer
-        return _ok(transfer)
-
-    def _reverse(self, transfer: dict[str, Any], values: dict[str, str], metadata: dict[str, str]) -> Answer:
-        remaining = int(transfer["amount"]) - int(transfer["amount_reversed"])
-        amount = int(values.get("amount") or remaining)
-        if remaining <= 0:
-            return stripe_error(400, f"Transfer {transfer['id']} has already been fully reversed.")
-        if amount <= 0 or amount > remaining:
-            return stripe_error(
-                400,
-                f"Amount ({amount}) is greater than the amount remaining to be reversed ({remaining})",
-                param="amount",
-            )
-        reversal = {
-            "id": _new_id("trr_"),
-            "object": "transfer_reversal",
-            "amount": amount,
-            "balance_transaction": _new_id("txn_"),
-            "created": int(time.time()),
-            "currency": transfer["currency"],
-            "destination_payment_refund": _new_id("pyr_"),
-            "metadata": metadata,
-            "source_refund": None,
-            "transfer": transfer["id"],
-        }
-        transfer["amount_reversed"] = int(transfer["amount_reversed"]) + amount
-        transfer["reversed"] = transfer["amount_reversed"] >= int(transfer["amount"])
-        transfer["reversals"]["data"].insert(0, reversal)
-        return _ok(reversal)
-
 
 @dataclass
 class _Rule:
@@ -526,18 +376,3 @@ class _Rule:
 
 def _validation_refusal(answer: Answer) -> bool:
     return answer[0] == 400 and b"Request validation error" in answer[2]
-
-
-def _ok(obj: dict[str, Any]) -> Answer:
-    return 200, list(_JSON), json.dumps(obj).encode()
-
-
-def _page(objects: list[dict[str, Any]], url: str, values: dict[str, str]) -> dict[str, Any]:
-    """One page of a Stripe list (``objects`` newest first), with ``limit`` and ``starting_after``."""
-    ordered = list(objects)
-    after = values.get("starting_after")
-    if after:
-        ids = [o["id"] for o in ordered]
-        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-    limit = max(1, min(100, int(values.get("limit") or 10)))
-    return {"object": "list", "data": ordered[:limit], "has_more": len(ordered) > limit, "url": url}

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from local.stack import adopt
 from local.stack import logs as local_logs
 from local.stack import settings as cfg
-from local.stack.components import Component, Postgres, components
-from local.stack.processes import StackError, rel, say
+from local.stack.components import components
+from local.stack.postgres_server import Postgres
+from local.stack.processes import Component, StackError, rel, say
 from local.stack.processes import port_open as port_open  # re-exported: tests check ports through the stack
 from local.stack.provision import (
     apply_migrations,

@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 
 from local.stack import settings as cfg
-from local.stack.components import Component, components
-from local.stack.processes import rel, say
+from local.stack.components import components
+from local.stack.processes import Component, rel, say
 
 # What each emulator runs (functions/<name>/app.py). In AWS the webhook route has a function of
 # its own (stripe_webhook); locally payment_api serves it, so its lines are in api-gateway.log.

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from local.stack import settings as cfg
-from local.stack.components import Postgres
+from local.stack.postgres_server import Postgres
 from local.stack.processes import StackError, process_env, say
 from local.stack.settings import LocalSettings
 

@@ -342,7 +342,8 @@ def test_local_mapping_invokes_partitions_in_parallel_each_one_at_a_time_in_orde
 ):
     """The local mapping, like AWS's: one invocation in flight per partition, the partitions'
     invocations at the same time (all three meet at a barrier), offsets in order."""
-    from local.stack.event_source import EventSourceMapping, MappingConfig
+    from local.stack.event_source_config import MappingConfig
+    from local.stack.event_source_mapping import EventSourceMapping
 
     topic, dlq = make_topic(3), make_topic(1, prefix="dlq")
     producer = make_producer()

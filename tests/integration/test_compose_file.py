@@ -17,7 +17,7 @@ import yaml
 
 from local.stack import compose_cli
 from local.stack import settings as cfg
-from local.stack.components import Postgres
+from local.stack.postgres_server import Postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs()]
 

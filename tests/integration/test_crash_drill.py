@@ -2,7 +2,7 @@
 while at least 300 orders go through it, then every order is checked against Stripe's own state.
 
 The function runs in a child process (``local.doubles.crash_runner``) behind the local MSK event
-source mapping (``local.stack.event_source``, in this process, in place of the stack's): every
+source mapping (``local.stack.event_source_mapping``, in this process, in place of the stack's): every
 invocation may be killed at the N-th crossing of a phase (before a Stripe request; after a
 money-moving Stripe answer, before the database commit; between a capture's answer and the
 transfer; before a COMMIT; after the commit, before the events are published) or at a random
@@ -60,7 +60,8 @@ from local.doubles.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKille
 from local.doubles.strict_stripe import StrictStripe
 from local.stack import control as stack
 from local.stack.api_gateway import ROUTES, build_event, compile_routes
-from local.stack.event_source import EventSourceMapping, MappingConfig
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
 from local.stack.settings import PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from local.stack.api_gateway import ApiGateway, make_server
-from local.stack.event_source import EventSourceMapping, MappingConfig
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
 from local.stack.lambda_runtime import load_module
 from local.stack.scheduler import Job, Scheduler
 from local.stack.settings import HOST, LocalSettings

@@ -40,7 +40,7 @@ from payments_core.config import get_settings
 from payments_core.errors import TransientError
 
 from infra.build_layer import rds_ca_bundle
-from local.stack.components import Postgres
+from local.stack.postgres_server import Postgres
 from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,8 @@ import pytest
 from conftest import wait_for
 from payments_core.partitions import MappingNotPaused, NotDrained, ShrinkRefused, grow_partitions
 
-from local.stack.event_source import EventSourceMapping, MappingConfig
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tools/ is local tooling, not an installed package

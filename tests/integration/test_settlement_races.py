@@ -38,7 +38,8 @@ from payments_core.stripe_gateway import StripeApiGateway
 from webhook_helpers import payment_intent_event
 
 from local.doubles.fault_proxy import Answer
-from local.doubles.strict_stripe import StrictStripe, form_params, nested, stripe_error
+from local.doubles.strict_stripe import StrictStripe
+from local.doubles.stripe_wire import form_params, nested, stripe_error
 from local.stack import control as stack
 from local.stack.settings import LocalSettings
 
