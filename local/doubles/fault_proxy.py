@@ -25,7 +25,6 @@ parameters): ``local.doubles.strict_stripe.StrictStripe`` builds on it and is as
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import re
@@ -33,15 +32,11 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+from local.doubles.http_double import Answer, LoopbackHttpServer, forward, header, loopback_port
+
 _ERROR_BODY = b'{"error": {"type": "api_error", "message": "fault drill: simulated Stripe outage"}}'
 _JSON = [("Content-Type", "application/json")]
-
-# (status, headers, body) of an HTTP answer
-Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 def simulated_500() -> Answer:
@@ -51,11 +46,6 @@ def simulated_500() -> Answer:
 def proxy_error(exc: Exception) -> Answer:
     body = json.dumps({"error": {"type": "api_error", "message": f"proxy: {exc}"}}).encode()
     return 502, list(_JSON), body
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    wanted = name.lower()
-    return next((v for k, v in headers if k.lower() == wanted), None)
 
 
 @dataclass
@@ -71,20 +61,16 @@ class ProxyStats:
         return self.refused + self.lost
 
 
-class StripeFaultProxy:
+class StripeFaultProxy(LoopbackHttpServer):
+    thread_name = "stripe-fault-proxy"
+
     def __init__(
         self, upstream: str, host: str = "127.0.0.1", port: int = 0, *, latency_ms: float = 0.0
     ) -> None:
-        parsed = urllib.parse.urlsplit(upstream)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            raise ValueError(f"the fault proxy only forwards to 127.0.0.1, not {upstream}")
+        self.upstream_port = loopback_port(upstream, "fault proxy")
         if host != "127.0.0.1":
             raise ValueError("the fault proxy only listens on 127.0.0.1")
-        self.upstream_host = "127.0.0.1"
-        self.upstream_port = parsed.port or 80
         self.stats = ProxyStats()
-        # added before every answer (faults and replays included), as a distant Stripe would
-        self.latency_ms = latency_ms
         self._lock = threading.Lock()
         self._fail_until = 0.0
         self._fail_remaining = 0
@@ -92,25 +78,7 @@ class StripeFaultProxy:
         self._match: re.Pattern[str] | None = None  # only requests "METHOD /path" matching this fail
         self._alternate = itertools.cycle(self.MIXED)
         self._idempotent: dict[str, Answer] = {}
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    # -- control
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> StripeFaultProxy:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stripe-fault-proxy", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(port, latency_ms=latency_ms)
 
     # the ways this proxy can fail a request; "mixed" takes them in turn
     MODES: tuple[str, ...] = ("refuse", "lose")
@@ -157,15 +125,7 @@ class StripeFaultProxy:
 
     # -- forwarding
     def _forward(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
-        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=30)
-        try:
-            conn.request(method, path, body=body or None, headers=dict(headers))
-            resp = conn.getresponse()
-            data = resp.read()
-            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
-            return resp.status, out, data
-        finally:
-            conn.close()
+        return forward(self.upstream_port, method, path, headers, body)
 
     def count_route(self, method: str, path: str) -> str:
         route = f"{method} {urllib.parse.urlsplit(path).path}"
@@ -176,7 +136,7 @@ class StripeFaultProxy:
     def respond(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         """The answer to one request: forwarded, replayed or failed."""
         route = self.count_route(method, path)
-        key = _header(headers, "Idempotency-Key") if method == "POST" else None
+        key = header(headers, "Idempotency-Key") if method == "POST" else None
         decision = self._decide(route)
         if decision == "refuse":
             with self._lock:
@@ -206,38 +166,3 @@ class StripeFaultProxy:
                 self.stats.lost += 1
             return simulated_500()
         return answer
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP | {"host"}]
-                # half the latency on the way in, half on the way out: a request the client
-                # gave up on (or died during) still reaches Stripe and acts, as it would
-                half = proxy.latency_ms / 2000
-                if half > 0:
-                    time.sleep(half)
-                answer = proxy.respond(self.command, self.path, headers, body)
-                if half > 0:
-                    time.sleep(half)
-                self._send(*answer)
-
-            def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_DELETE = _handle
-
-        return Handler

@@ -46,7 +46,6 @@ Binds to and forwards to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import threading
@@ -56,7 +55,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from local.doubles.fault_proxy import Answer, StripeFaultProxy, _header, proxy_error, simulated_500
+from local.doubles.fault_proxy import StripeFaultProxy, proxy_error, simulated_500
+from local.doubles.http_double import Answer, forward, header
 from local.doubles.stripe_ledger import Ledger
 from local.doubles.stripe_wire import JSON_HEADERS, form_params, idempotency_error, nested, stripe_error
 
@@ -165,7 +165,7 @@ class StrictStripe(StripeFaultProxy):
         route = self.count_route(method, path)
         url = urllib.parse.urlsplit(path)
         params = form_params(body) if method == "POST" else sorted(urllib.parse.parse_qsl(url.query))
-        key = _header(headers, "Idempotency-Key") if method == "POST" else None
+        key = header(headers, "Idempotency-Key") if method == "POST" else None
         decision = forced or self._decide(route)
         if decision == "refuse":
             with self._lock:
@@ -269,15 +269,9 @@ class StrictStripe(StripeFaultProxy):
     ) -> Answer | None:
         if self.validator is None or route.endswith(_UNCHECKED_SUFFIXES):
             return None
-        conn = http.client.HTTPConnection(*self.validator, timeout=10)
-        try:
-            sent = {k: v for k, v in headers if k.lower() != "idempotency-key"}
-            conn.request(method, path, body=body or None, headers=sent)
-            resp = conn.getresponse()
-            data = resp.read()
-        finally:
-            conn.close()
-        if resp.status == 400 and b"Request validation error" in data:
+        sent = [(k, v) for k, v in headers if k.lower() != "idempotency-key"]
+        status, _, data = forward(self.validator[1], method, path, sent, body, timeout=10)
+        if status == 400 and b"Request validation error" in data:
             with self._lock:
                 self.strict.validation_errors += 1
             return 400, list(JSON_HEADERS), data

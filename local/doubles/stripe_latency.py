@@ -14,60 +14,32 @@
 Both record the PaymentIntents created per order (``creates``), so a benchmark can count
 duplicate holds, and count the requests waiting for their answer (``in_flight``, ``progress()``),
 so a sampler can tell what the service does while Stripe answers. Everything binds to and
-forwards to 127.0.0.1 only.
+forwards to 127.0.0.1 only: the server, the latency and the forwarding are the fault proxy's
+(``local.doubles.http_double``), the form parser the strict double's (``stripe_wire``).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
 import json
-import re
 import threading
-import time
 import urllib.parse
 import uuid
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-HOST = "127.0.0.1"
-_RATE_LIMITED = json.dumps(
-    {
-        "error": {
-            "type": "invalid_request_error",
-            "code": "rate_limit",
-            "message": "Request rate limit exceeded. (latency double)",
-        }
-    }
-).encode()
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+from local.doubles.http_double import Answer, LoopbackHttpServer, forward, header, loopback_port
+from local.doubles.stripe_wire import form_params, form_tree, stripe_error
 
 
-def _form(body: bytes) -> dict[str, Any]:
-    """Stripe's form encoding (``metadata[order_id]=...``) into nested dicts."""
-    out: dict[str, Any] = {}
-    for name, value in urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True):
-        parts = re.findall(r"[^\[\]]+", name)
-        where = out
-        for part in parts[:-1]:
-            where = where.setdefault(part, {})
-        if parts:
-            where[parts[-1]] = value
-    return out
+class _LatencyServer(LoopbackHttpServer):
+    """A server on 127.0.0.1 whose every answer waits ``delay_s``, counting the requests in flight."""
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _LatencyServer:
-    """A threaded server on 127.0.0.1 whose every answer waits ``delay_s`` first."""
+    thread_name = "stripe-latency"
 
     def __init__(self, delay_s: float = 0.3, port: int = 0) -> None:
-        self.delay_s = delay_s
+        super().__init__(port, latency_ms=delay_s * 1000)
         self.requests = 0  # received
         self.answered = 0  # answers about to be sent (after the delay)
         self.in_flight = 0  # received, not yet answered: waiting out the delay
@@ -76,46 +48,29 @@ class _LatencyServer:
         self._rate_limit_next = 0
         self.creates: dict[str, set[str]] = defaultdict(set)  # order_id -> PaymentIntent ids
         self._lock = threading.Lock()
-        owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, like Stripe's client expects
+    @property
+    def delay_s(self) -> float:
+        return self.latency_ms / 1000
 
-            def log_message(self, *args: Any) -> None:
-                pass
+    def serve(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        with self._lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.received.append(f"{method} {path.split('?')[0]}")
+        try:
+            return super().serve(method, path, headers, body)  # the latency, and nothing else
+        finally:
+            # counted as answered before the answer is sent: the client cannot act on it while
+            # it still counts as in flight
+            with self._lock:
+                self.in_flight -= 1
+                self.answered += 1
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with owner._lock:
-                    owner.requests += 1
-                    owner.in_flight += 1
-                    owner.received.append(f"{self.command} {self.path.split('?')[0]}")
-                try:
-                    time.sleep(owner.delay_s)  # the latency, and nothing else
-                    if owner._take_rate_limit():
-                        status, headers, payload = 429, [("Content-Type", "application/json")], _RATE_LIMITED
-                    else:
-                        status, headers, payload = owner.answer(
-                            self.command, self.path, dict(self.headers), body
-                        )
-                finally:
-                    # counted as answered before the answer is sent: the client cannot act on
-                    # it while it still counts as in flight
-                    with owner._lock:
-                        owner.in_flight -= 1
-                        owner.answered += 1
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_DELETE = _handle
-
-        self._server = _Server((HOST, port), Handler)
-        self._thread: threading.Thread | None = None
+    def respond(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        if self._take_rate_limit():
+            return stripe_error(429, "Request rate limit exceeded. (latency double)", code="rate_limit")
+        return self.answer(method, path, headers, body)
 
     def progress(self) -> tuple[int, int]:
         """(requests received, requests answered), read together: a sampler that reads the
@@ -137,19 +92,6 @@ class _LatencyServer:
             self.rate_limited += 1
             return True
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self._server.server_address[1]}"
-
-    def start(self) -> _LatencyServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="stripe-latency", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
     def note_create(self, order_id: str | None, intent_id: str | None) -> None:
         if order_id and intent_id:
             with self._lock:
@@ -162,9 +104,7 @@ class _LatencyServer:
                 1 for o, ids in self.creates.items() if len(ids) > 1 and (order_ids is None or o in order_ids)
             )
 
-    def answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
         raise NotImplementedError
 
 
@@ -182,10 +122,8 @@ class StripeLatencyDouble(_LatencyServer):
     def _id(self, prefix: str) -> str:
         return f"{prefix}_lat{self._run}{next(self._ids):08d}"  # unique across runs, as Stripe's are
 
-    def answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        key = header(headers, "Idempotency-Key")
         with self._lock:
             if method == "POST" and key and key in self._by_key:
                 return (
@@ -193,7 +131,7 @@ class StripeLatencyDouble(_LatencyServer):
                     [("Content-Type", "application/json"), ("Idempotent-Replayed", "true")],
                     self._by_key[key],
                 )
-            status, obj = self._route(method, path, _form(body))
+            status, obj = self._route(method, path, form_tree(form_params(body)))
             payload = json.dumps(obj).encode()
             if method == "POST" and key and status == 200:
                 self._by_key[key] = payload
@@ -284,40 +222,15 @@ class StripeLatencyProxy(_LatencyServer):
     """Forwards to an emulator on 127.0.0.1 after ``delay_s``."""
 
     def __init__(self, upstream: str, delay_s: float = 0.3, port: int = 0) -> None:
-        parsed = urllib.parse.urlsplit(upstream)
-        if parsed.hostname not in ("127.0.0.1", "localhost"):
-            raise ValueError(f"the latency proxy only forwards to 127.0.0.1, not {upstream}")
+        self.upstream_port = loopback_port(upstream, "latency proxy")
         super().__init__(delay_s, port)
-        self.upstream_port = parsed.port or 80
-        self._local = threading.local()
 
-    def answer(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        forward = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP and k.lower() != "host"}
-        for attempt in (1, 2):
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(HOST, self.upstream_port, timeout=60)
-            try:
-                conn.request(method, path, body=body or None, headers=forward)
-                response = conn.getresponse()
-                payload = response.read()
-                break
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                self._local.conn = None
-                if attempt == 2:
-                    raise
-        if (
-            method == "POST"
-            and urllib.parse.urlsplit(path).path == "/v1/payment_intents"
-            and response.status == 200
-        ):
+    def answer(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Answer:
+        status, kept, payload = forward(self.upstream_port, method, path, headers, body, timeout=60)
+        if method == "POST" and urllib.parse.urlsplit(path).path == "/v1/payment_intents" and status == 200:
             created = json.loads(payload)
             self.note_create((created.get("metadata") or {}).get("order_id"), created.get("id"))
-        kept = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP]
-        return response.status, kept, payload
+        return status, kept, payload
 
 
 def _ints(form: dict[str, Any]) -> dict[str, Any]:

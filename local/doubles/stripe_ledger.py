@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from local.doubles.fault_proxy import Answer
+from local.doubles.http_double import Answer
 from local.doubles.stripe_wire import nested, new_id, ok, page, stripe_error
 
 

@@ -9,7 +9,7 @@ import secrets
 import urllib.parse
 from typing import Any
 
-from local.doubles.fault_proxy import Answer
+from local.doubles.http_double import Answer
 
 JSON_HEADERS = [("Content-Type", "application/json")]
 

@@ -37,7 +37,7 @@ from payments_core.services import Services
 from payments_core.stripe_gateway import StripeApiGateway
 from webhook_helpers import payment_intent_event
 
-from local.doubles.fault_proxy import Answer
+from local.doubles.http_double import Answer
 from local.doubles.strict_stripe import StrictStripe
 from local.doubles.stripe_wire import form_params, nested, stripe_error
 from local.stack import control as stack
