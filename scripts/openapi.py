@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DOCUMENT)
     args = parser.parse_args(argv)
 
-    from payments_core.api import openapi_document
+    from payments_core.entrypoints.api import openapi_document
 
     document = openapi_document()
     if args.check:

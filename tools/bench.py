@@ -192,7 +192,7 @@ class InstantStripe:
     """The StripeGateway protocol answered from memory with zero latency."""
 
     def __init__(self, outcome: str = "requires_capture") -> None:
-        from payments_core.stripe_gateway import IntentSnapshot
+        from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot
 
         self._snapshot = IntentSnapshot
         self.outcome = outcome
@@ -290,10 +290,10 @@ def msk_event(commands: list[dict[str, Any]], first_offset: int) -> dict[str, An
 
 
 def make_services(stripe: Any) -> Any:
+    from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+    from payments_core.adapters.postgres.db import Database
+    from payments_core.adapters.services import Services
     from payments_core.config import get_settings
-    from payments_core.db import Database
-    from payments_core.kafka_gateway import KafkaEventPublisher
-    from payments_core.services import Services
 
     settings = get_settings()
     return Services(
@@ -304,7 +304,7 @@ def make_services(stripe: Any) -> Any:
 @contextmanager
 def record_timer(samples: list[float]) -> Iterator[None]:
     """Time every record handled by handle_command_batch (the module-level function it calls)."""
-    from payments_core import commands
+    from payments_core.entrypoints import commands
 
     original = commands.handle_record
 
@@ -331,7 +331,7 @@ class BatchRun:
 
 
 def run_batches(services: Any, commands: list[dict[str, Any]], batch_size: int) -> BatchRun:
-    from payments_core.commands import handle_command_batch
+    from payments_core.entrypoints.commands import handle_command_batch
 
     context = FakeLambdaContext(function_name="authorize_payment", timeout_seconds=900)
     per_command: list[float] = []
@@ -411,8 +411,8 @@ def localstripe_card(number: str = "4242424242424242") -> tuple[str, str]:
 
 
 def bench_authorize_localstripe(report: Report, count: int, batch_size: int) -> None:
+    from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
     from payments_core.config import get_settings
-    from payments_core.stripe_gateway import StripeApiGateway
 
     _status(f"(b) {count} authorize commands against localstripe ...")
     customer_id, method_id = localstripe_card()
@@ -538,7 +538,7 @@ def stripe_event(intent: Any) -> str:
 
 
 def bench_webhooks(report: Report, count: int) -> None:
-    from payments_core import services as services_module
+    from payments_core.adapters import services as services_module
 
     _status(f"(d) {count} signed webhooks (REQUIRES_ACTION -> AUTHORIZED) ...")
     # Setup, not measured: payments waiting for 3-D Secure, made through the command path.
@@ -1043,7 +1043,7 @@ class SteadyLoad:
     error: BaseException | None = None
 
     def run(self, services: Any, prefix: str) -> None:
-        from payments_core.commands import handle_command_batch
+        from payments_core.entrypoints.commands import handle_command_batch
 
         context = FakeLambdaContext(function_name="authorize_payment", timeout_seconds=900)
         size = max(1, round(self.rate * self.interval))
@@ -1089,10 +1089,10 @@ def bench_outbox_drain(report: Report, rate: float, outage_s: float, timeout: fl
         for key, label in keys:
             report.add(Row(key, label, None, note="the local scheduler (the outbox relay) is not running"))
         return
+    from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+    from payments_core.adapters.postgres.db import Database
+    from payments_core.adapters.services import Services
     from payments_core.config import get_settings
-    from payments_core.db import Database
-    from payments_core.kafka_gateway import KafkaEventPublisher
-    from payments_core.services import Services
 
     _status(f"(h) {rate:.0f} authorize commands/s; the Kafka broker stopped for {outage_s:.0f} s ...")
     # The load's own publish after each batch waits for the broker at most ~1.5 s (not the

@@ -57,7 +57,7 @@ SAMPLE_EVERY_S = 0.5
 STATS_FLUSH_S = 11.0
 # Sessions kept free on the local server for the stack itself, the tests' scratch work and psql.
 CONNECTION_HEADROOM = 12
-SERVICE_APPLICATION_NAME = "payment-service"  # payments_core.db's application_name
+SERVICE_APPLICATION_NAME = "payment-service"  # payments_core.adapters.postgres.db's application_name
 TWO_CORES = (
     "what a 2-core run proves: the service keeps every container's connections and Stripe calls "
     "in flight with 4x the partitions, and what one command costs PostgreSQL and the function "

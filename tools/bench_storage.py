@@ -3,7 +3,7 @@ retention run (issue 19, bounded storage).
 
 In a scratch database (created, migrated, dropped here, so no test's leftovers count): ``orders``
 orders go through the service's own code, as in AWS: an authorize and a release per order
-through the MSK batch handler (payments_core.commands, Stripe answered by the bench's zero-latency
+through the MSK batch handler (payments_core.entrypoints.commands, Stripe answered by the bench's zero-latency
 double, events published to the local Kafka), and the webhooks Stripe sends for it recorded by
 repository.record_stripe_event (``webhooks_per_order`` ids: payment_intent.amount_capturable_updated,
 payment_intent.succeeded, charge.succeeded). Then every row is made 500 days old, the retention
@@ -71,11 +71,12 @@ def describe(sizes: dict[str, dict[str, int]]) -> str:
 
 def bench_storage(report: Any, orders: int, row: type) -> None:
     """Section (j); ``row`` is tools.bench.Row (kept there, passed in to avoid a cycle)."""
-    from payments_core import migrate, repository, retention
+    from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+    from payments_core.adapters.postgres import migrate, repository
+    from payments_core.adapters.postgres.db import Database
+    from payments_core.adapters.services import Services
     from payments_core.config import get_settings
-    from payments_core.db import Database
-    from payments_core.kafka_gateway import KafkaEventPublisher
-    from payments_core.services import Services
+    from payments_core.usecases import retention
 
     from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
     from local.stack.settings import load as load_local_settings

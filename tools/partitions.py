@@ -42,7 +42,7 @@ class LocalTarget:
         self.topic, self.group, self.pause_file = topic, group, pause_file
 
     def describe(self) -> dict[str, Any]:
-        from payments_core.partitions import admin_client, topic_state
+        from payments_core.adapters.kafka.partitions import admin_client, topic_state
 
         admin = admin_client(client_id="tools-partitions")
         try:
@@ -51,7 +51,7 @@ class LocalTarget:
             admin.close()
 
     def grow(self, target: int) -> dict[str, Any]:
-        from payments_core.partitions import PartitionGrowthRefused, grow_partitions
+        from payments_core.adapters.kafka.partitions import PartitionGrowthRefused, grow_partitions
 
         try:
             return grow_partitions(self.topic, target, self.group)

@@ -54,7 +54,7 @@ def _say(text: str) -> None:
 
 
 def _orders(services: Any, count: int, first_offset: int) -> list[str]:
-    from payments_core.commands import handle_command_batch
+    from payments_core.entrypoints.commands import handle_command_batch
 
     orders: list[str] = []
     commands: list[dict[str, Any]] = []
@@ -76,7 +76,7 @@ def _orders(services: Any, count: int, first_offset: int) -> list[str]:
 
 
 def _revert(services: Any, orders: list[str], first_offset: int) -> None:
-    from payments_core.commands import handle_command_batch
+    from payments_core.entrypoints.commands import handle_command_batch
 
     commands = [
         {
@@ -104,9 +104,9 @@ def _looked_at_since(db: Any, orders: list[str], since: Any) -> int:
 def measure(finals: int, waiting: int, reads_per_second: float, latency_ms: float) -> dict[str, Any]:
     import dataclasses
 
+    from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
     from payments_core.config import get_settings
-    from payments_core.reconciliation import reconcile
-    from payments_core.stripe_gateway import StripeApiGateway
+    from payments_core.usecases.reconciliation import reconcile
 
     from local.doubles.fault_proxy import StripeFaultProxy
 

@@ -6,7 +6,7 @@
 
 Locally it reads the dead-letter topic of the local stack (its client environment, unless
 KAFKA_BOOTSTRAP_SERVERS / DEAD_LETTER_TOPIC are set). Nothing from the environment is printed;
-commands carry no card numbers. The logic is ``payments_core.redrive``; in AWS the
+commands carry no card numbers. The logic is ``payments_core.usecases.redrive``; in AWS the
 ``redrive_commands`` function runs it (``make redrive STAGE=…``).
 """
 
@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from payments_core.redrive import DeadLetter
+    from payments_core.usecases.redrive import DeadLetter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, value)
     # The service's JSON logs are for CloudWatch; here the printed lines are the answer.
     os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
-    from payments_core.redrive import RedriveError, read_dead_letters, requeue, select
+    from payments_core.usecases.redrive import RedriveError, read_dead_letters, requeue, select
 
     try:
         letters = read_dead_letters()

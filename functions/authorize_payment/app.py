@@ -4,7 +4,7 @@ Handles authorize_payment, release_payment and revert_payment; all decisions are
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from payments_core.commands import handle_command_batch
+from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.observability import logger, metrics, tracer
 
 

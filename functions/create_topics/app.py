@@ -2,13 +2,12 @@
 the cluster the stack made, with the configured partitions, and grow the commands topic when
 the mapping is paused and drained. Also invoked by `make partitions STAGE=…` (MSK is reachable
 only from the VPC) with ``{"Operation": "describe" | "grow", ...}``. Every decision is in
-payments_core.topics and payments_core.partitions; a raise fails the deploy."""
+payments_core (entrypoints.deploy); a raise fails the deploy."""
 
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from payments_core.partitions import operate
-from payments_core.topics import ensure_topics
+from payments_core.entrypoints.deploy import ensure_topics, operate_partitions
 
 logger = Logger()
 
@@ -18,7 +17,7 @@ PHYSICAL_RESOURCE_ID = "payment-service-kafka-topics"
 @logger.inject_lambda_context(log_event=False)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "Operation" in event:
-        return operate(event)
+        return operate_partitions(event)
     if event["RequestType"] == "Delete":
         # Topics hold the saga's commands and events: they outlive the stack's resource.
         return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_RESOURCE_ID)}

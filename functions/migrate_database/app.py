@@ -5,7 +5,7 @@ CloudFormation; this handler only returns the result or raises, which fails the 
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from payments_core.migrate import run
+from payments_core.entrypoints.deploy import apply_schema_migrations
 
 logger = Logger()
 
@@ -17,7 +17,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if event["RequestType"] == "Delete":
         # The schema and its payment history outlive the stack (the database may be retained).
         return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_RESOURCE_ID)}
-    applied = [str(version) for version in run()]
+    applied = [str(version) for version in apply_schema_migrations()]
     logger.info("schema migrated", extra={"applied": applied})
     # A fixed id: an Update never makes CloudFormation "replace" (and so Delete) the schema.
     return {"PhysicalResourceId": PHYSICAL_RESOURCE_ID, "Data": {"Applied": ",".join(applied) or "none"}}

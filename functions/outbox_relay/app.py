@@ -5,13 +5,12 @@ the backlog is gone or the invocation's time is nearly up."""
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from payments_core.entrypoints.jobs import run_outbox_relay
 from payments_core.observability import logger, metrics, tracer
-from payments_core.reconciliation import invocation_deadline
-from payments_core.relay import RELAY_MARGIN_S, relay_outbox
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    return relay_outbox(deadline=invocation_deadline(context.get_remaining_time_in_millis, RELAY_MARGIN_S))
+    return run_outbox_relay(context.get_remaining_time_in_millis)

@@ -1,11 +1,11 @@
 """Payment API function: behind API Gateway (REST). The Stripe webhook and the saga's status
-queries; the routes are in payments_core.api, every decision in payments_core."""
+queries; the routes are in payments_core.entrypoints.api, every decision in payments_core."""
 
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from payments_core.api import app
+from payments_core.entrypoints.api import app
 from payments_core.observability import logger, metrics, tracer
 
 

@@ -5,12 +5,12 @@ MSK is reachable only from the VPC. ``{}`` lists the dead letters with their com
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from payments_core.entrypoints.jobs import run_redrive
 from payments_core.observability import logger, metrics, tracer
-from payments_core.redrive import handle_redrive
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return handle_redrive(event)
+    return run_redrive(event)

@@ -5,14 +5,12 @@ or its invocation nears its end. Payments themselves are kept."""
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from payments_core import retention
+from payments_core.entrypoints.jobs import run_retention
 from payments_core.observability import logger, metrics, tracer
-from payments_core.reconciliation import invocation_deadline
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, object]:
-    deadline = invocation_deadline(context.get_remaining_time_in_millis, margin_s=10.0)
-    return retention.run(deadline=deadline).as_dict()
+    return run_retention(context.get_remaining_time_in_millis)

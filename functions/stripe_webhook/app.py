@@ -1,5 +1,5 @@
 """Stripe webhook function: behind the public API Gateway, ``POST /api/stripe-webhook`` only.
-It serves that one route of payments_core.api's resolver (signature check, deduplication, the
+It serves that one route of payments_core.entrypoints.api's resolver (signature check, deduplication, the
 payment's new status, a stray hold's cancel): the saga's routes live in the payment_api function,
 with other permissions, and a request for them here is answered 404 without being resolved."""
 
@@ -7,9 +7,9 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from payments_core.api import app
+from payments_core.entrypoints.api import app
+from payments_core.entrypoints.routes import WEBHOOK
 from payments_core.observability import logger, metrics, tracer
-from payments_core.routes import WEBHOOK
 
 ROUTE = (WEBHOOK.method, WEBHOOK.path)  # API Gateway's resource template, not the stage's path
 NOT_FOUND = {

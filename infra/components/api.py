@@ -27,14 +27,14 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as waf
 from constructs import Construct
-from payments_core import routes
+from payments_core.entrypoints import routes
 
 from infra import checkov
 from infra.capacity import Limits
 from infra.config import ApiConfig
 from infra.nag import Suppression, suppress
 
-# Every route comes from payments_core.routes, the list the function's resolver, the public
+# Every route comes from payments_core.entrypoints.routes, the list the function's resolver, the public
 # history function and the local API Gateway read.
 _PUBLIC = routes.on_api(routes.PUBLIC)
 WEBHOOK_PATH = routes.api_gateway_path(routes.WEBHOOK, _PUBLIC)
@@ -43,7 +43,7 @@ HISTORY_PATH = routes.api_gateway_path(routes.BROWSER_HISTORY, _PUBLIC)
 HISTORY_WAF_MATCH = "/history/"
 _INSPECTION_LIMITS = {16: "KB_16", 32: "KB_32", 48: "KB_48", 64: "KB_64"}
 SAGA_AUTH = {"none": apigw.AuthorizationType.NONE, "iam": apigw.AuthorizationType.IAM}
-# (path under the root, method): the saga's routes, served by payments_core.api. API Gateway
+# (path under the root, method): the saga's routes, served by payments_core.entrypoints.api. API Gateway
 # allows one variable name per level, so every /payment/{id}/… shares {id}; the function routes
 # on the request path.
 _PRIVATE = routes.on_api(routes.PRIVATE)

@@ -4,7 +4,7 @@ Two database users: the master (``payments_admin``) is for schema migrations onl
 functions connect as the application role ``payments_app`` (rows only: SELECT, INSERT,
 UPDATE; no DDL, no DELETE), which the migration creates with the password of its own secret, and
 the retention job as ``payments_retention`` (the deletes and the archive's moves, nothing else:
-``payments_core.migrate.RETENTION_GRANTS``), likewise with its own secret. The functions
+``payments_core.adapters.postgres.migrate.RETENTION_GRANTS``), likewise with its own secret. The functions
 connect to the proxy (Lambda scales out faster than Postgres accepts connections) with IAM
 database authentication, so they read no password at all; the proxy logs in with the secrets.
 The migration custom resource connects to the instance itself (DDL inside a proxied session
@@ -26,8 +26,8 @@ from infra.nag import Suppression, suppress
 
 POSTGRES_PORT = 5432
 MASTER_USER = "payments_admin"
-APP_ROLE = "payments_app"  # payments_core.migrate.APP_ROLE creates it
-RETENTION_ROLE = "payments_retention"  # payments_core.migrate.RETENTION_ROLE creates it
+APP_ROLE = "payments_app"  # payments_core.adapters.postgres.migrate.APP_ROLE creates it
+RETENTION_ROLE = "payments_retention"  # payments_core.adapters.postgres.migrate.RETENTION_ROLE creates it
 
 
 class Database(Construct):

@@ -129,7 +129,7 @@ class Functions(Construct):
                 "COMMAND_WORKERS": str(fc.command_workers),
                 "STRIPE_MAX_IN_FLIGHT": str(fc.stripe_max_in_flight),
                 # The account's Stripe budget is shared evenly by the containers that can run at
-                # once: one invocation per partition (payments_core.stripe_throttle)
+                # once: one invocation per partition (payments_core.adapters.stripe_api.stripe_throttle)
                 "STRIPE_BUDGET_CONTAINERS": str(plan.partitions.value),
                 "COMMAND_START_MARGIN_MS": str(fc.command_start_margin_ms),
                 **_command_integrations(config),
@@ -236,7 +236,7 @@ class Functions(Construct):
             stripe.grant_read(stripe.restricted_keys[name], fn)
         stripe.grant_read(stripe.webhook_secret, self.stripe_webhook)
         stripe.seal()
-        # Only what payments_core.dead_letters calls (sqs:SendMessage), not CDK's send group.
+        # Only what payments_core.adapters.kafka.dead_letters calls (sqs:SendMessage), not CDK's send group.
         self.authorize_payment.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sqs:SendMessage"], resources=[messaging.dead_letter_queue.queue_arn]
@@ -289,10 +289,10 @@ class Functions(Construct):
         return fn
 
     def _add_retention(self, database: Database) -> lambda_.Function:
-        """The daily retention job (payments_core.retention): deletes expired rows of the outbox,
+        """The daily retention job (payments_core.usecases.retention): deletes expired rows of the outbox,
         webhook ids, leases, money calls and command outcomes, archives old payments. The
         database only, as its own role (payments_retention: exactly the privileges it uses,
-        payments_core.migrate.RETENTION_GRANTS; the application role deletes nothing); no
+        payments_core.adapters.postgres.migrate.RETENTION_GRANTS; the application role deletes nothing); no
         Stripe key, no Kafka, no secret to read (IAM auth through the proxy, which holds the
         role's secret)."""
         fn = self._function(
@@ -429,7 +429,7 @@ class Functions(Construct):
 
 
 def _read_secret(fn: lambda_.Function, secret: ISecret) -> None:
-    """What payments_core.secrets calls (GetSecretValue), not CDK's grant_read (+DescribeSecret)."""
+    """What payments_core.adapters.secrets calls (GetSecretValue), not CDK's grant_read (+DescribeSecret)."""
     fn.add_to_role_policy(
         iam.PolicyStatement(actions=["secretsmanager:GetSecretValue"], resources=[secret.secret_arn])
     )

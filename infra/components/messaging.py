@@ -163,7 +163,7 @@ class Messaging(Construct):
         )
 
     def grant_read(self, grantee: iam.IGrantable, topic: str) -> None:
-        """Read a topic without a consumer group (assign and seek: payments_core.redrive)."""
+        """Read a topic without a consumer group (assign and seek: payments_core.usecases.redrive)."""
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["kafka-cluster:Connect"], resources=[self.cluster_arn])
         )
@@ -175,7 +175,7 @@ class Messaging(Construct):
         )
 
     def grant_produce(self, grantee: iam.IGrantable, *topics: str) -> None:
-        """What an idempotent producer (payments_core.kafka_gateway: enable_idempotence) needs:
+        """What an idempotent producer (payments_core.adapters.kafka.kafka_gateway: enable_idempotence) needs:
         MSK IAM checks WriteDataIdempotently on the cluster when the producer asks for a
         producer id, and WriteData on each topic."""
         grantee.grant_principal.add_to_principal_policy(
@@ -192,7 +192,7 @@ class Messaging(Construct):
         )
 
     def grant_create_topics(self, grantee: iam.IGrantable, *topics: str) -> None:
-        """What payments_core.topics (the admin client) needs: describe, and create if missing."""
+        """What payments_core.adapters.kafka.topics (the admin client) needs: describe, and create if missing."""
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["kafka-cluster:Connect"], resources=[self.cluster_arn])
         )
@@ -204,7 +204,7 @@ class Messaging(Construct):
         )
 
     def grant_grow_topic(self, grantee: iam.IGrantable, topic: str, group: str) -> None:
-        """What payments_core.partitions needs: add partitions to ``topic`` (AlterTopic: Kafka's
+        """What payments_core.adapters.kafka.partitions needs: add partitions to ``topic`` (AlterTopic: Kafka's
         CreatePartitions) and read ``group``'s members and committed offsets (DescribeGroup)."""
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(actions=["kafka-cluster:AlterTopic"], resources=[self.topic_arn(topic)])

@@ -97,7 +97,7 @@ class StripeSecrets(Construct):
         return [*self.restricted_keys.values(), self.webhook_secret]
 
     def grant_read(self, secret: sm.Secret, fn: lambda_.Function) -> None:
-        """What payments_core.secrets calls (GetSecretValue, not CDK's grant_read's
+        """What payments_core.adapters.secrets calls (GetSecretValue, not CDK's grant_read's
         DescribeSecret) on this one secret, Decrypt with the key through Secrets Manager only,
         and a place in the secret's resource policy's allow list."""
         assert fn.role is not None

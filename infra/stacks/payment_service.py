@@ -159,11 +159,11 @@ class PaymentServiceStack(Stack):
             properties={
                 "Topics": functions.topics,
                 # Grows with the profile (after a drain: README, "Sizing"); a lower value never
-                # removes partitions (payments_core.topics leaves an existing topic's count alone).
+                # removes partitions (payments_core.adapters.kafka.topics leaves an existing topic's count alone).
                 "Partitions": str(self.plan.partitions.value),
                 "ReplicationFactor": str(kc.replication_factor),
                 # A larger Partitions grows the commands topic only while its mapping is paused
-                # and drained (payments_core.partitions); otherwise the deploy fails with the
+                # and drained (payments_core.adapters.kafka.partitions); otherwise the deploy fails with the
                 # procedure (make partitions). The events topic is never grown here.
                 "GrowTopic": kc.commands_topic,
                 "ConsumerGroup": kc.consumer_group_id,

@@ -99,7 +99,7 @@ def _name_sessions() -> None:
 def _drop_own_sessions() -> None:
     """The server ends every session of this child (what a network blip or a proxy failover
     does); the process goes on and reconnects when it next needs the database."""
-    from payments_core.db import Database
+    from payments_core.adapters.postgres.db import Database
 
     db = Database()
     try:
@@ -113,11 +113,11 @@ def _drop_own_sessions() -> None:
 
 
 def _wrap_services(switch: _KillSwitch) -> Any:
+    from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+    from payments_core.adapters.postgres.db import Database
+    from payments_core.adapters.services import Services, set_services
+    from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
     from payments_core.config import get_settings
-    from payments_core.db import Database
-    from payments_core.kafka_gateway import KafkaEventPublisher
-    from payments_core.services import Services, set_services
-    from payments_core.stripe_gateway import StripeApiGateway
 
     class Connection:
         """A pg8000 connection whose COMMIT is a crash point."""

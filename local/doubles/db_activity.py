@@ -20,7 +20,7 @@ from typing import Any
 from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
 from local.stack.settings import load as load_local_settings
 
-SERVICE_APPLICATION_NAME = "payment-service"  # payments_core.db's application_name
+SERVICE_APPLICATION_NAME = "payment-service"  # payments_core.adapters.postgres.db's application_name
 SAMPLER_APPLICATION_NAME = "db-activity-sampler"
 
 # pg_locks is a set-returning function behind a view: scanned once here, grouped by backend

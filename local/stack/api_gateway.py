@@ -11,7 +11,7 @@ as an API Gateway with CORS enabled would, so campusG's unmodified profile page 
 VPC, never from a browser). The public one (``PUBLIC_API_URL``) serves only
 ``GET``/``OPTIONS /history/{user_id}`` to ``public_history``, which answers CORS itself.
 
-Both read their routes from ``payments_core.routes`` (the list the resolver, the public face
+Both read their routes from ``payments_core.entrypoints.routes`` (the list the resolver, the public face
 and the CDK read) and, as API Gateway does, answer any method or path not declared there
 (``TRACE``, ``HEAD`` of a ``GET`` route, an unknown path) with 403 ``{"message":"Missing
 Authentication Token"}`` without invoking the function.
@@ -52,7 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from payments_core import routes as api_routes
+from payments_core.entrypoints import routes as api_routes
 
 from local.stack.lambda_runtime import (
     FakeLambdaContext,

@@ -118,18 +118,20 @@ def provision_database(s: LocalSettings, pg: Postgres) -> str:
 
 def apply_migrations(s: LocalSettings) -> str:
     try:
-        found = importlib.util.find_spec("payments_core.migrate") is not None
+        found = importlib.util.find_spec("payments_core.adapters.postgres.migrate") is not None
     except ModuleNotFoundError:
         found = False
     if not found:
-        return "SKIPPED: payments_core.migrate does not exist yet (schema not applied)"
+        return "SKIPPED: payments_core.adapters.postgres.migrate does not exist yet (schema not applied)"
     log = s.log_path("migrate")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} python -m payments_core.migrate\n".encode())
+        out.write(
+            f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} python -m payments_core.adapters.postgres.migrate\n".encode()
+        )
         out.flush()
         result = subprocess.run(
-            [sys.executable, "-m", "payments_core.migrate"],
+            [sys.executable, "-m", "payments_core.adapters.postgres.migrate"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=process_env(s),
@@ -140,11 +142,11 @@ def apply_migrations(s: LocalSettings) -> str:
     if result.returncode != 0:
         raise StackError(
             "migrate",
-            f"`python -m payments_core.migrate` exited with code {result.returncode}",
+            f"`python -m payments_core.adapters.postgres.migrate` exited with code {result.returncode}",
             "fix the migration, then run `make local-up` again",
             log,
         )
-    return "payments_core.migrate applied"
+    return "payments_core.adapters.postgres.migrate applied"
 
 
 def register_webhook(s: LocalSettings) -> str:

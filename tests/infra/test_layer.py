@@ -135,7 +135,7 @@ def test_layer_zip_is_deterministic(tmp_path: Path) -> None:
 def test_webhook_function_answers_only_the_webhook_route(
     event: str, host_layer: Path, lambda_runtime_sdk: Path
 ) -> None:
-    """The webhook function shares payments_core.api's resolver with the API function but has
+    """The webhook function shares payments_core.entrypoints.api's resolver with the API function but has
     other permissions: a saga route sent to it is answered 404 before anything is resolved."""
     function_dir = ROOT / "functions" / "stripe_webhook"
     path = [str(function_dir), str(host_layer), str(lambda_runtime_sdk)]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from payments_core import routes as route_list
+from payments_core.entrypoints import routes as route_list
 
 from tests.infra.conftest import Synth, resources
 
@@ -267,8 +267,18 @@ def test_the_database_and_kafka_admit_nobody_else(dev_raw: dict[str, Any]) -> No
 # ---- permissions ------------------------------------------------------------------------------
 
 
+def _module_paths() -> dict[str, Path]:
+    """Each payments_core module's file by its name (the last part of its dotted path: the
+    names are unique across the layer subpackages)."""
+    paths = {p.stem: p for p in PAYMENTS_CORE.rglob("*.py") if p.stem != "__init__"}
+    assert len(paths) == len([p for p in PAYMENTS_CORE.rglob("*.py") if p.stem != "__init__"]), (
+        "two modules share a name"
+    )
+    return paths
+
+
 def _source(module: str) -> str:
-    return (PAYMENTS_CORE / f"{module}.py").read_text()
+    return _module_paths()[module].read_text()
 
 
 def code_actions() -> dict[str, set[str]]:
@@ -277,7 +287,7 @@ def code_actions() -> dict[str, set[str]]:
 
     actions: dict[str, set[str]] = {}
     # boto3 clients: client("<service>", ...).<operation>(...) -> <signing name>:<Operation>
-    for path in sorted(PAYMENTS_CORE.glob("*.py")):
+    for path in sorted(_module_paths().values()):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if (
@@ -318,7 +328,7 @@ def code_actions() -> dict[str, set[str]]:
         if "create_topics(" in admin:
             kafka.add("kafka-cluster:CreateTopic")
         actions["topics"] = kafka
-    # Growing the commands topic (payments_core.partitions): CreatePartitions is AlterTopic on
+    # Growing the commands topic (payments_core.adapters.kafka.partitions): CreatePartitions is AlterTopic on
     # that topic; the mapping's group's members and committed offsets are DescribeGroup.
     grow = _source("partitions")
     actions["partitions"] = {
@@ -367,24 +377,29 @@ def _parse(path: Path, name: str) -> _Module:
                 if isinstance(target, ast.Name):
                     defs[target.id] = node
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "payments_core":
-            modules.update({a.asname or a.name: a.name for a in node.names})
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("payments_core."):
-            module = str(node.module).split(".")[1]
-            names.update({a.asname or a.name: (module, a.name) for a in node.names})
+        dotted = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+        if dotted == "payments_core" or _is_package(dotted):  # from payments_core.<package> import module
+            modules.update({a.asname or a.name: a.name for a in node.names})  # type: ignore[attr-defined]
+        elif dotted.startswith("payments_core."):
+            module = dotted.rsplit(".", 1)[1]
+            names.update({a.asname or a.name: (module, a.name) for a in node.names})  # type: ignore[attr-defined]
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("payments_core.") and a.asname:
-                    modules[a.asname] = a.name.split(".")[1]
+                    modules[a.asname] = a.name.rsplit(".", 1)[1]
     return _Module(name, defs, modules, names, source)
 
 
 _MODULES: dict[str, _Module] = {}
 
 
+def _is_package(dotted: str) -> bool:
+    return dotted.startswith("payments_core.") and (PAYMENTS_CORE.parent / dotted.replace(".", "/")).is_dir()
+
+
 def _module(name: str) -> _Module | None:
-    path = PAYMENTS_CORE / f"{name}.py"
-    if name not in _MODULES and path.is_file():
+    path = _module_paths().get(name)
+    if name not in _MODULES and path is not None:
         _MODULES[name] = _parse(path, name)
     return _MODULES.get(name)
 
@@ -412,7 +427,7 @@ def _route_key(method: str, path: str) -> tuple[str, str]:
 
 
 def _listed_route(node: ast.AST) -> route_list.Route | None:
-    """``routes.NAME.rule`` (a route of payments_core.routes, as the resolver registers it)."""
+    """``routes.NAME.rule`` (a route of payments_core.entrypoints.routes, as the resolver registers it)."""
     if (
         isinstance(node, ast.Attribute)
         and isinstance(node.value, ast.Attribute)
@@ -456,7 +471,7 @@ def reachable(function: str, routes: set[tuple[str, str]] = frozenset()) -> dict
     """The payments_core code a function runs: {module: [source of each reachable top-level
     function, class or name]}, from its app.py's handler through every reference, not descending
     into ``services`` (the container that wires every gateway, used or not: its gateways are
-    seen where they are called, ``services.stripe.…``). A resolver (payments_core.api's ``app``)
+    seen where they are called, ``services.stripe.…``). A resolver (payments_core.entrypoints.api's ``app``)
     leads only to the route functions of ``routes``, the routes API Gateway sends the function."""
     app = _parse(FUNCTIONS_DIR / function / "app.py", "app")
     todo = list(_references(app, app.defs.get("lambda_handler") or app.defs["handler"]))

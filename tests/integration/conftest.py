@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from payments_core import db as db_module
-from payments_core import services as services_module
+from payments_core.adapters import services as services_module
+from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+from payments_core.adapters.postgres import db as db_module
+from payments_core.adapters.postgres.db import Database
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.domain import Payment
-from payments_core.errors import TransientError
-from payments_core.kafka_gateway import KafkaEventPublisher
-from payments_core.services import Services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.errors import TransientError
+from payments_core.domain.payment import Payment
 
 CARD_OK = "4242424242424242"
 CARD_3DS = "4000002760003184"  # localstripe: requires authentication

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conftest import CARD_3DS, CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize_command, command
-from payments_core.stripe_gateway import MAX_KEY_ATTEMPTS
+from payments_core.adapters.stripe_api.stripe_gateway import MAX_KEY_ATTEMPTS
 from webhook_helpers import encode, sign
 
 from local.doubles.strict_stripe import StrictStripe

@@ -18,12 +18,12 @@ from conftest import (
     command,
     msk_event,
 )
-from payments_core import outbox
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+from payments_core.adapters.postgres import outbox
+from payments_core.adapters.postgres.db import Database
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.kafka_gateway import KafkaEventPublisher
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.entrypoints.commands import handle_command_batch
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event, wait_for
-from payments_core.batch import WorkerPool
-from payments_core.commands import handle_command_batch, make_pool
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.errors import TransientError
-from payments_core.services import Services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints.batch import WorkerPool
+from payments_core.entrypoints.commands import handle_command_batch, make_pool
 
 pytestmark = pytest.mark.integration
 

@@ -53,8 +53,8 @@ from typing import Any
 import pytest
 from conftest import Card
 from crash_drill_harness import CARD_NUMBERS, CUSTOMERS_PER_CARD, Workload, check_orders, group_events
-from payments_core import leases
 from payments_core.config import get_settings
+from payments_core.usecases import leases
 
 from local.doubles.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKilled, CrashRunner
 from local.doubles.strict_stripe import StrictStripe

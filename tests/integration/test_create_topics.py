@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from kafka.admin import KafkaAdminClient
-from payments_core.partitions import PartitionGrowthRefused
+from payments_core.adapters.kafka.partitions import PartitionGrowthRefused
 
 from local.stack.settings import LocalSettings
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event, named_database
-from payments_core import queries, reconciliation
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.postgres.db import Database
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.domain import Payment
-from payments_core.errors import TransientError
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.errors import TransientError
+from payments_core.domain.payment import Payment
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases import queries, reconciliation
 
 pytestmark = pytest.mark.integration
 

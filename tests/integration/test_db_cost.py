@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, msk_event
-from payments_core import leases
-from payments_core.commands import handle_command_batch
-from payments_core.db import Database
-from payments_core.leases import LeaseBusy, LeaseLost
+from payments_core.adapters.postgres.db import Database
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases import leases
+from payments_core.usecases.leases import LeaseBusy, LeaseLost
 
 pytestmark = pytest.mark.integration
 

@@ -26,13 +26,13 @@ from conftest import (
     command,
     msk_event,
 )
-from payments_core import webhooks
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway, idempotency_key
 from payments_core.config import get_settings
-from payments_core.contracts import STRIPE_API_ERROR
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.errors import Rejection
-from payments_core.stripe_gateway import StripeApiGateway, idempotency_key
+from payments_core.domain.contracts import STRIPE_API_ERROR
+from payments_core.domain.errors import Rejection
+from payments_core.domain.payment import Payment, PaymentStatus
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases import webhooks
 
 pytestmark = pytest.mark.integration
 

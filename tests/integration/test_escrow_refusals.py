@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, authorized_payment, command, msk_event
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.contracts import STRIPE_API_ERROR
-from payments_core.errors import Rejection
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.contracts import STRIPE_API_ERROR
+from payments_core.domain.errors import Rejection
+from payments_core.entrypoints.commands import handle_command_batch
 from test_escrow import NO_FAILURES, RecordingStripe
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event
-from payments_core import check_queue, leases, reconciliation, repository
-from payments_core.commands import handle_command_batch
-from payments_core.db import Database
-from payments_core.errors import TransientError
-from payments_core.leases import LeaseBusy, LeaseLost
+from payments_core.adapters.postgres import check_queue, repository
+from payments_core.adapters.postgres.db import Database
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases import leases, reconciliation
+from payments_core.usecases.leases import LeaseBusy, LeaseLost
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +202,7 @@ def test_commands_of_one_order_on_two_partitions_are_serialized_without_holding_
     held = leases.acquire(busy_services.db, a_id, ttl_s=30)
     threading.Timer(1.5, leases.release, args=(held,)).start()
 
-    from payments_core.commands import make_pool
+    from payments_core.entrypoints.commands import make_pool
 
     pool = make_pool(pool_services, 4)
     try:
@@ -228,7 +229,7 @@ def test_a_webhook_for_a_busy_order_leaves_its_effect_to_the_audit_and_answers_a
 ):
     """Stripe's request is not held for a whole lease: after WEBHOOK_LEASE_WAIT_SECONDS the
     order is made due for the audit, which re-reads Stripe and applies the change."""
-    from payments_core import webhooks
+    from payments_core.usecases import webhooks
     from webhook_helpers import payment_intent_event
 
     monkeypatch.setenv("AUDIT_BACKOFF_SECONDS", "0")

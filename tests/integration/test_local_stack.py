@@ -108,8 +108,8 @@ def test_migrations_create_tables_once(
     make_pg_connection: Callable[..., Any], scratch_db: tuple[str, dict[str, Any]]
 ) -> None:
     """On a scratch database: the first run creates the tables, the second changes nothing."""
-    from payments_core.db import Database
-    from payments_core.migrate import apply_migrations, migration_files
+    from payments_core.adapters.postgres.db import Database
+    from payments_core.adapters.postgres.migrate import apply_migrations, migration_files
 
     scratch, conn_params = scratch_db
     db = Database(**conn_params)
@@ -143,8 +143,8 @@ def test_a_migration_runs_as_postgresql_parses_it(
     """A migration file is sent whole: a function body and a string holding ';' or '--' are
     PostgreSQL's to parse (splitting on ';' by hand cut them apart), and a file that fails
     half-way applies nothing of itself."""
-    from payments_core import migrate
-    from payments_core.db import Database
+    from payments_core.adapters.postgres import migrate
+    from payments_core.adapters.postgres.db import Database
 
     tricky = """
         CREATE TABLE semicolons (note text NOT NULL DEFAULT 'a; b -- not a comment');
@@ -181,7 +181,7 @@ def test_a_migration_runs_as_postgresql_parses_it(
 
 
 def test_local_up_applied_the_schema(pg_connection: Any) -> None:
-    from payments_core.migrate import migration_files
+    from payments_core.adapters.postgres.migrate import migration_files
 
     applied = {r[0] for r in pg_connection.run("SELECT version FROM schema_migrations")}
     assert {version for version, _ in migration_files()} <= applied

@@ -5,7 +5,7 @@ to the RDS CA, which the Lambda runtime does not trust).
 A second PostgreSQL, from the same binaries as the local stack's, is started for this module
 with TLS only and a certificate from a private CA generated here; its master credentials and
 the application role's password live in moto's Secrets Manager, as in AWS. The migration runs
-through its real entry point (``payments_core.migrate.run``) with the environment the stack
+through its real entry point (``payments_core.adapters.postgres.migrate.run``) with the environment the stack
 gives the function. Then the application role it created is checked: rows yes, DDL no.
 """
 
@@ -34,10 +34,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from payments_core import db as db_module
-from payments_core import migrate, retention
+from payments_core.adapters.postgres import db as db_module
+from payments_core.adapters.postgres import migrate
 from payments_core.config import get_settings
-from payments_core.errors import TransientError
+from payments_core.domain.errors import TransientError
+from payments_core.usecases import retention
 
 from infra.build_layer import rds_ca_bundle
 from local.stack.postgres_server import Postgres

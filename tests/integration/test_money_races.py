@@ -15,10 +15,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import RecordingStripe, authorized_payment, command, msk_event, wait_for
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.domain import Payment
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.payment import Payment
+from payments_core.entrypoints.commands import handle_command_batch
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +143,7 @@ def ledger() -> Iterator[TransferLedger]:
 
 
 def _capture_seen_by_webhook(services: Any, row: dict[str, Any]) -> None:
-    from payments_core import webhooks
+    from payments_core.usecases import webhooks
     from webhook_helpers import payment_intent_event
 
     event = payment_intent_event(
@@ -232,7 +232,7 @@ def test_a_hold_that_appears_on_a_final_payment_is_canceled(
     Stripe) when Stripe reports the hold. The webhook cancels it instead of ignoring it. (The
     stack's scheduled audit is paused: a webhook that found the order busy during the authorize
     makes it due at once, and that audit would cancel the hold first.)"""
-    from payments_core import webhooks
+    from payments_core.usecases import webhooks
     from webhook_helpers import payment_intent_event
 
     row = authorized_payment(new_card, authorize_handler, payment_row)
@@ -263,7 +263,7 @@ def test_the_audit_cancels_holds_left_on_final_payments(
     """Defect 3, the sweep: no webhook came (or it was lost); the settlement audit looks at
     payments due for a check (one became final: it was scheduled then) and cancels any hold
     still on them."""
-    from payments_core import reconciliation
+    from payments_core.usecases import reconciliation
 
     row = authorized_payment(new_card, authorize_handler, payment_row)
     make_pg_connection().run(

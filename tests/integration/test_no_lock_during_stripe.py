@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from conftest import Card, authorize_command, command, msk_event, named_database
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.entrypoints.commands import handle_command_batch
 
 from local.doubles import db_activity
 from local.doubles.stripe_latency import StripeLatencyDouble

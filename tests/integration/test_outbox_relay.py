@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from conftest import authorize_command, command, msk_event
-from payments_core import outbox
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
+from payments_core.adapters.postgres import outbox
+from payments_core.adapters.services import Services
 from payments_core.config import get_settings
-from payments_core.errors import TransientError
-from payments_core.kafka_gateway import KafkaEventPublisher
-from payments_core.relay import relay_outbox
-from payments_core.services import Services
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases.relay import relay_outbox
 
 pytestmark = pytest.mark.integration
 

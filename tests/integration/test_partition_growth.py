@@ -1,7 +1,7 @@
 """Growing the commands topic on the local stack (issue 19): the procedure of tools/partitions.py
 (drain, pause the mapping, grow, resume) against the real broker and the local event source
 mapping, while commands flow; and the refusals (a grow with lag, with the mapping running, a
-shrink) of payments_core.partitions and of `make partitions`."""
+shrink) of payments_core.adapters.kafka.partitions and of `make partitions`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from payments_core.partitions import MappingNotPaused, NotDrained, ShrinkRefused, grow_partitions
+from payments_core.adapters.kafka.partitions import (
+    MappingNotPaused,
+    NotDrained,
+    ShrinkRefused,
+    grow_partitions,
+)
 
 from local.stack.event_source_config import MappingConfig
 from local.stack.event_source_mapping import EventSourceMapping
@@ -85,7 +90,7 @@ def mapping(local_settings, commands_topic, tmp_path) -> Any:
 def _assigned(group: str) -> int:
     """Partitions assigned to the group's members (a member that joined before the broker listed
     the topic is assigned none until its metadata is refreshed)."""
-    from payments_core.partitions import admin_client
+    from payments_core.adapters.kafka.partitions import admin_client
 
     admin = admin_client(client_id="tests")
     try:

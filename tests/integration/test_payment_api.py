@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from payments_core.services import Services
+from payments_core.adapters.services import Services
 from webhook_helpers import CONTRACT_KEYS, EXTENSION_KEYS, NOT_FOUND, get_request, seed_payment
 
 pytestmark = pytest.mark.integration

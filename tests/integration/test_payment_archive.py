@@ -1,4 +1,4 @@
-"""Issue 19, bounded storage: old payments move to the archive (payments_core.archive, run by the
+"""Issue 19, bounded storage: old payments move to the archive (payments_core.adapters.postgres.archive, run by the
 retention job) on the real local PostgreSQL, and nothing the service answers changes: history
 totals, the status routes, and a re-sent command of an archived order (a duplicate, never a new
 hold, never a refund).
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 from conftest import Card, authorize_command, command, msk_event
-from payments_core import queries, retention
+from payments_core.adapters.postgres.db import Database
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.domain import event_id_for
+from payments_core.domain.payment import event_id_for
+from payments_core.usecases import queries, retention
 
 from local.stack.settings import LocalSettings
 
@@ -290,7 +290,7 @@ def test_an_authorize_racing_the_archiving_of_its_order_waits_and_is_a_duplicate
     INSERT would wait for the live row's DELETE only, then write a new payment and hold)."""
     import threading
 
-    from payments_core import archive
+    from payments_core.adapters.postgres import archive
 
     card = new_card()
     cmd = authorize_command(card)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from conftest import TransfersElsewhere, authorized_payment, command, msk_event
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
+from payments_core.adapters.user_service import HttpUserDirectory
 from payments_core.config import get_settings
+from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.observability import metrics
-from payments_core.stripe_gateway import StripeApiGateway
-from payments_core.user_service import HttpUserDirectory
 
 pytestmark = pytest.mark.integration
 

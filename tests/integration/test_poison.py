@@ -11,7 +11,7 @@ import pytest
 from conftest import command, msk_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payments_core.contracts import MAX_COMMAND_BYTES, command_references
+from payments_core.domain.contracts import MAX_COMMAND_BYTES, command_references
 
 pytestmark = pytest.mark.integration
 

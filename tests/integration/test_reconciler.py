@@ -19,15 +19,16 @@ from typing import Any
 import pytest
 import requests
 from conftest import CARD_3DS, authorize_command, msk_event
-from payments_core import check_queue, leases
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.postgres import check_queue
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot, StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.domain import Payment
-from payments_core.errors import TransientError
+from payments_core.domain.errors import TransientError
+from payments_core.domain.payment import Payment
+from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.observability import metrics
-from payments_core.reconciliation import reconcile
-from payments_core.services import Services
-from payments_core.stripe_gateway import IntentSnapshot, StripeApiGateway
+from payments_core.usecases import leases
+from payments_core.usecases.reconciliation import reconcile
 
 pytestmark = pytest.mark.integration
 

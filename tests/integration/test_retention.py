@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from payments_core import command_outcomes, retention
-from payments_core.command_outcomes import CommandIdentity
+from payments_core.adapters.postgres import command_outcomes
+from payments_core.adapters.postgres.command_outcomes import CommandIdentity
+from payments_core.adapters.postgres.db import Database
 from payments_core.config import get_settings
-from payments_core.db import Database
+from payments_core.usecases import retention
 
 from local.stack.lambda_runtime import FakeLambdaContext, load_handler
 from local.stack.scheduler import scheduled_event

@@ -27,13 +27,13 @@ from conftest import (
     msk_event,
     wait_for,
 )
-from payments_core import api
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.services import Services, set_services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.contracts import STRIPE_API_ERROR
-from payments_core.errors import Rejection
-from payments_core.services import Services, set_services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.contracts import STRIPE_API_ERROR
+from payments_core.domain.errors import Rejection
+from payments_core.entrypoints import api
+from payments_core.entrypoints.commands import handle_command_batch
 
 from local.stack.api_gateway import ROUTES, build_event, compile_routes
 

@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 import stripe
 from conftest import CARD_OK, Card, authorize_command, command, msk_event, named_database
-from payments_core import reconciliation, webhooks
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import Settings, get_settings
-from payments_core.services import Services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.entrypoints.commands import handle_command_batch
+from payments_core.usecases import reconciliation, webhooks
 from webhook_helpers import payment_intent_event
 
 from local.doubles.http_double import Answer

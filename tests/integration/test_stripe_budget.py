@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 import stripe
 from conftest import Card, authorize_command, command, msk_event
-from payments_core.commands import handle_command_batch
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import Settings, get_settings
-from payments_core.services import Services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.entrypoints.commands import handle_command_batch
 
 from local.doubles.strict_stripe import StrictStripe
 from local.stack import control as stack

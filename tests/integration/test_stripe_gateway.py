@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.payment import Payment, PaymentStatus
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import requests
-from payments_core import webhooks
-from payments_core.db import Database
-from payments_core.services import Services
+from payments_core.adapters.postgres.db import Database
+from payments_core.adapters.services import Services
+from payments_core.usecases import webhooks
 from webhook_helpers import encode, payment_intent_event, seed_payment, sign, webhook_request
 
 pytestmark = pytest.mark.integration

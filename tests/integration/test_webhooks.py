@@ -13,12 +13,12 @@ import requests
 from conftest import CARD_3DS, authorize_command, msk_event, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from payments_core.adapters.kafka.kafka_gateway import OutgoingMessage
+from payments_core.adapters.postgres.db import Database
+from payments_core.adapters.services import Services, set_services
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.domain import ALLOWED_TRANSITIONS, PaymentStatus
-from payments_core.kafka_gateway import OutgoingMessage
-from payments_core.services import Services, set_services
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.domain.payment import ALLOWED_TRANSITIONS, PaymentStatus
 from webhook_helpers import encode, payment_intent_event, seed_payment, sign, webhook_request
 
 pytestmark = pytest.mark.integration

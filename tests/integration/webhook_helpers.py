@@ -165,8 +165,8 @@ def seed_payment(
 ) -> Any:
     """A payment row in ``status`` written straight to the database (no Stripe, no outbox
     event), so whatever a webhook then changes is the only thing announced."""
-    from payments_core import repository
-    from payments_core.domain import Payment, PaymentStatus
+    from payments_core.adapters.postgres import repository
+    from payments_core.domain.payment import Payment, PaymentStatus
 
     payment = Payment(
         payment_id=str(uuid.uuid4()),

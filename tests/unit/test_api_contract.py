@@ -1,6 +1,6 @@
 """One HTTP contract (issue 20): the release and revert bodies are Powertools ``Body()`` models
 whose errors are the contract's 400s, the document says what they enforce, and every router
-(the resolver, the public face, the CDK, the local API Gateway) reads payments_core.routes.
+(the resolver, the public face, the CDK, the local API Gateway) reads payments_core.entrypoints.routes.
 Fed the local API Gateway's own events, with doubles for the database and Kafka."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from payments_core import api, public_api, repository, routes
+from payments_core.adapters.kafka.kafka_gateway import OutgoingMessage
+from payments_core.adapters.postgres import repository
+from payments_core.adapters.services import Services, set_services
 from payments_core.config import get_settings
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.kafka_gateway import OutgoingMessage
-from payments_core.services import Services, set_services
+from payments_core.domain.payment import Payment, PaymentStatus
+from payments_core.entrypoints import api, public_api, routes
 
 from local.stack.api_gateway import PUBLIC_ROUTES, ROUTES, build_event, compile_routes
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from payments_core.api import app, openapi_document
+from payments_core.entrypoints.api import app, openapi_document
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 

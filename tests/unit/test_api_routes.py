@@ -14,11 +14,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from payments_core import api, archive, queries, repository, secret_checks, webhooks
+from payments_core.adapters.postgres import archive, repository
+from payments_core.adapters.services import Services, set_services
+from payments_core.adapters.stripe_api import secret_checks
 from payments_core.config import get_settings
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.errors import TransientError
-from payments_core.services import Services, set_services
+from payments_core.domain.errors import TransientError
+from payments_core.domain.payment import Payment, PaymentStatus
+from payments_core.entrypoints import api
+from payments_core.usecases import queries, webhooks
 
 
 def _load_helpers() -> Any:

@@ -1,4 +1,4 @@
-"""The batch rules (payments_core.batch) and Stripe back-pressure (payments_core.stripe_throttle),
+"""The batch rules (payments_core.entrypoints.batch) and Stripe back-pressure (payments_core.adapters.stripe_api.stripe_throttle),
 with fake records, handlers and clocks: order per key, concurrency across keys, what is
 reported after a failure or when time runs out, one thread per resource."""
 
@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core.batch import Item, WorkerPool, items_of, to_report
-from payments_core.errors import TransientError
-from payments_core.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
+from payments_core.adapters.stripe_api.stripe_gateway import StripeRateLimited, StripeUnreachable
+from payments_core.adapters.stripe_api.stripe_throttle import StripeThrottle, ThrottledStripe, is_rate_limited
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints.batch import Item, WorkerPool, items_of, to_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -257,18 +258,8 @@ def test_items_and_report_keep_the_mapping_shape() -> None:
 # ---- Stripe back-pressure ----------------------------------------------------------------------
 
 
-class RateLimitError(Exception):
-    http_status = 429
-
-
 def rate_limited() -> TransientError:
-    try:
-        raise RateLimitError("Too many requests")
-    except RateLimitError as cause:
-        try:
-            raise TransientError("stripe unavailable: RateLimitError") from cause
-        except TransientError as exc:
-            return exc
+    return StripeRateLimited("stripe unavailable: RateLimitError: Too many requests")
 
 
 class FakeClock:
@@ -379,17 +370,8 @@ def test_handler_import_defers_xray_and_stripe(function: str) -> None:
 
 
 def test_a_timeout_halves_the_cap_without_a_retry() -> None:
-    class APIConnectionError(Exception):
-        pass
-
     def timed_out() -> TransientError:
-        try:
-            raise APIConnectionError("Read timed out")
-        except APIConnectionError as cause:
-            try:
-                raise TransientError("stripe unavailable: APIConnectionError") from cause
-            except TransientError as exc:
-                return exc
+        return StripeUnreachable("stripe unavailable: APIConnectionError: Read timed out")
 
     throttle = StripeThrottle(8)
     stripe = FlakyStripe([timed_out(), "pi_ok"])

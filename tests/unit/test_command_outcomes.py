@@ -1,4 +1,4 @@
-"""A command's identity (payments_core.command_outcomes): what tells a re-delivered record from
+"""A command's identity (payments_core.adapters.postgres.command_outcomes): what tells a re-delivered record from
 a new command, and that only a running command records an answer."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from payments_core import command_outcomes, outbox
-from payments_core.command_outcomes import CommandIdentity
+from payments_core.adapters.postgres import command_outcomes, outbox
+from payments_core.adapters.postgres.command_outcomes import CommandIdentity
 
 
 def record(offset: int = 7, value: str | None = "eyJ0eXBlIjogInJlbGVhc2VfcGF5bWVudCJ9") -> dict[str, Any]:

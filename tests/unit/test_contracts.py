@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core.contracts import (
+from payments_core.domain.contracts import (
     INVALID_AMOUNT,
     INVALID_PAYLOAD,
     UNKNOWN_COMMAND,
@@ -17,7 +17,7 @@ from payments_core.contracts import (
     amount_in_units,
     parse_command,
 )
-from payments_core.errors import Rejection
+from payments_core.domain.errors import Rejection
 
 VALID = {
     "type": "authorize_payment",

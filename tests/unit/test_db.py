@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from payments_core.adapters.postgres.db import Database
 from payments_core.config import get_settings
-from payments_core.db import Database
-from payments_core.errors import TransientError
+from payments_core.domain.errors import TransientError
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 

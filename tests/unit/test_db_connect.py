@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from payments_core import db as db_module
+from payments_core.adapters.postgres import db as db_module
 from payments_core.config import get_settings
 
 

@@ -6,7 +6,7 @@ import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
-from payments_core.domain import (
+from payments_core.domain.payment import (
     ALLOWED_TRANSITIONS,
     PaymentStatus,
     can_transition,

@@ -1,4 +1,4 @@
-"""The partition-growth rules (payments_core.partitions) and the operator's procedure
+"""The partition-growth rules (payments_core.adapters.kafka.partitions) and the operator's procedure
 (tools/partitions.py) with a stand-in target; the real broker and mapping are in
 tests/integration/test_partition_growth.py."""
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from payments_core.partitions import (
+from payments_core.adapters.kafka.partitions import (
     MappingNotPaused,
     NotDrained,
     PartitionLag,

@@ -1,5 +1,5 @@
-"""Who may be paid (payments_core.payouts), with a fake user service and a fake Stripe view of
-accounts; and the user-service gateway (payments_core.user_service) against a tiny HTTP server
+"""Who may be paid (payments_core.usecases.payouts), with a fake user service and a fake Stripe view of
+accounts; and the user-service gateway (payments_core.adapters.user_service) against a tiny HTTP server
 playing campusG's user service."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from payments_core import payouts
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api.stripe_gateway import AccountSnapshot
+from payments_core.adapters.user_service import CampusUser, HttpUserDirectory, UserServiceUnavailable
 from payments_core.config import get_settings
-from payments_core.contracts import PAYOUT_DESTINATION_REFUSED
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.errors import Rejection, TransientError
-from payments_core.services import Services
-from payments_core.stripe_gateway import AccountSnapshot
-from payments_core.user_service import CampusUser, HttpUserDirectory, UserServiceUnavailable
+from payments_core.domain.contracts import PAYOUT_DESTINATION_REFUSED
+from payments_core.domain.errors import Rejection, TransientError
+from payments_core.domain.payment import Payment, PaymentStatus
+from payments_core.usecases import payouts
 
 RUNNER, ACCOUNT = "user_runner", "acct_runner"
 CUSTOMER, CUSTOMER_CUS = "user_customer", "cus_customer"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from payments_core import commands
-from payments_core.contracts import (
+from payments_core.adapters.postgres.repository import is_uuid
+from payments_core.domain.contracts import (
     INVALID_PAYLOAD,
     MAX_COMMAND_BYTES,
     MAX_COMMAND_DEPTH,
@@ -29,8 +29,8 @@ from payments_core.contracts import (
     parse_command,
     storable,
 )
-from payments_core.errors import Rejection
-from payments_core.repository import is_uuid
+from payments_core.domain.errors import Rejection
+from payments_core.entrypoints import commands
 
 _CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 

@@ -1,4 +1,4 @@
-"""The public history route (payments_core.public_api, functions/public_history): its answers,
+"""The public history route (payments_core.entrypoints.public_api, functions/public_history): its answers,
 CORS for the configured origins only, and that no request whatever is answered with a 500 or an
 exception. A double stands in for the database; tokens come from a key made here."""
 
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payments_core import db as db_module
-from payments_core import public_api
+from payments_core.adapters.postgres import db as db_module
+from payments_core.adapters.session_tokens import JwksCache, SessionTokenVerifier
 from payments_core.config import get_settings
-from payments_core.errors import TransientError
-from payments_core.session_tokens import JwksCache, SessionTokenVerifier
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints import public_api
 
 from local.stack.issuer import new_private_key, public_jwk, session_token, without
 from local.stack.settings import load as load_local_settings

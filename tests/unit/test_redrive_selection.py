@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 import pytest
-from payments_core.kafka_gateway import OutgoingMessage
-from payments_core.redrive import (
+from payments_core.adapters.kafka.kafka_gateway import OutgoingMessage
+from payments_core.usecases.redrive import (
     REDRIVEN_FROM_HEADER,
     RedriveError,
     handle_redrive,
@@ -160,7 +160,7 @@ def test_requeue_reports_each_letter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_function_lists_or_refuses_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from payments_core import redrive
+    from payments_core.usecases import redrive
 
     letters = [_mapping_letter(1, _authorize())]
     monkeypatch.setattr(redrive, "read_dead_letters", lambda settings=None: letters)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from payments_core.config import get_settings
-from payments_core.contracts import RETURN_URL_NOT_ALLOWED, AuthorizePayment, parse_command
-from payments_core.errors import Rejection
-from payments_core.return_urls import is_allowed, origin_of, parse_origins
+from payments_core.domain.contracts import RETURN_URL_NOT_ALLOWED, AuthorizePayment, parse_command
+from payments_core.domain.errors import Rejection
+from payments_core.domain.return_urls import is_allowed, origin_of, parse_origins
 
 LOCAL = parse_origins("http://localhost:5173,https://localhost:5173")
 SHOP = parse_origins("https://shop.example")

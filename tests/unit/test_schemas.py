@@ -53,19 +53,19 @@ def _problems(document: Any) -> list[str]:
 
 def test_committed_schemas_match_the_models() -> None:
     problems = schemas.differences()
-    assert not problems, "schemas/ disagrees with payments_core.contracts; run `make schemas`:\n" + "\n".join(
-        problems
+    assert not problems, (
+        "schemas/ disagrees with payments_core.domain.contracts; run `make schemas`:\n" + "\n".join(problems)
     )
 
 
 def test_every_message_type_has_a_schema() -> None:
-    from payments_core.contracts import COMMAND_MODELS, EVENT_MODELS
+    from payments_core.domain.contracts import COMMAND_MODELS, EVENT_MODELS
 
     assert set(VALIDATORS) == set(COMMAND_MODELS) | set(EVENT_MODELS)
 
 
 def test_schemas_accept_an_event_as_the_service_emits_it() -> None:
-    from payments_core.contracts import PaymentAuthorized, PaymentReleased, event_envelope
+    from payments_core.domain.contracts import PaymentAuthorized, PaymentReleased, event_envelope
 
     authorized = event_envelope(
         "payment.authorized",
@@ -210,9 +210,9 @@ def test_events_folder_has_an_api_fixture_for_every_saga_route() -> None:
 
 @pytest.mark.parametrize("name", sorted(API_FIXTURES))
 def test_api_fixture_is_routed_and_its_body_accepted(name: str) -> None:
-    from payments_core import api
+    from payments_core.adapters.services import Services, set_services
     from payments_core.config import get_settings
-    from payments_core.services import Services, set_services
+    from payments_core.entrypoints import api
 
     method, resource, expected = API_FIXTURES[name]
     event = json.loads((EVENTS_DIR / name).read_text())

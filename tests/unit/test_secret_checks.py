@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from payments_core import secret_checks, services, webhooks
-from payments_core.errors import TransientError
+from payments_core.adapters import services
+from payments_core.adapters.stripe_api import secret_checks
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
+from payments_core.domain.errors import TransientError
 from payments_core.observability import logger
-from payments_core.stripe_gateway import StripeApiGateway
+from payments_core.usecases import webhooks
 
 from tests.integration.webhook_helpers import sign, webhook_request
 

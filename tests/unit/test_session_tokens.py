@@ -1,4 +1,4 @@
-"""Clerk session token verification (payments_core.session_tokens): the algorithm pinned, the
+"""Clerk session token verification (payments_core.adapters.session_tokens): the algorithm pinned, the
 JWKS cached and refetched at most once per interval, every claim rule, and (hypothesis) that no
 input whatever escapes as anything but InvalidToken."""
 
@@ -14,7 +14,7 @@ import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from payments_core.session_tokens import (
+from payments_core.adapters.session_tokens import (
     JWKS_REFETCH_INTERVAL_SECONDS,
     MAX_TOKEN_CHARS,
     InvalidToken,
@@ -349,7 +349,7 @@ def test_a_token_longer_than_the_limit_is_refused_before_decoding() -> None:
     ["http://clerk.campusg.example/.well-known/jwks.json", "file:///etc/passwd", "ftp://x/jwks", "jwks.json"],
 )
 def test_keys_are_read_over_https_only_but_from_loopback(url: str) -> None:
-    from payments_core.session_tokens import fetch_url
+    from payments_core.adapters.session_tokens import fetch_url
 
     with pytest.raises(ValueError, match="must be https"):
         fetch_url(url)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from payments_core.adapters.stripe_api.stripe_gateway import (
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    StripeApiGateway,
+    idempotency_key,
+)
 from payments_core.config import get_settings
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.stripe_gateway import IDEMPOTENCY_KEY_MAX_LENGTH, StripeApiGateway, idempotency_key
+from payments_core.domain.payment import Payment, PaymentStatus
 
 
 def _payment(order_id: str) -> Payment:

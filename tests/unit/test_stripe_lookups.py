@@ -9,10 +9,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway, attempted_before
+from payments_core.adapters.stripe_api.stripe_lookups import CREATED_BOUND_SLACK
 from payments_core.config import get_settings
-from payments_core.domain import Payment, PaymentStatus
-from payments_core.stripe_gateway import StripeApiGateway, attempted_before
-from payments_core.stripe_lookups import CREATED_BOUND_SLACK
+from payments_core.domain.payment import Payment, PaymentStatus
 
 CREATED = datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
 SINCE = int((CREATED - CREATED_BOUND_SLACK).timestamp())

@@ -10,11 +10,12 @@ import time
 from typing import Any
 
 import pytest
-from payments_core import commands, stripe_gateway
+from payments_core.adapters.services import Services
+from payments_core.adapters.stripe_api import stripe_gateway
+from payments_core.adapters.stripe_api.stripe_throttle import RequestPacer, StripeThrottle, ThrottledStripe
 from payments_core.config import get_settings
-from payments_core.errors import TransientError
-from payments_core.services import Services
-from payments_core.stripe_throttle import RequestPacer, StripeThrottle, ThrottledStripe
+from payments_core.domain.errors import TransientError
+from payments_core.entrypoints import commands
 
 
 class FakeClock:

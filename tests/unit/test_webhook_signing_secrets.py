@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from payments_core import secret_checks, services, webhooks
+from payments_core.adapters import services
+from payments_core.adapters.stripe_api import secret_checks
+from payments_core.usecases import webhooks
 
 from tests.integration.webhook_helpers import sign, webhook_request
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-from payments_core.return_urls import parse_origins
+from payments_core.domain.return_urls import parse_origins
 
 
 def _int(name: str, default: int) -> int:
@@ -74,7 +74,7 @@ def _bounded(name: str, default: float, least: float, most: float) -> float:
     return value
 
 
-# Retention (payments_core.retention): how long each kind of row is kept, in days, and the
+# Retention (payments_core.usecases.retention): how long each kind of row is kept, in days, and the
 # least each setting accepts. A floor is what correctness needs, not taste: a lower value would
 # delete rows something may still read, so it is refused (ValueError) rather than clamped.
 # - stripe_events: Stripe retries a webhook for up to 3 days; an id forgotten sooner would let
@@ -87,7 +87,7 @@ def _bounded(name: str, default: float, least: float, most: float) -> float:
 # - order_leases / stripe_money_calls: only of payments that are over and settled (see the
 #   retention module); a day is far beyond any lease (40 s) or the audit's in-doubt horizon.
 # - payments: over (SUCCEEDED, REVERTED, FAILED) and settled payments move to the archive
-#   (payments_core.archive), after which no webhook or refund changes them. The floor is past
+#   (payments_core.adapters.postgres.archive), after which no webhook or refund changes them. The floor is past
 #   the card networks' 120-day dispute filing window (Visa allows up to 540 days for a few
 #   reasons: docs/retention.md) and must exceed every other period here.
 # - payments_archive: archived payments are deleted this long after their last change; their
@@ -250,7 +250,7 @@ class Settings:
     audit_in_doubt_seconds: float = 3600.0
     # How long a webhook waits for an order's lease before leaving its effect to the audit.
     webhook_lease_wait_seconds: float = 0.5
-    # The command pool (payments_core.batch): worker threads per container, each with its own
+    # The command pool (payments_core.entrypoints.batch): worker threads per container, each with its own
     # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
     # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
     command_workers: int = 16
@@ -290,7 +290,7 @@ class Settings:
     # disconnected within this time is paid by a transfer Stripe refuses: the capture stands and
     # TransferFailed is alarmed (README, "Who gets paid").
     payout_account_check_ttl_seconds: float = 3600.0
-    # How long the retention job keeps each kind of row (payments_core.retention)
+    # How long the retention job keeps each kind of row (payments_core.usecases.retention)
     retention: RetentionSettings = RetentionSettings()
 
 
