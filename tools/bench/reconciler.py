@@ -1,7 +1,7 @@
 """How fast the reconciler checks payments against Stripe, and what rate of final payments a
 day a run every 5 minutes keeps up with (issue 19).
 
-    python -m tools.reconcile_bench [--finals 200] [--waiting 50] [--reads-per-second 10]
+    python -m tools.bench.reconciler [--finals 200] [--waiting 50] [--reads-per-second 10]
 
     (make bench-reconciler; starts the stack when it is not running)
 
@@ -33,7 +33,7 @@ from typing import Any
 from local.stack import control as stack
 from local.stack.processes import rel
 from local.stack.settings import REPO_ROOT
-from tools.bench import (
+from tools.bench.harness import (
     apply_env,
     authorize,
     ensure_stack,

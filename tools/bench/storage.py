@@ -19,6 +19,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from tools.bench.harness import InstantStripe, authorize, run_batches
+from tools.bench.report import Report, Row, say
+
 # Everything a payment leaves behind, in the order shown.
 TABLES = (
     "payments",
@@ -69,8 +72,8 @@ def describe(sizes: dict[str, dict[str, int]]) -> str:
     )
 
 
-def bench_storage(report: Any, orders: int, row: type) -> None:
-    """Section (j); ``row`` is tools.bench.Row (kept there, passed in to avoid a cycle)."""
+def bench_storage(report: Report, orders: int) -> None:
+    """Section (j)."""
     from payments_core.adapters.kafka.kafka_gateway import KafkaEventPublisher
     from payments_core.adapters.postgres import migrate, repository
     from payments_core.adapters.postgres.db import Database
@@ -80,7 +83,6 @@ def bench_storage(report: Any, orders: int, row: type) -> None:
 
     from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
     from local.stack.settings import load as load_local_settings
-    from tools import bench
 
     local = load_local_settings()
     scratch = f"bench_storage_{uuid.uuid4().hex[:10]}"
@@ -90,15 +92,13 @@ def bench_storage(report: Any, orders: int, row: type) -> None:
     settings = get_settings()
     db = Database(settings, **owner, database=scratch)
     try:
-        bench._status(f"(j) {orders} orders (authorize, release, webhooks) in a scratch database ...")
+        say(f"(j) {orders} orders (authorize, release, webhooks) in a scratch database ...")
         migrate.apply_migrations(db)
-        stripe: Any = bench.InstantStripe()
+        stripe: Any = InstantStripe()
         services = Services(db=db, stripe=stripe, publisher=KafkaEventPublisher(settings), settings=settings)
         order_ids = [f"bench-j-{uuid.uuid4()}" for _ in range(orders)]
-        authorized = bench.run_batches(
-            services, [bench.authorize(o, "cus_bench", "pm_bench") for o in order_ids], 50
-        )
-        released = bench.run_batches(
+        authorized = run_batches(services, [authorize(o, "cus_bench", "pm_bench") for o in order_ids], 50)
+        released = run_batches(
             services,
             [_release(o) for o in order_ids],
             50,
@@ -136,7 +136,7 @@ def bench_storage(report: Any, orders: int, row: type) -> None:
     live = sum(s["total"] for s in before.values())
     kept = sum(s["total"] for s in after.values())
     report.add(
-        row(
+        Row(
             "storage_bytes_per_payment",
             "bytes stored per payment (live)",
             round(live / orders),
@@ -146,7 +146,7 @@ def bench_storage(report: Any, orders: int, row: type) -> None:
         )
     )
     report.add(
-        row(
+        Row(
             "storage_bytes_per_payment_archived",
             "bytes stored per payment (after retention)",
             round(kept / orders),
