@@ -59,7 +59,7 @@ from payments_core.usecases import leases
 from local.doubles.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKilled, CrashRunner
 from local.doubles.strict_stripe import StrictStripe
 from local.stack import control as stack
-from local.stack.api_gateway import ROUTES, build_event, compile_routes
+from local.stack.api_events import ROUTES, build_event, compile_routes
 from local.stack.event_source_config import MappingConfig
 from local.stack.event_source_mapping import EventSourceMapping
 from local.stack.settings import PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env

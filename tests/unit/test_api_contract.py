@@ -18,7 +18,7 @@ from payments_core.config import get_settings
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.entrypoints import api, public_api, routes
 
-from local.stack.api_gateway import PUBLIC_ROUTES, ROUTES, build_event, compile_routes
+from local.stack.api_events import PUBLIC_ROUTES, ROUTES, build_event, compile_routes
 
 RUNNER = {"runner_id": "user_runner", "runner_connect_account_id": "acct_1Runner"}
 _ROUTES = compile_routes(ROUTES)

@@ -23,7 +23,7 @@ from tools.bench.report import Report, Row, ms, percentile, say
 
 def signed_api_event(body: str, secret: str) -> dict[str, Any]:
     """The REST proxy event the local API Gateway would build for Stripe's signed request."""
-    from local.stack.api_gateway import ROUTES, build_event, compile_routes
+    from local.stack.api_events import ROUTES, build_event, compile_routes
 
     timestamp = int(time.time())
     digest = hmac.new(secret.encode(), f"{timestamp}.{body}".encode(), hashlib.sha256).hexdigest()
