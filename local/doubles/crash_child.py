@@ -1,4 +1,6 @@
-"""The crash runner's child process: runs one function's handler with the service's gateways
+"""The crash runner's child: a function's handler run with crash points around its gateways.
+
+The crash runner's child process: runs one function's handler with the service's gateways
 wrapped, so each crash point of the plan it is handed can SIGKILL it there.
 
     python -m local.doubles.crash_child      (started by ``local.doubles.crash_runner.CrashRunner``)

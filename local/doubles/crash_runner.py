@@ -1,4 +1,6 @@
-"""Run a Lambda handler in a child process that dies by SIGKILL at chosen points, like a
+"""A Lambda handler in a child process killed by SIGKILL at chosen points, for the crash drill.
+
+Run a Lambda handler in a child process that dies by SIGKILL at chosen points, like a
 function that hits its timeout or runs out of memory at any line. For the crash drill.
 
     runner = CrashRunner("authorize", seed=7, env=child_env, log_path=...)

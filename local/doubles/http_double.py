@@ -1,5 +1,7 @@
-"""The HTTP plumbing every Stripe double and proxy here shares: a threaded server on 127.0.0.1
-that answers each request after a set latency, and forwarding to an upstream on 127.0.0.1.
+"""The HTTP plumbing the Stripe doubles and proxies share: a 127.0.0.1 server, latency, forwarding.
+
+A threaded server that answers each request after a set latency, and forwarding to an upstream,
+both on 127.0.0.1 only.
 
     class MyDouble(LoopbackHttpServer):
         def respond(self, method, path, headers, body) -> Answer: ...

@@ -1,4 +1,6 @@
-"""What moved money at the strict Stripe double: PaymentIntents per order, captures, refunds,
+"""The strict Stripe double's record of the money moved, and the Transfers API served from it.
+
+What moved money at the strict Stripe double: PaymentIntents per order, captures, refunds,
 and the Transfers API (with reversals) that localstripe lacks, served from the same record."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Stripe's wire format for the doubles: its form-encoded request bodies read, its error and
-list answers written (one parser and one set of answers for every Stripe double)."""
+"""Stripe's wire format for the doubles: form bodies read, error and list answers written.
+
+One parser of Stripe's form-encoded bodies and one set of its answers, for every Stripe double."""
 
 from __future__ import annotations
 

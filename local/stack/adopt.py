@@ -1,4 +1,6 @@
-"""Servers the local stack did not start but may use: ``docker compose`` (or anything else)
+"""Adopting servers the stack did not start (docker compose) instead of failing on a busy port.
+
+Servers the local stack did not start but may use: ``docker compose`` (or anything else)
 already listening on a configured port, and answering there as that server.
 
 ``make local-up`` adopts such a server instead of stopping on a busy port: it provisions it with

@@ -1,4 +1,6 @@
-"""API Gateway's REST proxy integration as a Lambda handler sees it: the routes (read from
+"""API Gateway REST proxy events: the routes, the event a handler gets, the response read back.
+
+API Gateway's REST proxy integration as a Lambda handler sees it: the routes (read from
 ``payments_core.entrypoints.routes``), the proxy event built from an HTTP request, and the
 handler's proxy response read back into one. Used by the local API Gateway and by tests and
 benches that build the same events in-process."""

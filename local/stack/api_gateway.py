@@ -1,5 +1,4 @@
-"""A local API Gateway (REST API, Lambda proxy integration) in front of one handler, like
-``sam local start-api``.
+"""The local API Gateway (REST API, Lambda proxy integration), like ``sam local start-api``.
 
     python -m local.stack.api_gateway            (started by `make local-up` on 127.0.0.1:3000)
     python -m local.stack.api_gateway --public   (the public face, on 127.0.0.1:3001)

@@ -1,4 +1,6 @@
-"""The users campusG's user service knows at the start of every local stack: runners with a
+"""The runners the local user service and localstripe know from the start of every stack.
+
+The users campusG's user service knows at the start of every local stack: runners with a
 Connect account, as the demo, the tests and the README's examples release to them.
 
 Both stand-ins start from this list: ``local.stack.user_service`` (who a runner is, which account is

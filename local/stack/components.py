@@ -1,5 +1,4 @@
-"""Every component of the local stack, in start order: the servers (kafka_broker,
-postgres_server, fake_services) and the Lambda emulators and stand-ins run from ``local.stack``."""
+"""Every component of the local stack, in start order, and the Python emulators' components."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from local.stack.settings import LocalSettings
 
 
 class PythonEmulator(Component):
-    """A long-running Lambda emulator in ``local/``; ready when it logs ``module`` READY."""
+    """A long-running emulator or stand-in run from ``local.stack``; ready when it logs READY."""
 
     module: str = ""
 

@@ -1,4 +1,6 @@
-"""The stack's MSK event source mapping as a process: configured from the environment, stopped
+"""The local MSK event source mapping's process: ``python -m local.stack.event_source``.
+
+The stack's MSK event source mapping as a process: configured from the environment, stopped
 by a signal, restarted when a Kafka poll hangs.
 
     python -m local.stack.event_source            (started by `make local-up`)

@@ -1,5 +1,4 @@
-"""How the local MSK event source mapping is configured: its settings (from the environment for
-the stack's own mapping, given directly by tests and benches) and its pause file."""
+"""The local MSK event source mapping's settings and its pause file."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""A local Amazon MSK event source mapping: Kafka records in, Lambda handler invoked, offsets
-committed only after the handler succeeded.
+"""The local Amazon MSK event source mapping: Kafka records in, a Lambda handler invoked.
+
+Offsets are committed only after the handler succeeded.
 
 What it reproduces of the AWS mapping:
 - a consumer group on the topic, batches of up to ``batch_size`` records of one partition

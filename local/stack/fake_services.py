@@ -1,5 +1,4 @@
-"""The emulated outside services' servers of the local stack: moto (AWS), localstripe and
-stripe-mock (Stripe), each a Component."""
+"""The stack's servers for outside services: moto (AWS), localstripe and stripe-mock (Stripe)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""A local stand-in for campusG's Clerk instance: an RS256 key and its JWKS, and session tokens
+"""A local stand-in for campusG's Clerk issuer: its JWKS, and session tokens signed with its key.
+
+A local stand-in for campusG's Clerk instance: an RS256 key and its JWKS, and session tokens
 signed with it, so the public history function verifies tokens locally exactly as in AWS.
 
     python -m local.stack.issuer                       (started by `make local-up` on 127.0.0.1:3002)

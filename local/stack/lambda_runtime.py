@@ -1,4 +1,6 @@
-"""What the Lambda runtime gives a handler, reproduced for local runs: a context object, a
+"""The Lambda runtime reproduced for local runs: context, handler import, warm containers.
+
+What the Lambda runtime gives a handler, reproduced for local runs: a context object, a
 module imported once from ``functions/<name>/app.py``, and a warm container (a child process
 that imported it once and serves one invocation at a time)."""
 

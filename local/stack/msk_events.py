@@ -1,5 +1,6 @@
-"""Kafka records in the shape Amazon MSK's event source mapping delivers them to Lambda, and
-the partial batch response read back (used by the local mapping)."""
+"""Kafka records as MSK's event source mapping hands them to Lambda, and its partial batch response.
+
+Used by the local mapping (``event_source_mapping``)."""
 
 from __future__ import annotations
 

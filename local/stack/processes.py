@@ -1,5 +1,6 @@
-"""Processes of the local stack: ports, pids, logs, and the Component base class that starts,
-waits for and stops one background server."""
+"""Processes of the local stack: ports, pids, logs and the Component base class.
+
+A Component starts, waits for and stops one background server."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Idempotent provisioning of a started stack: topics, AWS secrets and queue, the database and
-its schema, the localstripe webhook."""
+"""Idempotent provisioning of a started stack: topics, secrets, database, schema, webhook.
+
+The topics, the AWS secrets and queue, the database and its schema, the localstripe webhook:
+each step is safe to run again on a stack already provisioned."""
 
 from __future__ import annotations
 

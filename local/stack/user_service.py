@@ -1,4 +1,6 @@
-"""A local stand-in for campusG's user service: the routes the payment service and the tests
+"""A local stand-in for campusG's user service, in memory.
+
+A local stand-in for campusG's user service: the routes the payment service and the tests
 use, with campusG's answers, in memory (like localstripe, a double of an outside service).
 
     python -m local.stack.user_service          (started by `make local-up` on 127.0.0.1:3003)

@@ -1,4 +1,6 @@
-"""The benchmarks of the payment service on this machine, against the local stack: one module
+"""The benchmarks of the payment service against the local stack, one module per thing measured.
+
+The benchmarks of the payment service on this machine, against the local stack: one module
 per thing measured.
 
     python -m tools.bench          (make bench, __main__.py; starts the stack when it is not running)

@@ -1,4 +1,6 @@
-"""make bench, sections (a) and (b): what an authorize command costs the service itself, with a
+"""make bench (a) and (b): what an authorize command costs the service itself.
+
+make bench, sections (a) and (b): what an authorize command costs the service itself, with a
 zero-latency Stripe double and against localstripe, through ``handle_command_batch``."""
 
 from __future__ import annotations

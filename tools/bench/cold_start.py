@@ -1,5 +1,4 @@
-"""make bench, sections (e) and (f): what a cold start carries: the CPU seconds of importing
-each handler against a bare ``import boto3``, and the built layer's size."""
+"""make bench (e) and (f): the handlers' cold imports against boto3, and the layer's size."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""make bench, section (c): command to event, one at a time, through Kafka and the stack's own
-event source mapping (skipped when it is not running)."""
+"""make bench (c): command to event through Kafka and the stack's event source mapping."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What every benchmark section sets up the same way: the stack and its environment, the
+"""The set-up every benchmark section shares: stack, environment, Stripe double, commands, batches.
+
+What every benchmark section sets up the same way: the stack and its environment, the
 service's logs sent to a file, a zero-latency Stripe double, authorize commands as the saga
 sends them, MSK events, the service's gateways, batches run through the command handler."""
 

@@ -1,5 +1,4 @@
-"""The benchmark's own MSK event source mapping, on a topic of its own: created and dropped per
-run, fed orders, answered on payment_events (sections g and i)."""
+"""The benchmark's own MSK event source mapping, on a topic of its own (sections g and i)."""
 
 from __future__ import annotations
 

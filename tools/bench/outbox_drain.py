@@ -1,5 +1,4 @@
-"""make bench, section (h): how fast the outbox drains after a Kafka outage, under a steady
-load of authorize commands."""
+"""make bench (h): how fast the outbox drains after a Kafka outage, under a steady load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""PostgreSQL watched from outside for the database-cost section (i): CPU of the server's
+"""PostgreSQL watched from outside for section (i): server CPU, counters, service sessions.
+
+PostgreSQL watched from outside for the database-cost section (i): CPU of the server's
 processes from /proc, its statistics counters, and the service's sessions sampled against the
 Stripe requests in flight."""
 

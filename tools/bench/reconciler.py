@@ -1,4 +1,6 @@
-"""How fast the reconciler checks payments against Stripe, and what rate of final payments a
+"""make bench-reconciler: the reconciler's checks/s and the final payments a day it keeps up with.
+
+How fast the reconciler checks payments against Stripe, and what rate of final payments a
 day a run every 5 minutes keeps up with (issue 19).
 
     python -m tools.bench.reconciler [--finals 200] [--waiting 50] [--reads-per-second 10]

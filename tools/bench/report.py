@@ -1,5 +1,4 @@
-"""The benchmark's figures: one row per measurement, the table `make bench` prints, and the
-small helpers every section uses to compute and announce them."""
+"""The benchmark's rows, the table `make bench` prints, and the helpers that compute them."""
 
 from __future__ import annotations
 

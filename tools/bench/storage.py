@@ -1,4 +1,6 @@
-"""make bench, section (j): bytes stored per payment, and the table sizes, before and after a
+"""make bench (j): bytes stored per payment and table sizes, before and after retention.
+
+make bench, section (j): bytes stored per payment, and the table sizes, before and after a
 retention run (issue 19, bounded storage).
 
 In a scratch database (created, migrated, dropped here, so no test's leftovers count): ``orders``

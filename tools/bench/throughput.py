@@ -1,4 +1,6 @@
-"""make bench, section (g): throughput at Stripe's latency through the local mapping, against
+"""make bench (g): throughput at Stripe's latency through the local mapping.
+
+make bench, section (g): throughput at Stripe's latency through the local mapping, against
 the latency-only double, localstripe behind a latency proxy and raw localstripe: commands/s,
 command-to-event latency, duplicate holds, Lambda cost, and the database sessions tied up
 while Stripe answers."""

@@ -1,5 +1,4 @@
-"""make bench, section (d): signed Stripe webhooks through the payment_api handler in-process,
-each taking a payment from REQUIRES_ACTION to AUTHORIZED."""
+"""make bench (d): signed Stripe webhooks through the payment_api handler in-process."""
 
 from __future__ import annotations
 
