@@ -29,8 +29,8 @@ FUNCTION_CONCURRENCY = Ack(
     "CKV_AWS_115",
     "No reserved concurrency: Lambda keeps 100 of the account's concurrency unreserved, so a "
     "reservation fails in an account whose quota is still low; capacity.reserve_concurrency reserves "
-    "the authorize and API functions' (sized from the stage's rate) where the quota allows (README, "
-    "Sizing).",
+    "the authorize and API functions' (sized from the stage's rate) where the quota allows "
+    "(docs/sizing-and-costs.md).",
 )
 FUNCTION_NO_DLQ = Ack(
     "CKV_AWS_116",

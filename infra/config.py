@@ -85,7 +85,7 @@ class KafkaConfig:
     consumer_group_id: str
     # For the topics the stack creates (own cluster only). None: derived from
     # capacity.orders_per_second (infra/capacity/sizing.py). Raising it adds partitions, which
-    # remaps keys: drain first (README, "Sizing"); lowering it never removes any.
+    # remaps keys: drain first (docs/sizing-and-costs.md); lowering it never removes any.
     partitions: int | None
     replication_factor: int
     batch_size: int
@@ -121,12 +121,12 @@ class FunctionsConfig:
     memory_mb: int
     # The authorize function runs a pool of command_workers threads (payments_core.entrypoints.batch): more
     # CPU for them, and a timeout that covers kafka.batch_size x Stripe p99 / command_workers
-    # plus command_start_margin_ms (README, "Throughput": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
+    # plus command_start_margin_ms (docs/sizing-and-costs.md, "Partitions, workers": 100 x 2 s / 16 + 15 s = 27.5 s < 60 s).
     authorize_memory_mb: int
     authorize_timeout_seconds: int
     # None: the partition count where capacity.reserve_concurrency is on, no reservation where
     # it is off. Lambda keeps 100 of the account's concurrency unreserved, so reserving anything
-    # fails in an account whose quota is still low (README, "Sizing": the checklist).
+    # fails in an account whose quota is still low (docs/sizing-and-costs.md: the checklist).
     authorize_reserved_concurrency: int | None
     # The saga API's function. None: what capacity.orders_per_second needs where
     # capacity.reserve_concurrency is on, else no reservation (nothing bounds its database
@@ -137,6 +137,10 @@ class FunctionsConfig:
     command_start_margin_ms: int
     log_level: str
     log_retention_days: int
+    # The command function's Stripe requests per second, shared by its containers
+    # (STRIPE_ACCOUNT_REQUESTS_PER_SECOND). None: the write rate the capacity plan asks Stripe to
+    # grant (`make capacity`); set what Stripe actually granted (25 on a test-mode key).
+    stripe_account_requests_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class ApiConfig:
     waf_rate_limit: int | None = None  # per source IP per 5 minutes on the public API, bar /history/
     # Stripe's published webhook addresses (https://docs.stripe.com/ips#webhook-notifications),
     # exempt from waf_rate_limit: Stripe sends every endpoint's webhooks from these few. Keep it
-    # in step with Stripe's list (README, "The Stripe webhook's limits").
+    # in step with Stripe's list (docs/sizing-and-costs.md, "Stripe's webhook addresses").
     stripe_webhook_ips: list[str] = field(default_factory=list)
     # "none": the private API admits any caller through its VPC endpoint (campusG's unsigned
     # calls); "iam": every saga route needs SigV4 too, and the resource policy names, per route,
@@ -167,7 +171,7 @@ class ApiConfig:
     clerk_jwks_url: str | None = None  # default: <clerk_issuer>/.well-known/jwks.json
     frontend_origins: list[str] = field(default_factory=list)  # CORS: the only origins answered
     # Many students share a campus NAT's one address: the route's limits are sized for that
-    # address, not for one person (README, "The public history route").
+    # address, not for one person (docs/deploying.md, "The public history route").
     history_throttle_rate_limit: int = 100
     history_throttle_burst_limit: int = 200
     history_waf_rate_limit: int = 6000  # requests per source IP per 5 minutes on /history/
@@ -238,7 +242,7 @@ class BusinessConfig:
     payout_velocity_max_per_hour: int | None = None
     # The reconciler's Stripe calls per second (AUDIT_STRIPE_READS_PER_SECOND): its share of the
     # account's Stripe budget, which sets how many final payments a day its audit keeps up with
-    # (README, "Operations"). Raise it with the budget Stripe grants the account.
+    # (docs/operations.md). Raise it with the budget Stripe grants the account.
     audit_stripe_reads_per_second: float = 10.0
     # Delays before each further look at a stale payment still where it was (RECONCILE_BACKOFF_SECONDS)
     reconcile_backoff_seconds: list[int] = field(default_factory=lambda: [300, 900, 3600])
@@ -313,7 +317,7 @@ class CapacityConfig:
     # class is chosen to hold it with every other function's sessions.
     api_db_connections: int | None = None
     # Reserve the authorize and API functions' concurrency (derived unless set). Off where the
-    # account's Lambda concurrency quota is not known to allow it (README, "Sizing").
+    # account's Lambda concurrency quota is not known to allow it (docs/sizing-and-costs.md).
     reserve_concurrency: bool = False
 
 

@@ -1,26 +1,37 @@
 # The virtual environment: created on first use, refreshed when the lock or pyproject.toml changes.
+# Its Python is the Lambda runtime's version (infra/runtime.py) where that is installed, else
+# python3's with a warning; PYTHON=<interpreter> chooses another (tools/venv_python.py). A .venv
+# of another version is removed and built again.
 # Every package comes from the lock (tools/lock.py) with its hash checked: uv first, by pip, then
 # everything else by uv; the project itself last, without dependencies. The one package published
 # only as source (localstripe) is built with the locked setuptools (--build-constraints), the
 # project with the one just installed (--no-build-isolation): nothing unhashed is fetched.
-PYTHON ?= python3
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 VENV_STAMP := $(VENV)/.installed
+# the interpreter .venv is built from, written by tools/venv_python.py only when .venv is to be built
+VENV_BASE := $(VENV)/.base-python
 DEV_LOCK := requirements/dev.txt
+# what runs tools/venv_python.py (standard library only) before .venv exists
+BOOTSTRAP_PYTHON := $(or $(PYTHON),python3)
 
-$(VENV_STAMP): $(DEV_LOCK) pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+"; exit 1; }
+.PHONY: FORCE
+$(VENV_BASE): FORCE
+	@command -v $(BOOTSTRAP_PYTHON) >/dev/null || { echo "error: $(BOOTSTRAP_PYTHON) not found; install Python 3.11+"; exit 1; }
+	@$(BOOTSTRAP_PYTHON) -m tools.venv_python --venv $(VENV) --record $@ $(if $(PYTHON),--python '$(PYTHON)')
+
+$(VENV_STAMP): $(DEV_LOCK) pyproject.toml $(VENV_BASE)
 	@SECONDS=0; set -e; \
-	 test -x $(PY) || { echo "venv: creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }; \
+	 test -x $(PY) || { base=$$(cat $(VENV_BASE)); echo "venv: creating $(VENV) with $$($$base --version) ($$base)"; $$base -m venv $(VENV); }; \
 	 echo "venv: installing uv with pip from $(DEV_LOCK) (hashes required)"; \
 	 awk '/^uv==/ {p = 1} p {print} p && !/\\$$/ {exit}' $(DEV_LOCK) > $(VENV)/uv-requirement.txt; \
 	 $(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(VENV)/uv-requirement.txt; \
 	 echo "venv: installing the $$(grep -c '^[a-z]' $(DEV_LOCK)) packages of $(DEV_LOCK) with uv (hashes required), then the project"; \
 	 $(UV) pip install --python $(PY) --require-hashes -r $(DEV_LOCK) --build-constraints $(DEV_LOCK); \
 	 $(UV) pip install --python $(PY) --quiet --no-deps --no-build-isolation -e .; \
-	 echo "venv: ready in $${SECONDS}s"
+	 echo "venv: ready in $${SECONDS}s with $$($(PY) --version)"
 	@touch $@
 
 .PHONY: venv lock lint format

@@ -5,7 +5,7 @@ Each order, end to end, costs (the assumptions; change them here and every limit
 - **2-4 Stripe webhooks** (payment_intent.created, amount_capturable_updated or requires_action,
   succeeded or canceled, a charge event): sized at the upper end, ``WEBHOOKS_PER_ORDER`` = 4.
 - **an authorize**: arrives on Kafka (payment_commands), not through an API, so it counts in
-  no API limit (its database sessions are bounded by the partitions, README "Throughput").
+  no API limit (its database sessions are bounded by the partitions, docs/benchmarks.md "Throughput").
 - **a release or a revert, and a few reads** (status polls, details) on the saga's private API:
   ``SAGA_CALLS_PER_ORDER`` = 1 + 3 = 4.
 
@@ -18,7 +18,7 @@ Then, per limit (ceil everywhere; ``r`` = orders per second):
 - WAF per-IP limit     = webhook route rate x 300 s / number of listed Stripe addresses
   (at least ``WAF_MIN_LIMIT``): the listed addresses are exempt from it, so it binds everyone
   else, who may use at most one address's even share of the route; and an address Stripe adds
-  before the list is updated can still carry that share (README, "The Stripe webhook's limits");
+  before the list is updated can still carry that share (docs/sizing-and-costs.md, "Stripe's webhook addresses");
 - API function concurrency to reserve = saga rate x ``API_SECONDS_PER_REQUEST`` (Little's
   law), and at most ``capacity.api_db_connections``: each concurrent API container holds one
   session to the RDS Proxy, so the reservation is what bounds the API's database connections.
@@ -29,7 +29,7 @@ headroom (calls per order x r, for a 5-minute window at WAF) cannot carry the ra
 the synth, as does a reservation above the connection budget. With
 ``capacity.reserve_concurrency`` the reservation is derived when not set;
 ``capacity.api_db_connections`` is derived (the concurrency to reserve) when not set.
-``python -m infra.capacity`` prints every stage's plan (README, "Sizing").
+``python -m infra.capacity`` prints every stage's plan (docs/sizing-and-costs.md).
 """
 
 from __future__ import annotations

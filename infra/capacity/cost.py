@@ -1,8 +1,8 @@
 """An estimate of a stage's monthly bill at its target rate, item by item, with the prices used.
 
 Prices: on-demand list prices for ap-southeast-1 (Singapore), USD, as known on 2026-12-03. This
-repository cannot read AWS's price pages; the figures are those behind the README's idle-cost
-table (MSK Serverless, NAT, RDS, RDS Proxy, WAF) and AWS's published rates (Lambda arm64, API
+repository cannot read AWS's price pages; the figures are those behind the idle-cost
+table of docs/sizing-and-costs.md (MSK Serverless, NAT, RDS, RDS Proxy, WAF) and AWS's published rates (Lambda arm64, API
 Gateway REST's first tier). Check them in the AWS Pricing Calculator before quoting a budget.
 
 Traffic: the target rate is a peak. The month's orders are the rate x ``ORDERS_PER_MONTH_PER_RATE``,
@@ -26,7 +26,7 @@ ORDERS_PER_MONTH_PER_RATE = 50_000_000 / 12 / 500
 
 LAMBDA_GB_S_USD = 0.0000133334  # arm64
 LAMBDA_REQUEST_USD = 0.20 / 1e6
-# Measured: README "Throughput", Lambda $ per 1,000 authorize commands at 512 MB, pool of 16
+# Measured: docs/benchmarks.md "Throughput", Lambda $ per 1,000 authorize commands at 512 MB, pool of 16
 # ($0.00030), doubled for the deployed 1,024 MB.
 LAMBDA_USD_PER_COMMAND = 0.00060 / 1000
 WEBHOOK_GB_S = 0.5 * 0.05  # 512 MB x ~50 ms
@@ -52,7 +52,7 @@ WAF_PER_MILLION_USD = 0.60
 
 NAT_HOUR_USD = 0.059
 NAT_GB_USD = 0.059
-KB_PER_ORDER_NAT = 5 * 5.0  # five Stripe calls of ~5 KB, through the NAT gateway
+KB_PER_ORDER_NAT = 3 * 5.0  # three Stripe calls of ~5 KB (create, capture, transfer), through the NAT gateway
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ PG_CPU_S_PER_COMMAND = 3.5 / 1000
 PG_CPU_TARGET = 0.6
 WEBHOOK_SECONDS = 0.05  # one webhook's database session (p99 11 ms in process; proxy round trips)
 RELAY_SESSIONS = 2  # one scheduled invocation a minute; two overlap at most
-AUDIT_SESSIONS = 2  # the reconciler and the retention job
+# The reconciler holds its own connection and one per worker (RECONCILE_WORKERS: the stack
+# leaves it at payments_core.config's default, 4); the retention job holds one.
+RECONCILE_WORKERS = 4
+AUDIT_SESSIONS = 1 + RECONCILE_WORKERS + 1
 DIRECT_SESSIONS = 3  # outside the proxy: the migration and the two secret rotations
 OPERATOR_SESSIONS = 5  # psql, monitoring
 

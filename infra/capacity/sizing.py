@@ -4,10 +4,13 @@ database class and its connection budget, the RDS Proxy's settings and the Strip
 Per order (``r`` = orders per second; the API's own assumptions are in api_limits.py):
 
 - **2 commands** on ``payment_commands`` (an authorize, then a release or a revert);
-- a partition carries **25 commands/s** (measured: README, "Throughput at Stripe's latency",
+- a partition carries **25 commands/s** (measured: docs/benchmarks.md, "Throughput at Stripe's latency",
   pool of 16 workers, Stripe at 300 ms), so partitions = max(3, ceil(2 r / 25));
-- **5 Stripe calls** for a released order (3 writes: create-and-confirm, capture, transfer; 2
-  reads), plus the audit's ``AUDIT_STRIPE_READS_PER_SECOND`` (10) reads;
+- **3 Stripe calls** for a released order on a first attempt (3 writes: create-and-confirm,
+  capture, transfer; no read: lookups happen only after a recorded earlier attempt, and the
+  payout account's verdict is kept ``PAYOUT_ACCOUNT_CHECK_TTL_SECONDS`` per container, so its
+  reads are at most runners x containers an hour, inside the headroom), plus the audit's
+  ``AUDIT_STRIPE_READS_PER_SECOND`` (10) reads;
 - **3.5 CPU-seconds of PostgreSQL per 1,000 commands** (measured, issue 19), kept under 60 % of
   the class's vCPUs.
 
@@ -41,10 +44,11 @@ TOPICS = 3  # commands, events and the dead-letter topic, all created with kafka
 RECORD_KB = 2.0  # a command or event on the wire, with headers (estimate; ~1 KB of JSON)
 POLLER_SPARE = 2  # max pollers: twice what the partitions need, for a backlog's throughput
 STRIPE_WRITES_PER_ORDER = 3
-STRIPE_READS_PER_ORDER = 2
+STRIPE_READS_PER_ORDER = 0  # see the module's docstring: lookups only after an earlier attempt
 AUDIT_STRIPE_READS_PER_S = 10  # payments_core.config: AUDIT_STRIPE_READS_PER_SECOND
+MAX_STRIPE_BUDGET = 10_000.0  # payments_core.config.MAX_STRIPE_REQUESTS_PER_SECOND
 STRIPE_REQUEST_HEADROOM = 1.5  # ask Stripe for this much above the need: retries, bursts
-STRIPE_LATENCY_S = 0.4  # a PaymentIntent create-and-confirm (README, "Throughput")
+STRIPE_LATENCY_S = 0.4  # a PaymentIntent create-and-confirm (docs/benchmarks.md, "Throughput")
 STRIPE_P99_S = 2.0
 DB_TIMEOUT_S = 5  # payments_core.config: DB_TIMEOUT_SECONDS, the functions' socket timeout
 
@@ -200,6 +204,16 @@ def size(config: StageConfig) -> Sizing:
 
     writes = STRIPE_WRITES_PER_ORDER * r
     reads = STRIPE_READS_PER_ORDER * r + AUDIT_STRIPE_READS_PER_S
+    budget = fc.stripe_account_requests_per_second
+    if budget is not None and not 0 < budget <= MAX_STRIPE_BUDGET:
+        raise ValueError(
+            f"{name}: functions.stripe_account_requests_per_second must be above 0 and at most {MAX_STRIPE_BUDGET:g}"
+        )
+    if budget is not None and budget < writes:
+        raise refuse(
+            "functions.stripe_account_requests_per_second", budget, writes,
+            f"{STRIPE_WRITES_PER_ORDER} Stripe writes per released order x {r:g} orders/s (the command function paces to it)",
+        )  # fmt: skip
     stripe_writes = Item(
         _at_least(writes * STRIPE_REQUEST_HEADROOM, pub.STRIPE_LIVE_WRITES_PER_S),
         f"{STRIPE_WRITES_PER_ORDER} writes per order x {r:g} = {writes:g}/s, x {STRIPE_REQUEST_HEADROOM:g}",

@@ -131,6 +131,7 @@ class Functions(Construct):
                 # The account's Stripe budget is shared evenly by the containers that can run at
                 # once: one invocation per partition (payments_core.adapters.stripe_api.stripe_throttle)
                 "STRIPE_BUDGET_CONTAINERS": str(plan.partitions.value),
+                "STRIPE_ACCOUNT_REQUESTS_PER_SECOND": f"{fc.stripe_account_requests_per_second or plan.stripe_writes.value:g}",
                 "COMMAND_START_MARGIN_MS": str(fc.command_start_margin_ms),
                 **_command_integrations(config),
             },

@@ -208,7 +208,7 @@ class Monitoring(Construct):
                 service_metric_(name, "Maximum"),
                 config.check_backlog_age_threshold_seconds,
                 f"{what} longer than {config.check_backlog_age_threshold_seconds} s for their check against "
-                "Stripe: the reconciler is behind (README, Operations)",
+                "Stripe: the reconciler is behind (docs/operations.md)",
                 periods=2,
             )
         alarm(

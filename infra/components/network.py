@@ -153,7 +153,7 @@ class Network(Construct):
             if setting == SKIP:
                 continue
             if setting:
-                # Someone else's endpoint: its security group is theirs to open (README); we
+                # Someone else's endpoint: its security group is theirs to open (docs/deploying.md); we
                 # import it without one, so admit_client adds no rule to it.
                 self.endpoints.append(
                     ec2.InterfaceVpcEndpoint.from_interface_vpc_endpoint_attributes(

@@ -3,7 +3,7 @@
 the template, and later deploys do not overwrite what the operator stored.
 
 One restricted key (``rk_…``) per function that calls Stripe, each with only the Stripe
-permissions its code needs (README, "Stripe restricted keys"), and the webhook signing secret.
+permissions its code needs (docs/deploying.md, "Stripe restricted keys"), and the webhook signing secret.
 All of them are encrypted with one customer-managed KMS key (rotated yearly) and each carries a
 resource policy that refuses ``GetSecretValue`` to every principal but the function roles that
 read it and the account root (administration, break-glass): AWS's documented

@@ -158,7 +158,7 @@ class PaymentServiceStack(Stack):
             service_token=provider.service_token,
             properties={
                 "Topics": functions.topics,
-                # Grows with the profile (after a drain: README, "Sizing"); a lower value never
+                # Grows with the profile (after a drain: docs/sizing-and-costs.md); a lower value never
                 # removes partitions (payments_core.adapters.kafka.topics leaves an existing topic's count alone).
                 "Partitions": str(self.plan.partitions.value),
                 "ReplicationFactor": str(kc.replication_factor),

@@ -181,3 +181,66 @@ def test_api_function_reservation(tmp_path_factory: pytest.TempPathFactory) -> N
     fn = _api_function(raw)
     assert fn["Properties"]["ReservedConcurrentExecutions"] == 6
     assert "CKV_AWS_115" not in [s["id"] for s in fn["Metadata"]["checkov"]["skip"]]
+
+
+AUTHORIZE_DESCRIPTION = "payment_commands consumer: authorize, release, revert"
+
+
+def _authorize_env(raw: dict[str, Any]) -> dict[str, str]:
+    (fn,) = [
+        f
+        for f in resources(raw, "AWS::Lambda::Function").values()
+        if f["Properties"].get("Description", "").startswith(AUTHORIZE_DESCRIPTION)
+    ]
+    return dict(fn["Properties"]["Environment"]["Variables"])
+
+
+def test_the_command_function_may_send_stripe_what_its_rate_needs(tmp_path_factory: Any) -> None:
+    """The command function paces its Stripe requests to STRIPE_ACCOUNT_REQUESTS_PER_SECOND
+    (80/s when unset): at 50 orders/s a release alone needs 150 writes/s, so an unset budget
+    would cap the stage near 26 orders/s. The budget is what the plan asks Stripe to grant,
+    unless the stage sets what Stripe granted."""
+    rate = 50
+    raw = synth_dev(
+        tmp_path_factory.mktemp("cdk-budget"), {"stages": {"dev": {"capacity": {"orders_per_second": rate}}}}
+    )
+    plan = capacity.plan(_stage("dev", capacity={"orders_per_second": rate}))
+    budget = float(_authorize_env(raw)["STRIPE_ACCOUNT_REQUESTS_PER_SECOND"])
+    assert budget == plan.stripe_writes.value >= 3 * rate
+    granted = synth_dev(
+        tmp_path_factory.mktemp("cdk-granted"),
+        {
+            "stages": {
+                "dev": {
+                    "capacity": {"orders_per_second": rate},
+                    "functions": {"stripe_account_requests_per_second": 400},
+                }
+            }
+        },
+    )
+    assert float(_authorize_env(granted)["STRIPE_ACCOUNT_REQUESTS_PER_SECOND"]) == 400
+
+
+def test_a_stripe_budget_below_the_rate_fails_with_one_line() -> None:
+    with pytest.raises(
+        ValueError, match=r"functions.stripe_account_requests_per_second=100.*needs at least 150"
+    ):
+        capacity.plan(
+            _stage(
+                "dev",
+                capacity={"orders_per_second": 50},
+                functions={"stripe_account_requests_per_second": 100},
+            )
+        )
+    with pytest.raises(ValueError, match="must be above 0"):
+        capacity.plan(_stage("dev", functions={"stripe_account_requests_per_second": 0}))
+
+
+def test_the_connection_budget_counts_the_reconcilers_workers() -> None:
+    """A reconciler run holds its own connection and one per worker (RECONCILE_WORKERS, not set
+    by the stack: its default), beside the retention job's one."""
+    from payments_core.config import Settings
+
+    workers = Settings.__dataclass_fields__["reconcile_workers"].default
+    assert isinstance(workers, int) and workers >= 1
+    assert capacity.plan(_stage("dev")).sessions.audit == 1 + workers + 1

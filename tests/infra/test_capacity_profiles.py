@@ -179,6 +179,6 @@ def test_synth_entry_point_says_why_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr  # jsii may print a Node.js banner before it: the last line
     assert run.stderr.strip().splitlines()[-1] == (
         "synth: error: dev: database.instance_type=t4g.micro cannot carry capacity.orders_per_second=20 "
-        "(needs 91 sessions through the proxy and 0.23 vCPU of PostgreSQL; it has 73 and 2); "
+        "(needs 95 sessions through the proxy and 0.23 vCPU of PostgreSQL; it has 73 and 2); "
         "raise it, or remove it to derive t4g.small"
     )

@@ -63,7 +63,7 @@ def test_nat_gateways_per_stage(
 def test_committed_stages_fit_the_default_elastic_ip_quota() -> None:
     cfg = load(json.loads((ROOT / "cdk.json").read_text())["context"][CONTEXT_KEY])
     # The stages deployed in one account: dev by hand, the pipeline's; not a sizing profile such
-    # as campus1000 (it synthesizes, nothing deploys it: README, "Sizing").
+    # as campus1000 (it synthesizes, nothing deploys it: docs/sizing-and-costs.md).
     deployed = ["dev", *cfg.pipeline.stages]
     own_vpc = [cfg.stage(s).network for s in deployed if not cfg.stage(s).network.vpc_id]
     assert sum(n.nat_gateways for n in own_vpc) < ELASTIC_IP_QUOTA

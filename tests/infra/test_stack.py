@@ -68,12 +68,12 @@ def test_kafka_trigger(dev: Template, dev_raw: dict[str, Any]) -> None:
             # long enough to ride out a database restart or a Stripe outage; then the DLQ
             "MaximumRetryAttempts": 1000,
             "MaximumRecordAgeInSeconds": 21600,
-            # the record itself, on a topic of the same cluster (README, Operations): what redrive reads
+            # the record itself, on a topic of the same cluster (docs/operations.md): what redrive reads
             "DestinationConfig": {"OnFailure": {"Destination": "kafka://payment_commands.dev.dlq"}},
             "AmazonManagedKafkaEventSourceConfig": {"ConsumerGroupId": "payment-service-authorize-dev"},
             "MetricsConfig": {"Metrics": Match.array_with(["KafkaMetrics"])},
             "StartingPosition": "TRIM_HORIZON",
-            "BatchSize": 100,  # fills the pool of 16 workers (README, Sizing)
+            "BatchSize": 100,  # fills the pool of 16 workers (docs/sizing-and-costs.md)
             "MaximumBatchingWindowInSeconds": 1,
             "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 2},
         },
@@ -394,7 +394,7 @@ def test_rotation_failures_and_alarm_email(dev: Template, dev_raw: dict[str, Any
             "Targets": [Match.object_like({"Arn": {"Ref": topic}})],
         },
     )
-    # cdk.json leaves alarm_email empty: no subscription until the README's first-deploy step
+    # cdk.json leaves alarm_email empty: no subscription until docs/deploying.md's first-deploy step
     dev.resource_count_is("AWS::SNS::Subscription", 0)
 
 

@@ -341,10 +341,10 @@ def code_actions() -> dict[str, set[str]]:
         if call in grow
     }
     # The redrive's reader: a consumer without a group (assign and seek), so no group actions.
-    redrive = _source("redrive")
+    redrive = _source("topic_reader")
     if "KafkaConsumer(" in redrive:
         assert re.search(r'"group_id":\s*None', redrive), "a group would need DescribeGroup/AlterGroup"
-        actions["redrive"] = {"kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"}
+        actions["topic_reader"] = {"kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"}
     return actions
 
 
@@ -526,7 +526,7 @@ def capabilities(function: str, routes: set[tuple[str, str]] = frozenset()) -> s
         found.add("admin")
     if "migrate" in modules:
         found.add("migrate")
-    if "redrive" in modules:  # reads the dead-letter topic (no consumer group)
+    if "topic_reader" in modules:  # reads the dead-letter topic (no consumer group)
         found.add("read_dead_letters")
     return found
 
@@ -664,7 +664,9 @@ def expected(raw: dict[str, Any], props: dict[str, Any]) -> set[tuple[str, str]]
         need.update((a, "queue") for a in actions["dead_letters"])
     if "read_dead_letters" in uses:
         need.add(("kafka-cluster:Connect", "cluster"))
-        need.update((a, f"topic:{env['DEAD_LETTER_TOPIC']}") for a in actions["redrive"])  # + Connect above
+        need.update(
+            (a, f"topic:{env['DEAD_LETTER_TOPIC']}") for a in actions["topic_reader"]
+        )  # + Connect above
     topics = [env["PAYMENT_EVENTS_TOPIC"]] if "produce" in uses else []
     if "produce_commands" in uses:
         topics.append(env["PAYMENT_COMMANDS_TOPIC"])

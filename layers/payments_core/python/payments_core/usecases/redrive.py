@@ -20,12 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from payments_core.adapters.kafka.kafka_gateway import EventPublisher, KafkaEventPublisher, OutgoingMessage
+from payments_core.adapters.kafka.topic_reader import TopicUnreadable, read_topic
 from payments_core.config import Settings, get_settings
 from payments_core.domain.contracts import command_references
 from payments_core.observability import count, logger
@@ -185,52 +185,13 @@ def requeue_message(letter: DeadLetter, commands_topic: str) -> OutgoingMessage:
 def read_dead_letters(settings: Settings | None = None, timeout_s: float = 10.0) -> list[DeadLetter]:
     """Every record on the dead-letter topic, oldest first per partition (no consumer group:
     reading commits nothing and moves nothing)."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
-
     s = settings or get_settings()
-    config: dict[str, Any] = {
-        "bootstrap_servers": s.kafka_bootstrap_servers.split(","),
-        "security_protocol": s.kafka_security_protocol,
-        "client_id": "payment-service-redrive",
-        "group_id": None,
-        "enable_auto_commit": False,
-        "request_timeout_ms": int(timeout_s * 1000) + 1000,
-        "bootstrap_timeout_ms": int(timeout_s * 1000),
-    }
-    if s.kafka_security_protocol.startswith("SASL"):
-        config["sasl_mechanism"] = s.kafka_sasl_mechanism
     try:
-        consumer = KafkaConsumer(**config)
-    except (KafkaTimeoutError, KafkaConnectionError) as exc:
-        raise RedriveError(
-            f"Kafka unreachable at {s.kafka_bootstrap_servers} ({type(exc).__name__}): "
-            "start the local stack (make local-up) or set KAFKA_BOOTSTRAP_SERVERS"
-        ) from exc
-    try:
-        partitions = consumer.partitions_for_topic(s.dead_letter_topic)
-        if not partitions:
-            return []  # the topic does not exist yet: nothing was ever dead-lettered
-        tps = [TopicPartition(s.dead_letter_topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        letters: dict[Any, list[DeadLetter]] = {tp: [] for tp in tps}
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise RedriveError(
-                    f"timed out reading {s.dead_letter_topic}: check the broker, then run it again"
-                )
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                letters[tp].extend(
-                    parse_letter(r.partition, r.offset, r.key, r.value, r.headers or [])
-                    for r in records
-                    if r.offset < ends[tp]
-                )
-        return [letter for tp in tps for letter in letters[tp]]
-    finally:
-        consumer.close()
+        return read_topic(
+            s, s.dead_letter_topic, parse_letter, client_id="payment-service-redrive", timeout_s=timeout_s
+        )
+    except TopicUnreadable as exc:
+        raise RedriveError(str(exc)) from exc
 
 
 def requeue(

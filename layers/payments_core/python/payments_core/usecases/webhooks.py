@@ -17,6 +17,7 @@ from payments_core.adapters.postgres import outbox, repository
 from payments_core.adapters.services import Services
 from payments_core.adapters.stripe_api import secret_checks
 from payments_core.adapters.stripe_api.stripe_gateway import IntentSnapshot
+from payments_core.adapters.stripe_api.webhook_signatures import signature_failure
 from payments_core.domain.errors import TransientError
 from payments_core.observability import count, logger
 from payments_core.usecases import leases, lifecycle, reconciliation
@@ -61,7 +62,6 @@ SIGNATURE_REJECTED_METRIC = "WebhookSignatureRejected"
 # cache), at most this often per container: a secret rolled at Stripe and updated in Secrets
 # Manager is then accepted within seconds, while forged requests cannot drive Secrets Manager.
 SECRET_REFETCH_INTERVAL_SECONDS = 30.0
-_NO_MATCH = "No signatures found matching"
 
 
 class _RefetchGate:
@@ -101,13 +101,13 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     tolerance = services.settings.webhook_tolerance_seconds
     # Never verify with a placeholder: refuses (log line, metric, 500) unless each is a whsec_ value.
     secrets = secret_checks.webhook_secrets(secret_id)
-    failure = _signature_failure(payload, signature_header, secrets, tolerance)
+    failure = signature_failure(payload, signature_header, secrets, tolerance)
     if failure is not None and secret_refetch.allow(secret_id, SECRET_REFETCH_INTERVAL_SECONDS):
         # The secret may have been rolled since it was cached.
         fresh = secret_checks.webhook_secrets(secret_id, fresh=True)
         if fresh != secrets:
             logger.info("webhook signing secret changed in Secrets Manager", extra={"secret_id": secret_id})
-            failure = _signature_failure(payload, signature_header, fresh, tolerance)
+            failure = signature_failure(payload, signature_header, fresh, tolerance)
     if failure is not None:
         count(SIGNATURE_REJECTED_METRIC)
         raise WebhookRejected(f"signature verification failed: {failure}")
@@ -122,24 +122,6 @@ def verify_event(raw_body: bytes, signature_header: str | None, services: Servic
     ):
         raise WebhookRejected("body is not a Stripe event", INVALID_PAYLOAD)
     return event
-
-
-def _signature_failure(payload: str, header: str, secrets: tuple[str, ...], tolerance: int) -> str | None:
-    """None when one of ``secrets`` verifies the header, else why not. stripe-python accepts
-    any of the header's ``v1`` signatures (Stripe sends one per active secret during its own
-    roll) but takes one secret: each is tried. A signature that matches but is too old says so
-    rather than "no match"."""
-    import stripe
-
-    reasons: list[str] = []
-    for secret in secrets:
-        try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=tolerance)
-        except stripe.SignatureVerificationError as exc:
-            reasons.append(str(exc.user_message or exc))
-        else:
-            return None
-    return next((r for r in reasons if not r.startswith(_NO_MATCH)), reasons[0] if reasons else "no secret")
 
 
 # Stripe objects other than PaymentIntents that feed the settlement audit: a transfer or a
