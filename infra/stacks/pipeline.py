@@ -21,6 +21,7 @@ from constructs import Construct, IConstruct
 from infra import checkov
 from infra.config import AppConfig, StageConfig
 from infra.nag import Suppression, suppress
+from infra.runtime import PYTHON_VERSION
 from infra.stacks.payment_service import PaymentServiceStack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +29,23 @@ ROOT = Path(__file__).resolve().parents[2]
 # stack (Kafka needs a JRE). Debian packages `chromium` itself (Ubuntu, under CodeBuild's standard
 # images, only ships a snap stub), so the build runs on Debian bookworm with Node 22 for the CDK CLI.
 BUILD_IMAGE = "public.ecr.aws/docker/library/node:22-bookworm"
+
+
+def _locked_uv() -> str:
+    found = re.search(r"^uv==([\d.]+)", (ROOT / "requirements" / "dev.txt").read_text(), re.MULTILINE)
+    if found is None:
+        raise ValueError("requirements/dev.txt pins no uv: run make lock")
+    return found.group(1)
+
+
+# Debian's python3 is 3.11; the functions run on the runtime's Python (infra/runtime.py), so the
+# build installs it with the uv of the lock, where `make venv` finds it (tools/venv_python.py).
 SYNTH_INSTALL = [
     "apt-get update",
     "apt-get install -y --no-install-recommends chromium openjdk-17-jre-headless "
     "python3 python3-venv python3-pip make",
+    f"python3 -m pip install --break-system-packages uv=={_locked_uv()}",
+    f"uv python install {PYTHON_VERSION}",
 ]
 
 

@@ -150,3 +150,16 @@ def test_pipeline_stacks_are_not_make_deploys_stacks(synth: Synth) -> None:
         ]
         assert names == [pipeline_stack_name(name)]
         assert names[0] != stack_name(name)
+
+
+def test_pipeline_build_runs_the_lambda_runtimes_python(synth: Synth) -> None:
+    """Debian bookworm's python3 is 3.11: the build installs the runtime's Python with the uv of
+    the lock, so `make venv` builds .venv on it there as here (tools/venv_python.py)."""
+    from infra.runtime import PYTHON_VERSION
+
+    (build,) = [p for k, p in _projects(synth).items() if "Synth" in k]
+    installs = json.loads(build["Source"]["BuildSpec"])["phases"]["install"]["commands"]
+    locked = re.search(r"^uv==([\d.]+)", (ROOT / "requirements" / "dev.txt").read_text(), re.MULTILINE)
+    assert locked, "uv is in the lock"
+    assert any(f"uv=={locked.group(1)}" in c for c in installs), installs
+    assert f"uv python install {PYTHON_VERSION}" in installs
