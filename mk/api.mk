@@ -8,4 +8,4 @@ openapi-check: venv ## fail when docs/openapi.json and the routes disagree
 	@$(PY) scripts/openapi.py --check
 
 invoke-webhook: venv ## re-sign events/api_stripe_webhook.json now and invoke payment_api with it
-	@$(PY) scripts/sign_webhook_event.py events/api_stripe_webhook.json | $(PY) -m local.invoke payment_api -
+	@$(PY) scripts/sign_webhook_event.py events/api_stripe_webhook.json | $(PY) -m local.stack.invoke payment_api -

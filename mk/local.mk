@@ -21,21 +21,21 @@ local-logs: venv ## where each component logs; C=<component or function> prints 
 local-token: venv ## print a session token of the local issuer: make -s local-token USER=<id> [ORIGIN=<azp>]
 	@if [ "$(origin USER)" != "command line" ] || [ -z "$(USER)" ]; then \
 		echo "usage: make -s local-token USER=<clerk user id> [ORIGIN=<origin, default the frontend's>]" >&2; exit 2; fi
-	@$(PY) -m local.issuer token "$(USER)" --origin "$(ORIGIN)"
+	@$(PY) -m local.stack.issuer token "$(USER)" --origin "$(ORIGIN)"
 
 invoke: venv ## run a handler locally: make invoke FN=authorize_payment EVENT=events/x.json
 	@if [ -z "$(FN)" ] || [ -z "$(EVENT)" ]; then \
 		echo "usage: make invoke FN=<function under functions/> EVENT=<event json file>" >&2; exit 2; fi
-	@$(PY) -m local.invoke "$(FN)" "$(EVENT)"
+	@$(PY) -m local.stack.invoke "$(FN)" "$(EVENT)"
 
 test: venv lint chromium compose-cli ## lint, then unit, integration and infra tests on the local stack (starts/stops it)
-	@$(PY) -m local.testrun $(PYTEST_ARGS)
+	@$(PY) -m local.stack.testrun $(PYTEST_ARGS)
 
 unit: venv ## the unit tests alone: no stack, no lint, seconds (PYTEST_ARGS=… passes options)
 	@$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test-one: venv ## one test, file or -k selection: make test-one T=<pytest node id>; starts only what it needs
-	@$(PY) -m local.testrun --one $(T) $(PYTEST_ARGS)
+	@$(PY) -m local.stack.testrun --one $(T) $(PYTEST_ARGS)
 
 compose-cli: venv ## build the Docker Compose CLI (pinned, from source, cached) that checks docker-compose.local.yml
-	@$(PY) -m local.compose_cli
+	@$(PY) -m local.stack.compose_cli

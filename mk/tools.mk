@@ -11,7 +11,7 @@ bench: venv ## measure authorize/webhook overhead, end-to-end latency, cold impo
 	@$(PY) -m tools.bench
 
 bench-reconciler: venv ## the reconciler's checks/s at its Stripe pace and the final payments a day it keeps up with (LATENCY_MS=300)
-	@$(PY) -m tools.reconcile_bench --latency-ms $(or $(LATENCY_MS),300)
+	@$(PY) -m tools.bench.reconciler --latency-ms $(or $(LATENCY_MS),300)
 
 demo: venv ## play the campusG payment conversation against the local stack (starts it; leaves it running)
 	@$(PY) -m local.stack up

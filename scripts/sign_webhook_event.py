@@ -1,6 +1,6 @@
 """Re-sign the Stripe webhook inside an API Gateway event with the current time, so the 300 s
 tolerance accepts it, and print the event (for `make invoke-webhook` or a pipe into
-`python -m local.invoke payment_api -`). The secret is STRIPE_WEBHOOK_SECRET, else the local one.
+`python -m local.stack.invoke payment_api -`). The secret is STRIPE_WEBHOOK_SECRET, else the local one.
 
     python scripts/sign_webhook_event.py events/api_stripe_webhook.json
 """

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from local import stack
-from local.lambda_runtime import FakeLambdaContext, handler_path, load_module
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, LocalSettings, client_env
-from local.settings import load as load_local_settings
+from local.stack import control as stack
+from local.stack.lambda_runtime import FakeLambdaContext, handler_path, load_module
+from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, LocalSettings, client_env
+from local.stack.settings import load as load_local_settings
 
 REQUIRED_COMPONENTS = ("kafka", "postgres", "moto", "localstripe", "stripe-mock", "user-service")
 
@@ -34,7 +34,7 @@ def _clear_service_settings_cache() -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def local_env() -> Iterator[dict[str, str]]:
-    """The local stack's client environment (``local.settings.client_env()``), applied to
+    """The local stack's client environment (``local.stack.settings.client_env()``), applied to
     ``os.environ`` for the whole session and restored afterwards."""
     env = client_env()
     saved = {key: os.environ.get(key) for key in env}

@@ -32,8 +32,8 @@ from typing import Any
 
 import requests
 
-from local import stack
-from local.settings import (
+from local.stack import control as stack
+from local.stack.settings import (
     PAYMENT_COMMANDS_TOPIC,
     PAYMENT_EVENTS_TOPIC,
     STRIPE_SECRET_KEY,
@@ -386,7 +386,7 @@ class Order:
 def play(saga: Saga, t: Timeline) -> list[Order]:
     run = uuid.uuid4().hex[:6]
     user, runner = f"user_demo_{run}", f"user_runner_{run}"  # fresh ids, so GET /history is exact
-    runner_account = "acct_demo_runner"  # a Connect account of the local Stripe (local.campus_users)
+    runner_account = "acct_demo_runner"  # a Connect account of the local Stripe (local.stack.campus_users)
     orders: list[Order] = []
     t.say("  $", f"campusG's user service: {runner} registers Connect account {runner_account}")
     t.check(saga.register_runner(runner, runner_account), "runner registered", "the user service refused it")

@@ -281,8 +281,8 @@ def _stage_target(stage: str, context_file: str | None) -> tuple[Any, AwsTarget 
 
 
 def _local_target() -> LocalTarget:
-    from local.event_source import pause_file_path
-    from local.settings import PAYMENT_COMMANDS_TOPIC, client_env
+    from local.stack.event_source_config import pause_file_path
+    from local.stack.settings import PAYMENT_COMMANDS_TOPIC, client_env
 
     for name, value in client_env().items():
         os.environ.setdefault(name, value)

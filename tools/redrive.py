@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ids = [i for part in args.ids for i in part.replace(",", " ").split()]
 
-    from local.settings import client_env
+    from local.stack.settings import client_env
 
     for name, value in client_env().items():
         os.environ.setdefault(name, value)

@@ -108,7 +108,7 @@ def authorized_payment(
 def named_database(settings: Any, port: int, application_name: str, **options: Any) -> Database:
     """A Database on the local PostgreSQL whose sessions carry ``application_name``, so a test
     can find them in pg_stat_activity (to watch or to kill them)."""
-    from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
+    from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST
 
     params = {"user": DB_USER, "password": DB_PASSWORD, "host": HOST, "port": port, "database": DB_NAME}
     return Database(settings, **params, application_name=application_name, **options)
@@ -286,7 +286,7 @@ def authorize_handler(
 def scheduler_paused() -> Iterator[None]:
     """Stop the stack's scheduled outbox relay and reconciler for one test (restarted after),
     when the test must see what waits in the outbox before a relay runs."""
-    from local import stack
+    from local.stack import control as stack
 
     was_running = stack.is_running("scheduler")
     if was_running:

@@ -27,7 +27,8 @@ from conftest import CARD_3DS, CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize
 from payments_core.adapters.stripe_api.stripe_gateway import MAX_KEY_ATTEMPTS
 from webhook_helpers import encode, sign
 
-from local.strict_stripe import Ledger, StrictStripe
+from local.doubles.strict_stripe import StrictStripe
+from local.doubles.stripe_ledger import Ledger
 
 # What an order does after its authorize_payment (the sagas' paths, and their races).
 RELEASE = "release"  # released: SUCCEEDED, runner paid

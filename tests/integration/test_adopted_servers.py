@@ -20,7 +20,7 @@ from pathlib import Path
 import pg8000.native
 import pytest
 
-from local.settings import DB_NAME, DB_PASSWORD, DB_USER, REPO_ROOT
+from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs()]
 

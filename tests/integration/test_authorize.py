@@ -33,7 +33,7 @@ def test_command_through_kafka_yields_payment_authorized(
 ):
     """A command in the contract's exact shape, produced to payment_commands with no key (as the
     saga sends it), comes back as payment.authorized through the local event source mapping."""
-    from local import stack
+    from local.stack import control as stack
 
     if not stack.is_running("event-source"):
         pytest.fail("the local event-source mapping is not running: run `make local-up`", pytrace=False)

@@ -244,7 +244,7 @@ def test_copies_on_every_partition_through_the_local_mapping_make_one_hold(
 ):
     """Through Kafka: the mapping invokes the three partitions at once (three containers, each
     with its default pool), every one holding copies of the same command."""
-    from local import stack
+    from local.stack import control as stack
 
     if not stack.is_running("event-source"):
         pytest.fail("the local event-source mapping is not running: run `make local-up`", pytrace=False)
@@ -265,7 +265,7 @@ def test_a_burst_of_429s_slows_the_pool_and_the_batch_still_completes(pool_of, l
     off and retries within the invocation's time, instead of failing records."""
     import dataclasses
 
-    from local.stripe_latency import StripeLatencyDouble
+    from local.doubles.stripe_latency import StripeLatencyDouble
 
     double = StripeLatencyDouble(delay_s=0.05).start()
     try:
@@ -343,7 +343,8 @@ def test_local_mapping_invokes_partitions_in_parallel_each_one_at_a_time_in_orde
 ):
     """The local mapping, like AWS's: one invocation in flight per partition, the partitions'
     invocations at the same time (all three meet at a barrier), offsets in order."""
-    from local.event_source import EventSourceMapping, MappingConfig
+    from local.stack.event_source_config import MappingConfig
+    from local.stack.event_source_mapping import EventSourceMapping
 
     topic, dlq = make_topic(3), make_topic(1, prefix="dlq")
     producer = make_producer()

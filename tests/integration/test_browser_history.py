@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from local import stack
-from local.issuer import session_token
-from local.settings import LocalSettings
+from local.stack import control as stack
+from local.stack.issuer import session_token
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

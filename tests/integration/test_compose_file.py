@@ -1,7 +1,7 @@
 """docker-compose.local.yml against the stack it describes: Docker Compose itself validates the
 file (the CLI is built from source, pinned: `make compose-cli`), and the file runs the same
 versions, ports and credentials as `make local-up`, provisioning nothing of its own (topics,
-keys and secrets come from local/provision.py when `make local-up` adopts its servers)."""
+keys and secrets come from local/stack/provision.py when `make local-up` adopts its servers)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from local import compose_cli
-from local import settings as cfg
-from local.components import Postgres
+from local.stack import compose_cli
+from local.stack import settings as cfg
+from local.stack.postgres_server import Postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs()]
 
@@ -101,7 +101,7 @@ def test_ports_default_to_the_stacks_and_follow_its_variables(
     command = " ".join(services["localstripe"]["command"])
     assert services["localstripe"]["network_mode"] == "host"
     assert f"--host 127.0.0.1 --port ${{LOCAL_LOCALSTRIPE_PORT:-{defaults.localstripe_port}}}" in command
-    assert "local._localstripe" in command
+    assert "local.stack._localstripe" in command
     advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert f"PLAINTEXT_HOST://127.0.0.1:${{LOCAL_KAFKA_PORT:-{defaults.kafka_port}}}" in advertised
 

@@ -1,14 +1,14 @@
 """The crash drill (issue 12): the authorize function dies by SIGKILL at seeded random points
 while at least 300 orders go through it, then every order is checked against Stripe's own state.
 
-The function runs in a child process (``local.crash_runner``) behind the local MSK event
-source mapping (``local.event_source``, in this process, in place of the stack's): every
+The function runs in a child process (``local.doubles.crash_runner``) behind the local MSK event
+source mapping (``local.stack.event_source_mapping``, in this process, in place of the stack's): every
 invocation may be killed at the N-th crossing of a phase (before a Stripe request; after a
 money-moving Stripe answer, before the database commit; between a capture's answer and the
 transfer; before a COMMIT; after the commit, before the events are published) or at a random
 moment; the mapping then re-delivers the whole batch to a fresh child, as AWS does. The
 reconciler and the outbox relay run the same way (and die the same way) every second, in
-place of the stack's scheduler. Stripe is the strict double (``local.strict_stripe``) in front
+place of the stack's scheduler. Stripe is the strict double (``local.doubles.strict_stripe``) in front
 of localstripe, so idempotency keys, refunds and transfers behave as at Stripe.
 
 Workload: CRASH_DRILL_ORDERS (300) orders with seeded plans: released (over HTTP and over
@@ -56,12 +56,13 @@ from crash_drill_harness import CARD_NUMBERS, CUSTOMERS_PER_CARD, Workload, chec
 from payments_core.config import get_settings
 from payments_core.usecases import leases
 
-from local import stack
-from local.api_gateway import ROUTES, build_event, compile_routes
-from local.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKilled, CrashRunner
-from local.event_source import EventSourceMapping, MappingConfig
-from local.settings import PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
-from local.strict_stripe import StrictStripe
+from local.doubles.crash_runner import AFTER_STRIPE, DROPPED, PHASES, ChildKilled, CrashRunner
+from local.doubles.strict_stripe import StrictStripe
+from local.stack import control as stack
+from local.stack.api_events import ROUTES, build_event, compile_routes
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
+from local.stack.settings import PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from conftest import wait_for
 from kafka.admin import KafkaAdminClient
 from payments_core.adapters.kafka.partitions import PartitionGrowthRefused
 
-from local.settings import LocalSettings
+from local.stack.settings import LocalSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs("kafka")]
 

@@ -34,9 +34,9 @@ from typing import Any
 import pytest
 from conftest import CARD_DECLINED_ON_CHARGE, CARD_OK, Card, authorize_command
 
-from local import stack
-from local.settings import DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
-from local.strict_stripe import StrictStripe
+from local.doubles.strict_stripe import StrictStripe
+from local.stack import control as stack
+from local.stack.settings import DEAD_LETTER_TOPIC, PAYMENT_COMMANDS_TOPIC, PAYMENT_EVENTS_TOPIC, client_env
 
 pytestmark = pytest.mark.integration
 
@@ -516,7 +516,7 @@ def _log_counter(path: Path) -> Callable[[], dict[str, int]]:
 
 
 def _esm_log() -> Path:
-    from local.settings import load
+    from local.stack.settings import load
 
     return load().log_path("event-source")
 
@@ -574,7 +574,7 @@ def test_postgres_restart_mid_stream(drill: Callable[[str], Drill]) -> None:
 def _reconnect(d: Drill) -> Any:
     import pg8000.native
 
-    from local.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, load
+    from local.stack.settings import DB_NAME, DB_PASSWORD, DB_USER, HOST, load
 
     with contextlib.suppress(Exception):  # the connection did not survive the restart
         d.pg.run("SELECT 1")
@@ -600,11 +600,11 @@ def own_event_source(tmp_path: Path) -> Iterator[Callable[[str], tuple[subproces
         env["STRIPE_API_BASE"] = stripe_api_base
         out = log.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "local.event_source"],
+            [sys.executable, "-u", "-m", "local.stack.event_source"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=str(Path(stack.__file__).resolve().parent.parent),
+            cwd=str(Path(stack.__file__).resolve().parents[2]),
             env=env,
             start_new_session=True,
         )
@@ -639,7 +639,7 @@ def test_stripe_answers_500_for_a_while(
     drill: Callable[[str], Drill], own_event_source: Any, local_env: dict[str, str]
 ) -> None:
     """200 commands (190 orders + 10 exact duplicates) through our own event-source mapping
-    whose Stripe is the strict double in front of localstripe (local/strict_stripe.py: Stripe's
+    whose Stripe is the strict double in front of localstripe (local/doubles/strict_stripe.py: Stripe's
     idempotency, 500s included): halfway through the stream, every Stripe request is answered
     500 for 8 seconds, in turn without reaching localstripe, after localstripe acted with its
     answer lost (a retry with the key gets the true answer), and after localstripe acted with

@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from local.api_gateway import ApiGateway, make_server
-from local.event_source import EventSourceMapping, MappingConfig
-from local.lambda_runtime import load_module
-from local.scheduler import Job, Scheduler
-from local.settings import HOST, LocalSettings
+from local.stack.api_gateway import ApiGateway, make_server
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
+from local.stack.lambda_runtime import load_module
+from local.stack.scheduler import Job, Scheduler
+from local.stack.settings import HOST, LocalSettings
 
 pytestmark = pytest.mark.integration
 
@@ -511,7 +512,7 @@ def test_mapping_restarts_itself_when_a_poll_hangs(local_env: dict[str, str], tm
     log_path = tmp_path / "esm.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "local.event_source"],
+            [sys.executable, "-u", "-m", "local.stack.event_source"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from local.settings import (
+from local.stack.settings import (
     DB_NAME,
     DB_SECRET_ID,
     DEAD_LETTER_QUEUE_NAME,

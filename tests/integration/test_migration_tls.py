@@ -41,8 +41,8 @@ from payments_core.domain.errors import TransientError
 from payments_core.usecases import retention
 
 from infra.build_layer import rds_ca_bundle
-from local.components import Postgres
-from local.settings import LocalSettings
+from local.stack.postgres_server import Postgres
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

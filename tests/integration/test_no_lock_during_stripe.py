@@ -22,8 +22,8 @@ from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
 from payments_core.entrypoints.commands import handle_command_batch
 
-from local import db_activity
-from local.stripe_latency import StripeLatencyDouble
+from local.doubles import db_activity
+from local.doubles.stripe_latency import StripeLatencyDouble
 
 pytestmark = pytest.mark.integration
 

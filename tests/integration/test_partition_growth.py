@@ -25,7 +25,8 @@ from payments_core.adapters.kafka.partitions import (
     grow_partitions,
 )
 
-from local.event_source import EventSourceMapping, MappingConfig
+from local.stack.event_source_config import MappingConfig
+from local.stack.event_source_mapping import EventSourceMapping
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # tools/ is local tooling, not an installed package

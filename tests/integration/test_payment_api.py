@@ -48,7 +48,7 @@ def in_process(load_function: Callable[[str], Any], lambda_context: Callable[...
 
 @pytest.fixture
 def over_http(local_settings: Any) -> Callable:
-    from local import stack
+    from local.stack import control as stack
 
     if not stack.is_running("api-gateway"):
         pytest.fail("the local API Gateway is not running: run `make local-up`", pytrace=False)

@@ -20,7 +20,7 @@ from payments_core.config import get_settings
 from payments_core.domain.payment import event_id_for
 from payments_core.usecases import queries, retention
 
-from local.settings import LocalSettings
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The frontend's history route on the local stack's public face (``PUBLIC_API_URL``): the
 public_history function behind the local API Gateway, verifying tokens of the local issuer
-(``local/issuer.py``) against its JWKS over HTTP; and CORS on the private face (``API_URL``)."""
+(``local/stack/issuer.py``) against its JWKS over HTTP; and CORS on the private face (``API_URL``)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 
-from local import stack
-from local.issuer import new_private_key, public_jwk, read_key, session_token, without
-from local.settings import FRONTEND_ORIGIN, LocalSettings
+from local.stack import control as stack
+from local.stack.issuer import new_private_key, public_jwk, read_key, session_token, without
+from local.stack.settings import FRONTEND_ORIGIN, LocalSettings
 
 pytestmark = pytest.mark.integration
 
@@ -191,7 +191,7 @@ def test_garbage_in_the_header_is_401_not_500(public_face: str, customer: str) -
 def test_make_local_token_prints_a_token_for_the_user(public_face: str, customer: str) -> None:
     import subprocess
 
-    from local.settings import REPO_ROOT
+    from local.stack.settings import REPO_ROOT
 
     result = subprocess.run(
         ["make", "-s", "local-token", f"USER={customer}"],

@@ -37,7 +37,8 @@ def _redrive(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
 def _give_up_on(local_settings: Any, source: str, dead_letters: str) -> tuple[Any, threading.Thread]:
     """A local mapping on ``source`` whose handler always fails (as during an outage that
     outlasts the retries): after one retry it dead-letters the record, as in the stack."""
-    from local.event_source import EventSourceMapping, MappingConfig
+    from local.stack.event_source_config import MappingConfig
+    from local.stack.event_source_mapping import EventSourceMapping
 
     def failing(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise RuntimeError("database unreachable (test)")

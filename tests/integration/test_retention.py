@@ -19,8 +19,8 @@ from payments_core.adapters.postgres.db import Database
 from payments_core.config import get_settings
 from payments_core.usecases import retention
 
-from local.lambda_runtime import FakeLambdaContext, load_handler
-from local.scheduler import scheduled_event
+from local.stack.lambda_runtime import FakeLambdaContext, load_handler
+from local.stack.scheduler import scheduled_event
 
 pytestmark = pytest.mark.integration
 

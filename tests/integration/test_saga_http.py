@@ -35,7 +35,7 @@ from payments_core.domain.errors import Rejection
 from payments_core.entrypoints import api
 from payments_core.entrypoints.commands import handle_command_batch
 
-from local.api_gateway import ROUTES, build_event, compile_routes
+from local.stack.api_events import ROUTES, build_event, compile_routes
 
 pytestmark = pytest.mark.integration
 

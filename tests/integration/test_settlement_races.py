@@ -37,10 +37,11 @@ from payments_core.entrypoints.commands import handle_command_batch
 from payments_core.usecases import reconciliation, webhooks
 from webhook_helpers import payment_intent_event
 
-from local import stack
-from local.fault_proxy import Answer
-from local.settings import LocalSettings
-from local.strict_stripe import StrictStripe, form_params, nested, stripe_error
+from local.doubles.http_double import Answer
+from local.doubles.strict_stripe import StrictStripe
+from local.doubles.stripe_wire import form_params, nested, stripe_error
+from local.stack import control as stack
+from local.stack.settings import LocalSettings
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The strict Stripe double (local/strict_stripe.py) behaves as Stripe does where localstripe
+"""The strict Stripe double (local/doubles/strict_stripe.py) behaves as Stripe does where localstripe
 is lenient, and the service recovers from what Stripe really answers (issue 12, item 4).
 
 The first group checks the double itself against localstripe and stripe-mock. The second drives
@@ -24,7 +24,7 @@ from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import get_settings
 from payments_core.entrypoints.commands import handle_command_batch
 
-from local.strict_stripe import StrictStripe
+from local.doubles.strict_stripe import StrictStripe
 
 pytestmark = pytest.mark.integration
 

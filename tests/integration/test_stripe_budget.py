@@ -1,5 +1,5 @@
 """Stripe requests per released order (issue 19), counted on the wire at the strict Stripe double
-(``local/strict_stripe.py``, in front of localstripe) with the real gateway, the real command
+(``local/doubles/strict_stripe.py``, in front of localstripe) with the real gateway, the real command
 path, PostgreSQL and the user-service stand-in:
 
 - on a first attempt an order costs create, capture and transfer, nothing else (the payout
@@ -31,8 +31,8 @@ from payments_core.adapters.stripe_api.stripe_gateway import StripeApiGateway
 from payments_core.config import Settings, get_settings
 from payments_core.entrypoints.commands import handle_command_batch
 
-from local import stack
-from local.strict_stripe import StrictStripe
+from local.doubles.strict_stripe import StrictStripe
+from local.stack import control as stack
 
 pytestmark = pytest.mark.integration
 

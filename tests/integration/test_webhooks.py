@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def _require_api_gateway() -> None:
-    from local import stack
+    from local.stack import control as stack
 
     if not stack.is_running("api-gateway"):
         pytest.fail("the local API Gateway is not running: run `make local-up`", pytrace=False)

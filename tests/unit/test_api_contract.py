@@ -18,7 +18,7 @@ from payments_core.config import get_settings
 from payments_core.domain.payment import Payment, PaymentStatus
 from payments_core.entrypoints import api, public_api, routes
 
-from local.api_gateway import PUBLIC_ROUTES, ROUTES, build_event, compile_routes
+from local.stack.api_events import PUBLIC_ROUTES, ROUTES, build_event, compile_routes
 
 RUNNER = {"runner_id": "user_runner", "runner_connect_account_id": "acct_1Runner"}
 _ROUTES = compile_routes(ROUTES)
@@ -230,7 +230,7 @@ def test_api_gateway_paths_share_one_variable_name_per_level() -> None:
 
 
 def test_the_webhook_function_serves_the_listed_webhook_route() -> None:
-    from local.lambda_runtime import FakeLambdaContext, load_handler
+    from local.stack.lambda_runtime import FakeLambdaContext, load_handler
 
     handler = load_handler("stripe_webhook")
     event = build_event(

@@ -278,7 +278,7 @@ def test_unknown_route_is_a_json_404(applied: list[dict[str, Any]]) -> None:
 
 
 def test_lambda_handler_resolves_through_powertools(applied: list[dict[str, Any]]) -> None:
-    from local.lambda_runtime import FakeLambdaContext, load_handler
+    from local.stack.lambda_runtime import FakeLambdaContext, load_handler
 
     handler = load_handler("payment_api")
     response = handler(wh.get_request("/health", "/health", {}), FakeLambdaContext("payment_api"))

@@ -3,7 +3,7 @@ flight, each sample divided by its own in-flight count."""
 
 from __future__ import annotations
 
-from local.db_activity import Backend, InFlightSampler, Sample
+from local.doubles.db_activity import Backend, InFlightSampler, Sample
 
 
 def test_summary_relates_busy_sessions_to_the_requests_in_flight_at_each_sample() -> None:

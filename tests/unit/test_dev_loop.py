@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from local import logs as local_logs
-from local.settings import load as load_local_settings
+from local.stack import logs as local_logs
+from local.stack.settings import load as load_local_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _components_for(node_id: str) -> list[str] | None:
     # In a child: the collection runs pytest in-process, which must not happen inside this pytest.
-    code = f"import json; from local.testrun import components_for; print(json.dumps(components_for([{node_id!r}])[0]))"
+    code = f"import json; from local.stack.testrun import components_for; print(json.dumps(components_for([{node_id!r}])[0]))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,7 +63,7 @@ def test_an_unknown_name_is_refused_with_the_choices() -> None:
 def test_a_first_run_step_reports_its_start_progress_and_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from local import processes
+    from local.stack import processes
 
     monkeypatch.setattr(processes, "PROGRESS_EVERY_S", 0.1)
     log = tmp_path / "build.log"
@@ -85,7 +85,7 @@ def test_a_first_run_step_reports_its_start_progress_and_end(
 def test_a_first_run_step_that_hangs_is_stopped_at_its_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from local import processes
+    from local.stack import processes
 
     monkeypatch.setattr(processes, "PROGRESS_EVERY_S", 0.1)
     code = processes.run_with_progress(

@@ -20,8 +20,8 @@ from payments_core.config import get_settings
 from payments_core.domain.errors import TransientError
 from payments_core.entrypoints import public_api
 
-from local.issuer import new_private_key, public_jwk, session_token, without
-from local.settings import load as load_local_settings
+from local.stack.issuer import new_private_key, public_jwk, session_token, without
+from local.stack.settings import load as load_local_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSUER = "http://127.0.0.1:3999"

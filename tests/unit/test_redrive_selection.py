@@ -38,7 +38,7 @@ def _authorize(order_id: str = ORDER) -> bytes:
 
 
 def _mapping_letter(offset: int, value: bytes, key: bytes | None = ORDER.encode()) -> Any:
-    """As local.event_source writes a record it gave up on."""
+    """As local.stack.event_source_mapping writes a record it gave up on."""
     return parse_letter(
         0,
         offset,

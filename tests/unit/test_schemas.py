@@ -201,7 +201,7 @@ class _EmptyDb:
 
 
 def test_events_folder_has_an_api_fixture_for_every_saga_route() -> None:
-    from local.api_gateway import ROUTES
+    from local.stack.api_events import ROUTES
 
     on_disk = {p.name for p in EVENTS_DIR.glob("api_*.json")} - {"api_stripe_webhook.json"}
     assert on_disk == set(API_FIXTURES)

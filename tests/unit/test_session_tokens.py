@@ -24,7 +24,7 @@ from payments_core.adapters.session_tokens import (
     SessionTokenVerifier,
 )
 
-from local.issuer import new_private_key, public_jwk
+from local.stack.issuer import new_private_key, public_jwk
 
 ISSUER = "https://clerk.campusg.test"
 ORIGIN = "http://localhost:5173"
@@ -361,7 +361,7 @@ def test_keys_are_read_over_https_only_but_from_loopback(url: str) -> None:
 def test_the_local_issuer_over_http_on_loopback_is_allowed() -> None:
     import threading
 
-    from local.issuer import make_server
+    from local.stack.issuer import make_server
 
     server = make_server({"keys": [JWK]}, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
