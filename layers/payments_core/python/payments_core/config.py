@@ -91,18 +91,18 @@ class Settings:
     reconcile_backoff_seconds: tuple[int, ...] = DEFAULT_RECONCILE_BACKOFF_SECONDS
     # The reconciler's Stripe calls per second (the audit and the stale checks): its share of
     # the account's request budget (live mode allows 100 reads/s), set per stage next to the
-    # budget the other functions share. It bounds the reconciler's throughput (README,
-    # "Operations": the final payments a day it keeps up with).
+    # budget the other functions share. It bounds the reconciler's throughput
+    # (docs/operations.md: the final payments a day it keeps up with).
     audit_stripe_reads_per_second: float = 10.0
     # Checks a reconciler run makes at once, each on its own database connection: with Stripe
-    # ~300 ms away one at a time is ~2.5 checks/s, below the pace above (README, "Operations").
+    # ~300 ms away one at a time is ~2.5 checks/s, below the pace above (docs/operations.md).
     reconcile_workers: int = 4
     # A money call whose outcome we never learned (a timeout, a 5xx, a holder that died) may
     # still land at Stripe: its payment is not called settled until this long after the call.
     audit_in_doubt_seconds: float = 3600.0
     # How long a webhook waits for an order's lease before leaving its effect to the audit.
     webhook_lease_wait_seconds: float = 0.5
-    # The command pool (payments_core.entrypoints.batch): worker threads per container, each with its own
+    # The command pool (payments_core.entrypoints.worker_pool): worker threads per container, each with its own
     # database connection. Capped at COMMAND_WORKERS_CEILING: with Stripe at ~0.3-1 s a call,
     # 32 calls in flight is about Stripe's live write limit (100/s) for one container.
     command_workers: int = 16
@@ -140,7 +140,7 @@ class Settings:
     # How long Stripe's word that a runner's Connect account can receive transfers is trusted
     # before a release reads the account again (0: read it on every release). An account
     # disconnected within this time is paid by a transfer Stripe refuses: the capture stands and
-    # TransferFailed is alarmed (README, "Who gets paid").
+    # TransferFailed is alarmed (docs/contract.md, "Who gets paid is checked").
     payout_account_check_ttl_seconds: float = 3600.0
     # How long the retention job keeps each kind of row (payments_core.usecases.retention)
     retention: RetentionSettings = field(default_factory=RetentionSettings)

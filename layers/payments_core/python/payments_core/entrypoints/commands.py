@@ -143,7 +143,7 @@ def _log_failure(finished: Finished) -> None:
 def order_key(services: Services, item: Item) -> str:
     """What orders the records of a batch: the order id, or for a command naming only a
     payment, that payment's order (looked up); a record naming neither depends on nothing.
-    Ids are in their storable form, as the refusals are keyed (contracts.storable)."""
+    Ids are in their storable form, as the refusals are keyed (storable_text.storable)."""
     record = item.record
     try:
         raw = record.decoded_value if record.get("value") is not None else None

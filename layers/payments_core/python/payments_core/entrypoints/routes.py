@@ -4,7 +4,7 @@
   docs/openapi.json, is generated from that resolver);
 - ``payments_core.entrypoints.public_api`` (the ``public_history`` function) answers the methods listed here;
 - the CDK (``infra/components/api.py``) declares the API Gateway resources and methods from it;
-- the local API Gateway (``local/api_gateway.py``) routes with it, and answers anything else
+- the local API Gateway (``local/stack/api_gateway.py``) routes with it, and answers anything else
   as API Gateway does (403 ``Missing Authentication Token``).
 
 Paths are OpenAPI / API Gateway templates (``/payment/{payment_id}/release``). Two APIs: the

@@ -19,7 +19,7 @@ left due, while someone else holds it); check_queue keeps their schedules and th
   check that fails is retried, never marked done.
 Stripe calls are paced to ``audit_stripe_reads_per_second``, the reconciler's share of the
 account's budget: with the checks' Stripe calls, it sets how many final payments a day the
-audit keeps up with (README, "Operations"). Every run reports what it did and what it left
+audit keeps up with (docs/operations.md, "The reconciler's backlog"). Every run reports what it did and what it left
 (``ReconcileChecks``, ``ReconcileCheckRate``, ``StaleCheckBacklog``/``Age``,
 ``AuditBacklog``/``Age``; the ages are alarmed)."""
 

@@ -2,7 +2,7 @@
 
 Dead letters live on the dead-letter topic (``DEAD_LETTER_TOPIC``, ``payment_commands.dlq``):
 the event source mapping's on-failure destination writes the record itself there (locally
-``local.event_source``; in AWS a Kafka-topic on-failure destination), and so does the
+``local.stack.event_source_mapping``; in AWS a Kafka-topic on-failure destination), and so does the
 service for a record naming no order (``dead_letters``) unless it is set to the SQS queue.
 
 A re-queued command is a new record on ``payment_commands`` (a new offset), keyed by its order

@@ -114,7 +114,7 @@ class Database:
         self._generation = 0
         self._transaction: int | None = None
         self._begin_pending = False  # a transaction whose START goes with its first statement
-        # Run first in every transaction while an order's lease is held (leases.hold): it
+        # Run first in every transaction while an order's lease is held (order_holds.hold): it
         # renews the lease and raises if it was taken over, so a stale holder writes nothing.
         self.fence: Callable[[Database], None] | None = None
         # Transactions committed on this object: a write made inside one (a lease's deferred
