@@ -153,6 +153,14 @@ class CrashRunner:
             proc.kill()  # our own child, by its handle
             proc.wait(10)
 
+    def kill_child(self) -> None:
+        """SIGKILL the child now, from another thread, while ``invoke`` waits for it: for a test
+        that kills on an event it watches (a request reaching a Stripe double), not on a timer
+        that a loaded machine may fire too early or too late. ``invoke`` raises ChildKilled."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            _sigkill(proc)
+
     # -- plans
     def plan(self, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Whether and where this invocation dies, from the seeded RNG."""

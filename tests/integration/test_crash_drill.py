@@ -633,19 +633,29 @@ def test_a_hold_created_after_its_revert_is_released(
     create: a hold on a REVERTED payment. The webhook or the settlement audit must cancel it."""
     from conftest import CARD_OK, authorize_command, command, wait_for
 
-    far = StrictStripe(local_env["STRIPE_API_BASE"], latency_ms=28000).start()  # 14 s each way
+    far = _CreateArrival(local_env["STRIPE_API_BASE"], latency_ms=28000).start()  # 14 s each way
     near = StrictStripe(local_env["STRIPE_API_BASE"]).start()
     try:
         slow, fn = runner_via(far, "slow"), runner_via(near, "fn")
         order_id = str(uuid.uuid4())
-        slow.invoke("relay")  # warm processes (imports done): the timer then lands mid-request
+        slow.invoke("relay")  # warm processes (imports done)
         fn.invoke("relay")
-        with pytest.raises(ChildKilled):
-            slow.invoke(
-                "batch",
-                _batch(authorize_command(new_card(CARD_OK), order_id=order_id)),
-                plan={"phase": "anywhere_timer", "after_ms": 600},  # within its 1 s Stripe timeout
-            )
+        # killed once its create has reached Stripe's side (not on a timer: on a loaded machine
+        # a timer fired before the create was sent), well within its 1 s Stripe timeout
+        outcome: dict[str, BaseException] = {}
+
+        def authorize() -> None:
+            try:
+                slow.invoke("batch", _batch(authorize_command(new_card(CARD_OK), order_id=order_id)))
+            except BaseException as exc:  # inspected below
+                outcome["raised"] = exc
+
+        authorizing = threading.Thread(target=authorize, name="slow-authorize")
+        authorizing.start()
+        assert far.create_arrived.wait(30), "the authorize never sent its create"
+        slow.kill_child()
+        authorizing.join(30)
+        assert isinstance(outcome.get("raised"), ChildKilled), outcome
         fn.invoke("batch", _batch(command("revert_payment", order_id=order_id, reason="order cancelled")))
         assert payment_row(order_id)["status"] == "REVERTED"
         # the race this test is about: the revert finished while the create was still on its way
@@ -662,6 +672,20 @@ def test_a_hold_created_after_its_revert_is_released(
     finally:
         far.stop()
         near.stop()
+
+
+class _CreateArrival(StrictStripe):
+    """A strict Stripe double that says when a PaymentIntent create has reached it (before its
+    latency: the request is then on its way, whatever happens to its sender)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.create_arrived = threading.Event()
+
+    def serve(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> Any:
+        if method == "POST" and path.split("?")[0] == "/v1/payment_intents":
+            self.create_arrived.set()
+        return super().serve(method, path, headers, body)
 
 
 def stripe_state(local_env: dict[str, str], intent_id: str) -> dict[str, Any]:
