@@ -146,3 +146,22 @@ def test_arbitrary_bytes_never_escape_the_parser(raw):
 def test_amounts_in_units_have_no_float_error(cents, currency, units):
     assert amount_in_units(cents, currency) == units
     assert int(19.99 * 100) == 1998  # the original service's bug this avoids
+
+
+@pytest.mark.parametrize("amount", [438, 438.0])
+def test_a_whole_amount_to_capture_is_read_alike_on_kafka_and_http(amount):
+    """JSON's 438.0 is the integer 438 (JSON Schema says so, and the HTTP route takes it): the
+    Kafka command takes it too, as 438 cents."""
+    command = parse_command(
+        _raw({"type": "release_payment", "payload": {"order_id": "o-1", "amount_to_capture": amount}})
+    )
+    assert command.body.amount_to_capture == 438 and type(command.body.amount_to_capture) is int  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("amount", [438.5, "438", True])
+def test_a_fractional_or_textual_amount_to_capture_is_refused(amount):
+    with pytest.raises(Rejection) as caught:
+        parse_command(
+            _raw({"type": "release_payment", "payload": {"order_id": "o-1", "amount_to_capture": amount}})
+        )
+    assert caught.value.code == INVALID_PAYLOAD and caught.value.order_id == "o-1"

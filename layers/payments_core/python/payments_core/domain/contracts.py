@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 SOURCE = "payment-service"
 
@@ -44,6 +52,19 @@ NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
 # value that passes validation and fails at the database would be retried as transient and
 # stall its partition. bigint holds the cents; Stripe's own ceiling is far lower (8 digits).
 MAX_AMOUNT_CENTS = 99_999_999
+
+
+def whole_number(value: Any) -> Any:
+    """438.0 is 438: JSON Schema's "integer" is any number with a zero fractional part, and the
+    saga's JavaScript may write one. A bool, a string or 438.5 is still refused (StrictInt)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An amount in cents, on Kafka and over HTTP alike (the bounds sit before the validator, where
+# pydantic writes them into the schema).
+WholeCents = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_CENTS), BeforeValidator(whole_number)]
 REVERT_REASON_MAX_LENGTH = 1000
 
 
@@ -103,8 +124,8 @@ class _ByPaymentOrOrder(WireModel):
 class ReleasePayment(_ByPaymentOrOrder):
     runner_id: str | None = Field(default=None, max_length=255)
     runner_connect_account_id: str | None = Field(default=None, max_length=255)
-    amount_to_capture: StrictInt | None = Field(
-        default=None, gt=0, le=MAX_AMOUNT_CENTS, description="Extension: partial capture, cents"
+    amount_to_capture: WholeCents | None = Field(
+        default=None, description="Extension: partial capture, cents"
     )
 
 

@@ -16,14 +16,14 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from payments_core.adapters.kafka.kafka_gateway import OutgoingMessage
 from payments_core.adapters.postgres import archive, repository
 from payments_core.adapters.services import Services
 from payments_core.domain.command_parsing import describe_error_list
-from payments_core.domain.contracts import MAX_AMOUNT_CENTS, RevertPayment
+from payments_core.domain.contracts import RevertPayment, WholeCents
 from payments_core.domain.errors import TransientError
 from payments_core.domain.events import utc_now_iso
 from payments_core.domain.payment import Payment, PaymentStatus
@@ -56,20 +56,10 @@ def _storable_only(value: Any) -> Any:
     return value
 
 
-def _whole_number(value: Any) -> Any:
-    # JSON Schema's "integer" is any number with a zero fractional part (438.0 is 438), and no
-    # schema can say otherwise: the body is read as the document says. A bool, a string or
-    # 438.5 is still refused (StrictInt).
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 StorableText = Annotated[
     str, BeforeValidator(_storable_only), Field(json_schema_extra={"pattern": _STORABLE_PATTERN})
 ]
-# The bounds sit before the validator, where pydantic writes them into the schema.
-Cents = Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_CENTS), BeforeValidator(_whole_number)]
+
 # Free text a compensation is never refused for: NULs and lone surrogates are written as escapes.
 FreeText = Annotated[str, BeforeValidator(lambda v: storable(v) if isinstance(v, str) else v)]
 
@@ -86,7 +76,7 @@ class ReleaseRequest(BaseModel):
         max_length=255,
         description="The runner's Stripe Connect account (acct_…)" + _STORABLE_NOTE,
     )
-    amount_to_capture: Cents | None = Field(
+    amount_to_capture: WholeCents | None = Field(
         default=None, description="Extension: partial capture, cents (a whole number: 438.0 is 438)"
     )
 
