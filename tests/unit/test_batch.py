@@ -435,3 +435,15 @@ def test_a_record_busy_for_longer_than_allowed_is_reported_for_redelivery() -> N
     finally:
         pool.close()
     assert [(i.partition, i.offset) for i in outcome.reported] == [("t-0", 0)]
+
+
+def test_the_throttle_retries_a_typed_429_and_halves_on_a_typed_dropped_connection() -> None:
+    slept: list[float] = []
+    throttle = StripeThrottle(8, sleep=slept.append)
+    double = FlakyStripe([StripeRateLimited("429"), "pi_ok"])
+    throttled = ThrottledStripe(double, throttle)  # type: ignore[arg-type]
+    assert throttled.retrieve("pi_1") == "pi_ok" and double.calls == 2 and len(slept) == 1
+    double = FlakyStripe([StripeUnreachable("read timed out")])
+    with pytest.raises(StripeUnreachable):
+        ThrottledStripe(double, throttle).retrieve("pi_1")  # type: ignore[arg-type]
+    assert double.calls == 1 and throttle.overloaded == 1

@@ -10,8 +10,6 @@ import pytest
 import stripe
 from payments_core.adapters.stripe_api.stripe_requests import StripeRateLimited, StripeUnreachable, send
 from payments_core.adapters.stripe_api.stripe_throttle import (
-    StripeThrottle,
-    ThrottledStripe,
     is_overloaded,
     is_rate_limited,
 )
@@ -49,28 +47,3 @@ def test_an_error_only_named_like_stripes_is_neither() -> None:
             raise TransientError("database busy") from cause
         except TransientError as exc:
             assert not is_rate_limited(exc) and not is_overloaded(exc)
-
-
-class _Stripe:
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.calls = 0
-
-    def retrieve(self, payment_intent_id: str) -> Any:
-        self.calls += 1
-        answer = self.answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-
-def test_the_throttle_retries_a_typed_429_and_halves_on_a_typed_dropped_connection() -> None:
-    slept: list[float] = []
-    throttle = StripeThrottle(8, sleep=slept.append)
-    double = _Stripe([StripeRateLimited("429"), "pi_ok"])
-    throttled = ThrottledStripe(double, throttle)  # type: ignore[arg-type]
-    assert throttled.retrieve("pi_1") == "pi_ok" and double.calls == 2 and len(slept) == 1
-    double = _Stripe([StripeUnreachable("read timed out")])
-    with pytest.raises(StripeUnreachable):
-        ThrottledStripe(double, throttle).retrieve("pi_1")  # type: ignore[arg-type]
-    assert double.calls == 1 and throttle.overloaded == 1
