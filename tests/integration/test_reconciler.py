@@ -248,8 +248,18 @@ def test_pending_payment_left_by_a_crash_is_completed_with_one_hold(
 
 
 def test_overlapping_reconcilers_touch_each_payment_once(
-    new_card, authorize_handler, payment_row, localstripe_client, reconciler, age, outbox_rows
+    new_card,
+    authorize_handler,
+    payment_row,
+    localstripe_client,
+    reconciler,
+    age,
+    outbox_rows,
+    scheduler_paused,
 ):
+    # The stack's own scheduled reconciler would be a third: rows backdated past its window are
+    # stale to it too, and an order it holds is rightly skipped by both of ours (seen in CI:
+    # one payment still AUTHORIZED when read, the stack's run not yet committed).
     card = new_card()
     rows = [_authorize(card, authorize_handler, payment_row) for _ in range(6)]
     orders = [r["order_id"] for r in rows]

@@ -488,3 +488,38 @@ def test_a_transfer_that_lands_after_the_audit_looked_is_still_reversed(
         f"the runner keeps transfer(s) {live} of a refunded order: the audit settled the payment "
         f"while its transfer was in doubt (runs before it landed: {before}; after: {after})"
     )
+
+
+def test_a_transfer_the_audit_finds_for_a_released_order_is_announced(
+    container, double, new_card, payment_row, via_double, make_services, outbox_rows
+):
+    """Found by the crash drill (seed 808234). A release's transfer is at Stripe when its
+    client gives up; the transfer lands. The audit, before any redelivery of the release, finds
+    the capture (the status becomes SUCCEEDED and is announced with no transfer, none being
+    known yet) and then the transfer, which it records. The saga's last word on the order must
+    name that transfer: an operator told the runner was not paid would pay them again."""
+    impatient = dataclasses.replace(via_double, stripe_timeout_seconds=2.0)
+    a = dataclasses.replace(make_services(stripe=StripeApiGateway(impatient)), settings=impatient)
+    row = authorized(a, new_card(CARD_OK), payment_row)
+    order_id = row["order_id"]
+    double.hold_transfers()
+    try:
+        assert not deliver(a, runner_release(order_id), 1), "set-up: the transfer times out at the client"
+        assert double.transfer_in_flight.is_set()
+    finally:
+        double.let_transfers_land()
+    deadline = time.monotonic() + TRANSFER_HELD_AT_MOST_S + 5
+    while not double.ledger.transfers_for(order_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (transfer,) = double.ledger.transfers_for(order_id)
+    outcomes = settle(container())
+    assert payment_row(order_id)["transfer_id"] == transfer["id"], outcomes
+    released = [r["envelope"] for r in outbox_rows(order_id) if r["event_type"] == "payment.released"]
+    assert released, f"no payment.released for {order_id}: {outcomes}"
+    last = released[-1]
+    last = json.loads(last) if isinstance(last, str) else last
+    assert last["payload"]["status"] == "SUCCEEDED"
+    assert last["payload"].get("transfer_id") == transfer["id"], (
+        f"the last payment.released of {order_id} names transfer {last['payload'].get('transfer_id')}, "
+        f"Stripe holds {transfer['id']} (audit runs: {outcomes})"
+    )

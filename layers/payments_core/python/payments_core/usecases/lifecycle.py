@@ -77,6 +77,20 @@ def released_announcement(payment: Payment) -> PaymentReleased:
     )
 
 
+def announce_completed_release(db: Database, payment: Payment, *, correlation_id: str | None) -> None:
+    """Announce a release finished after its SUCCEEDED event was written (by a webhook or the
+    audit, which knew no transfer yet): its own event naming the runner's transfer, so the
+    saga's last word on the order says who was paid. One such event per payment."""
+    answer(
+        db,
+        payment,
+        "payment.released",
+        released_announcement(payment),
+        answer_key="release-completed",
+        correlation_id=correlation_id,
+    )
+
+
 def reverted_announcement(payment: Payment) -> PaymentReleased:
     return PaymentReleased(
         payment_id=payment.payment_id,

@@ -175,16 +175,8 @@ def _complete_release(services: Services, payment: Payment, body: ReleasePayment
             repository.update(db, payment.payment_id, expected_status=S.SUCCEEDED, **columns)
             for name, value in columns.items():
                 setattr(payment, name, value)
-            # The SUCCEEDED event already written (by the webhook) names no runner or
-            # transfer: announce the completed release as its own event.
-            lifecycle.answer(
-                db,
-                payment,
-                "payment.released",
-                lifecycle.released_announcement(payment),
-                answer_key="release-completed",
-                correlation_id=cid,
-            )
+            # The SUCCEEDED event already written (by the webhook) names no runner or transfer.
+            lifecycle.announce_completed_release(db, payment, correlation_id=cid)
         count("PaymentReleased")
         if transfer_id:
             payouts.note_velocity(services, payment.runner_connect_account_id)

@@ -129,6 +129,11 @@ def _check_transfers(services: Services, payment: Payment, found: _Findings) -> 
                     expected_status=S.SUCCEEDED,
                     transfer_id=transfers[0]["id"],
                 )
+                payment.transfer_id = transfers[0]["id"]
+                # The SUCCEEDED event already written named no transfer: the saga hears of it.
+                lifecycle.announce_completed_release(
+                    services.db, payment, correlation_id=payment.correlation_id
+                )
             found.fixed.append(f"transfer {transfers[0]['id']} recorded")
         keep = payment.transfer_id or (transfers[0]["id"] if transfers else None)
         extra = [t for t in transfers if t["id"] != keep and not _fully_reversed(t)]
