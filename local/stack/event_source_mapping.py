@@ -143,6 +143,7 @@ class EventSourceMapping:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
+        self._unassigned_since = None  # a new member: its join is timed afresh
         self._consumer = KafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers,
             group_id=self.config.group_id,
@@ -221,8 +222,9 @@ class EventSourceMapping:
             self._unassigned_since = None
             return
         now = time.monotonic()
-        if self._unassigned_since is None or now - self._unassigned_since < LEFT_OUT_REJOIN_S:
-            self._unassigned_since = self._unassigned_since or now
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+        if now - self._unassigned_since < LEFT_OUT_REJOIN_S:
             return
         self._unassigned_since = now  # looked: the next look (or rejoin) is a period away
         if not self._consumer.partitions_for_topic(self.config.topic):

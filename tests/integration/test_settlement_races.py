@@ -514,10 +514,11 @@ def test_a_transfer_the_audit_finds_for_a_released_order_is_announced(
     (transfer,) = double.ledger.transfers_for(order_id)
     outcomes = settle(container())
     assert payment_row(order_id)["transfer_id"] == transfer["id"], outcomes
-    released = [r["envelope"] for r in outbox_rows(order_id) if r["event_type"] == "payment.released"]
+    released = [
+        json.loads(r["envelope"]) for r in outbox_rows(order_id) if r["event_type"] == "payment.released"
+    ]
     assert released, f"no payment.released for {order_id}: {outcomes}"
     last = released[-1]
-    last = json.loads(last) if isinstance(last, str) else last
     assert last["payload"]["status"] == "SUCCEEDED"
     assert last["payload"].get("transfer_id") == transfer["id"], (
         f"the last payment.released of {order_id} names transfer {last['payload'].get('transfer_id')}, "
